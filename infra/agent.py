@@ -1,0 +1,194 @@
+"""The agent: a small supervisor next to training, detached from the launcher (setsid).
+
+It starts ``accelerate launch ... -m trainer``, sends its output to ``train.log``, keeps
+``status.json`` current (running / succeeded / failed / cancelled, exit code, reason), copies
+new artifacts to the store as they appear, forwards SIGTERM/SIGINT to the trainer, and ends
+``events.jsonl`` with one ``run_end`` event. A closed laptop or dropped SSH never kills a run.
+
+    python -m infra.agent --run-dir runs/ID --processes 2 [--resume] [--store s3://b/p --run-id ID]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from trainer.events import EVENTS_FILE, EventWriter
+
+TERMINAL = ("succeeded", "failed", "cancelled", "preempted")
+STATUS_FILE = "status.json"
+LOG_FILE = "train.log"
+
+
+def write_status(run_dir: Path, **fields) -> dict:
+    path = run_dir / STATUS_FILE
+    try:
+        status = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        status = {}
+    status.update(fields, updated_at=round(time.time(), 3))
+    tmp = path.with_name(STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps(status, indent=2) + "\n")
+    os.replace(tmp, path)
+    return status
+
+
+def accelerate_command(run_dir: Path, processes: int, mixed_precision: str, resume: bool,
+                       python: str = sys.executable) -> list[str]:
+    """The ``accelerate launch`` line: one process per device, gloo on CPU, NCCL on GPUs."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    cmd = [python, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", str(processes),
+           "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
+    if processes > 1:
+        # torchrun underneath; without CUDA, Accelerate picks MULTI_CPU with gloo. (`--cpu` would
+        # route to the single-process launcher, which needs mpirun for more than one process.)
+        cmd += ["--multi_gpu", "--main_process_port", str(free_port())]
+    elif gpus == 0:
+        cmd += ["--cpu"]
+    if gpus == 0:
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # -> DistributedType.MULTI_CPU (gloo) under torchrun
+    cmd += ["-m", "trainer", "--run-dir", str(run_dir)]
+    if resume:
+        cmd.append("--resume")
+    return cmd
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def failure_reason(log_path: Path, returncode: int) -> str:
+    """The trainer's own 'error: ...' line if it printed one, else the log's last line."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()[-200:]
+    except FileNotFoundError:
+        lines = []
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line.strip()[:500]
+    if returncode < 0 or returncode in (137, -9):
+        return f"killed by signal {-returncode if returncode < 0 else 9} (out of memory?)"
+    return f"trainer exited with code {returncode}"
+
+
+class ArtifactSync:
+    """Copies files of the run dir that changed since the last pass to the store."""
+
+    SKIP_SUFFIXES = (".tmp", ".part")
+
+    def __init__(self, run_dir: Path, store_uri: Optional[str], run_id: str) -> None:
+        self.run_dir, self.run_id = run_dir, run_id
+        self.store = None
+        if store_uri:
+            from infra.store import open_store
+
+            self.store = open_store(store_uri)
+        self.seen: dict[str, tuple[int, int]] = {}
+
+    def sync(self) -> int:
+        if self.store is None:
+            return 0
+        sent = 0
+        for path in sorted(self.run_dir.rglob("*")):
+            if not path.is_file() or path.name.endswith(self.SKIP_SUFFIXES):
+                continue
+            rel = str(path.relative_to(self.run_dir))
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue  # pruned between listing and stat
+            key = (st.st_size, st.st_mtime_ns)
+            if self.seen.get(rel) == key:
+                continue
+            try:
+                self.store.put_file(self.run_id, rel, path)
+            except FileNotFoundError:
+                continue
+            self.seen[rel] = key
+            sent += 1
+        return sent
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.agent")
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--mixed-precision", default="no")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--store", default=None, help="artifact store URI to copy the run to as it goes")
+    parser.add_argument("--run-id", default=None)
+    parser.add_argument("--sync-every", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    run_id = args.run_id or run_dir.name
+    events = EventWriter(run_dir / EVENTS_FILE)
+    log_path = run_dir / LOG_FILE
+    sync = ArtifactSync(run_dir, args.store, run_id)
+
+    cmd = accelerate_command(run_dir, args.processes, args.mixed_precision, args.resume)
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    write_status(run_dir, state="running", agent_pid=os.getpid(), trainer_pid=child.pid,
+                 started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None)
+
+    cancelled = {"sig": None}
+
+    def forward(signum, _frame):
+        cancelled["sig"] = signum
+        try:
+            os.killpg(child.pid, signal.SIGTERM)  # the whole group: accelerate and every rank
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal or SSH session is not a cancel
+
+    last_sync = 0.0
+    while True:
+        try:
+            rc = child.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() - last_sync >= args.sync_every:
+            sync.sync()
+            last_sync = time.monotonic()
+
+    # make sure no rank outlives its launcher (a crashed rank can leave siblings waiting on a collective)
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+    if cancelled["sig"] is not None:
+        state, reason = "cancelled", f"cancelled by signal {signal.Signals(cancelled['sig']).name}"
+    elif rc == 0:
+        state, reason = "succeeded", None
+    else:
+        state, reason = "failed", failure_reason(log_path, rc)
+    write_status(run_dir, state=state, exit_code=rc, reason=reason, finished_at=round(time.time(), 3))
+    events.emit("run_end", state=state, exit_code=rc, reason=reason)
+    sync.sync()
+    return 0 if state == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

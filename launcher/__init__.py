@@ -1,0 +1,1 @@
+"""The user's side: CLI, config, orchestration, the live view. Knows the lifecycle, not AWS or SSH."""

@@ -1,0 +1,17 @@
+"""The launcher's user-facing errors: the trainer's hierarchy plus cloud and transport failures.
+
+    raise AWSError("no AWS credentials found — run `aws configure` or set AWS_PROFILE")
+"""
+
+from trainer.errors import ConfigError, DataError, LaunchError, RunError
+
+
+class AWSError(LaunchError):
+    """An AWS call failed in a way the user can act on (credentials, quota, capacity, access)."""
+
+
+class SSHError(LaunchError):
+    """The instance cannot be reached or refuses us (auth, host key, network)."""
+
+
+__all__ = ["AWSError", "ConfigError", "DataError", "LaunchError", "RunError", "SSHError"]

@@ -1,0 +1,28 @@
+"""User-facing failures: one exception hierarchy, one line each.
+
+Every failure a user can fix raises a ``LaunchError`` subclass whose message says what is
+wrong and what to do; the CLI prints ``error: <message>`` and exits non-zero. Anything else is
+a bug and only shows a traceback with ``MNIST_LAUNCH_DEBUG=1``.
+
+    raise ConfigError("configs/x.yaml: train.lr: must be > 0 (got -1)")
+"""
+
+
+class LaunchError(Exception):
+    """A failure the user can fix; ``str(err)`` is the whole message."""
+
+    exit_code = 1
+
+
+class ConfigError(LaunchError):
+    """A config file, ``--set`` override or flag is invalid."""
+
+    exit_code = 2
+
+
+class DataError(LaunchError):
+    """MNIST files are missing, truncated or not IDX."""
+
+
+class RunError(LaunchError):
+    """A run cannot be found, started, resumed or cancelled."""

@@ -1,0 +1,322 @@
+"""The Accelerate training loop: reads ``RUN_DIR/config.yaml``, writes every artifact to RUN_DIR.
+
+Runs the same on a laptop CPU, one GPU or several processes (``accelerate launch
+--num_processes N -m trainer --run-dir DIR``). Data sits on the device as uint8; each rank
+trains on its shard of a per-epoch permutation; the test set is evaluated every epoch; a
+checkpoint (``save_state``) per epoch resumes exactly (epoch, optimizer, scheduler, RNG).
+
+    python -m trainer --run-dir runs/model3-20261122-1200-ab12
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from trainer.augment import BatchAugment, normalize
+from trainer.config import Config, config_from_yaml
+from trainer.data import epoch_batches, load_mnist, steps_per_epoch
+from trainer.errors import DataError, RunError
+from trainer.events import EVENTS_FILE, EventWriter
+from trainer.models import MODELS, build_model, count_params, summarize
+
+CHECKPOINTS = "checkpoints"
+MARKER = "checkpoint.json"  # written last: a checkpoint without it is incomplete and never resumed
+
+
+class TrainState:
+    """What save_state does not already hold: epoch, history, best accuracy."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.best_accuracy = -1.0
+        self.best_epoch = 0
+        self.history: list[dict] = []
+        self.train_seconds = 0.0
+        self.images_seen = 0
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def build_scheduler(cfg: Config, optimizer, steps: int):
+    """-> (scheduler or None, when it steps: 'batch' | 'epoch' | 'metric')."""
+    s = cfg.scheduler
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma), "epoch"
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs * steps), "batch"
+    if s.name == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=s.max_lr or cfg.optimizer.lr, total_steps=cfg.train.epochs * steps,
+            pct_start=s.pct_start, div_factor=s.div_factor, final_div_factor=s.final_div_factor,
+            anneal_strategy=s.anneal_strategy, three_phase=s.three_phase,
+        )
+        return sched, "batch"
+    if s.name == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=s.mode, factor=s.factor, patience=s.patience, min_lr=s.min_lr
+        )
+        return sched, "metric"
+    return None, "none"
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """Newest checkpoint whose marker was written (so every file of it is complete)."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = [d for d in root.iterdir() if (d / MARKER).is_file()]
+    return max(done, key=lambda d: json.loads((d / MARKER).read_text())["epoch"], default=None)
+
+
+def prune_checkpoints(run_dir: Path, keep: int, best_epoch: int) -> None:
+    root = run_dir / CHECKPOINTS
+    done = sorted((d for d in root.iterdir() if (d / MARKER).is_file()), key=lambda d: d.name)
+    for d in done[:-keep]:
+        if d.name != f"epoch_{best_epoch:03d}":
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def write_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
+    ax1.set(title="loss", xlabel="epoch")
+    ax2.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
+    ax2.plot(epochs, [100 * h["test_accuracy"] for h in history], "o-", label="test")
+    ax2.set(title="accuracy (%)", xlabel="epoch")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)  # readers (the agent, the launcher) never see a half-written file
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, batch_size: int, accelerator: Accelerator, channels_last: bool):
+    """Test loss and accuracy over this rank's shard, summed across ranks."""
+    model.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    idx = torch.arange(rank, len(images), world, device=images.device)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    for i in range(0, len(idx), batch_size):
+        b = idx[i:i + batch_size]
+        x = normalize(images[b])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), labels[b], reduction="sum")
+        correct += (out.argmax(1) == labels[b]).sum()
+    totals = accelerator.reduce(torch.stack([loss_sum, correct.float()]), reduction="sum")
+    model.train()
+    return totals[0].item() / len(images), totals[1].item() / len(images)
+
+
+def train(run_dir: Path, resume: bool = False) -> dict:
+    run_dir = Path(run_dir)
+    cfg = config_from_yaml((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
+    meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").is_file() else {}
+    tc = cfg.train
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
+    main = accelerator.is_main_process
+    events = EventWriter(run_dir / EVENTS_FILE, enabled=main)
+
+    set_seed(tc.seed)  # init and dropout; permutation and augmentation have their own generators
+    device = accelerator.device
+    if not cfg.data.dir:
+        raise DataError("no data directory: set data.dir in the config or pass --data-dir")
+    data = load_mnist(cfg.data.dir, cfg.data.train_limit, cfg.data.test_limit).to(device)
+    model = build_model(cfg.model)
+    params = count_params(model)
+    rows = summarize(model)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model.parameters())
+    steps = steps_per_epoch(len(data.train_images), tc.batch_size, accelerator.num_processes)
+    scheduler, sched_when = build_scheduler(cfg, optimizer, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if tc.compile:
+        model = torch.compile(model)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if scheduler is not None:
+        accelerator.register_for_checkpointing(scheduler)
+
+    start_epoch = 1
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise RunError(f"{run_dir}: no complete checkpoint to resume from — start a new run instead")
+        accelerator.load_state(str(ckpt))
+        start_epoch = state.epoch + 1
+    if main:
+        accelerator.init_trackers("tensorboard", config={"model": cfg.model, "seed": tc.seed, "batch_size": tc.batch_size,
+                                                         "lr": cfg.optimizer.lr, "epochs": tc.epochs})
+        print_summary(cfg.model, rows, params)
+    augment = BatchAugment(cfg.augment) if cfg.augment.active else None
+    aug_gen = torch.Generator(device=device)
+    events.emit(
+        "start", model=cfg.model, params=params, epochs=tc.epochs, steps_per_epoch=steps,
+        batch_size=tc.batch_size, num_processes=accelerator.num_processes, device=str(device),
+        device_name=device_name(device), mixed_precision=tc.mixed_precision, start_epoch=start_epoch,
+        train_size=len(data.train_images), test_size=len(data.test_images), summary=rows, resumed=resume,
+    )
+
+    stop_reason = "completed"
+    for epoch in range(start_epoch, tc.epochs + 1):
+        aug_gen.manual_seed(tc.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for step, idx in enumerate(epoch_batches(len(data.train_images), tc.batch_size, epoch, tc.seed,
+                                                 accelerator.process_index, accelerator.num_processes, device), 1):
+            x = augment(data.train_images[idx], aug_gen) if augment else normalize(data.train_images[idx])
+            y = data.train_labels[idx]
+            if tc.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with accelerator.autocast():
+                out = model(x)
+                loss = F.cross_entropy(out, y, label_smoothing=tc.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            if sched_when == "batch":
+                scheduler.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += len(idx)
+            if main and (step % tc.log_every == 0 or step == steps):
+                elapsed = time.perf_counter() - t0
+                events.emit("step", epoch=epoch, step=step, steps=steps, loss=round(loss.item(), 5),
+                            lr=optimizer.param_groups[0]["lr"],
+                            images_per_second=round(seen * accelerator.num_processes / max(elapsed, 1e-9), 1))
+        if accelerator.num_processes > 1:
+            totals = accelerator.reduce(torch.stack([loss_sum, correct.float()]), reduction="sum")
+            loss_sum, correct = totals[0], totals[1]
+        train_time = time.perf_counter() - t0
+        total_seen = seen * accelerator.num_processes
+        test_loss, test_acc = evaluate(model, data.test_images, data.test_labels, tc.eval_batch_size,
+                                       accelerator, tc.channels_last)
+        lr = optimizer.param_groups[0]["lr"]
+        if sched_when == "epoch":
+            scheduler.step()
+        elif sched_when == "metric":
+            scheduler.step(test_acc if cfg.scheduler.mode == "max" else test_loss)
+        record = {
+            "epoch": epoch, "train_loss": loss_sum.item() / total_seen, "train_accuracy": float(correct.item()) / total_seen,
+            "test_loss": test_loss, "test_accuracy": test_acc, "lr": lr, "seconds": round(train_time, 3),
+            "images_per_second": round(total_seen / train_time, 1),
+        }
+        state.epoch = epoch
+        state.history.append(record)
+        state.train_seconds += train_time
+        state.images_seen += total_seen
+        is_best = test_acc > state.best_accuracy
+        if is_best:
+            state.best_accuracy, state.best_epoch = test_acc, epoch
+        accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+        events.emit("epoch", **record, best=is_best, best_test_accuracy=state.best_accuracy)
+        save_checkpoint(accelerator, model, run_dir, state, is_best, tc.keep_checkpoints, events)
+        if main:
+            write_curves(state.history, run_dir / "curves.png")
+        if tc.target_accuracy is not None and test_acc >= tc.target_accuracy:
+            stop_reason = "target_accuracy"
+            break
+
+    summary = {
+        "run_id": meta.get("run_id", run_dir.name), "model": cfg.model, "params": params,
+        "epochs_completed": state.epoch, "epochs": tc.epochs, "stop_reason": stop_reason,
+        "best_test_accuracy": state.best_accuracy if state.history else None,
+        "best_epoch": state.best_epoch,
+        "final_test_accuracy": state.history[-1]["test_accuracy"] if state.history else None,
+        "train_seconds": round(state.train_seconds, 3),
+        "images_per_second": round(state.images_seen / state.train_seconds, 1) if state.train_seconds else None,
+        "mixed_precision": tc.mixed_precision, "num_processes": accelerator.num_processes,
+        "device": device_name(device), "seed": tc.seed, "code_revision": meta.get("code_revision"),
+        "torch": torch.__version__, "history": state.history,
+    }
+    if main:
+        write_json(run_dir / "summary.json", summary)
+        events.emit("finished", **{k: v for k, v in summary.items() if k != "history"})
+    accelerator.end_training()
+    return summary
+
+
+def save_checkpoint(accelerator: Accelerator, model, run_dir: Path, state: TrainState, is_best: bool, keep: int,
+                    events: EventWriter) -> None:
+    path = run_dir / CHECKPOINTS / f"epoch_{state.epoch:03d}"
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if is_best:
+            from safetensors.torch import save_file
+
+            weights = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            tmp = run_dir / "model.safetensors.tmp"
+            save_file(weights, str(tmp), metadata={"epoch": str(state.epoch), "test_accuracy": str(state.best_accuracy)})
+            os.replace(tmp, run_dir / "model.safetensors")
+        files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+        write_json(path / MARKER, {"epoch": state.epoch, "files": files, "best": is_best})
+        prune_checkpoints(run_dir, keep, state.best_epoch)
+        events.emit("checkpoint", epoch=state.epoch, path=f"{CHECKPOINTS}/{path.name}", best=is_best)
+    accelerator.wait_for_everyone()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def print_summary(name: str, rows: list[dict], params: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{name}: {params:,} parameters", show_lines=False)
+    table.add_column("Layer (type)")
+    table.add_column("Output Shape")
+    table.add_column("Param #", justify="right")
+    for r in rows:
+        table.add_row(r["layer"], str(r["output_shape"]), f"{r['params']:,}")
+    Console(width=80, force_terminal=False).print(table)
