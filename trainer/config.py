@@ -187,7 +187,7 @@ def _format_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _validate(data: Any, where: str) -> Config:
+def validate_config(data: Any, where: str) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of sections (model:, train:, ...), got {type(data).__name__}")
     try:
@@ -244,10 +244,10 @@ def read_yaml(path: Union[str, Path]) -> dict:
 def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:
     """Read, validate, apply ``--set`` overrides, validate again (errors say which stage)."""
     data = read_yaml(path)
-    _validate(data, str(path))
+    validate_config(data, str(path))
     if overrides:
-        return _validate(apply_overrides(data, overrides), f"{path} with --set {' '.join(overrides)}")
-    return _validate(data, str(path))
+        return validate_config(apply_overrides(data, overrides), f"{path} with --set {' '.join(overrides)}")
+    return validate_config(data, str(path))
 
 
 def config_to_yaml(cfg: Config) -> str:
@@ -256,6 +256,6 @@ def config_to_yaml(cfg: Config) -> str:
 
 def config_from_yaml(text: str, where: str = "config.yaml") -> Config:
     try:
-        return _validate(yaml.safe_load(text), where)
+        return validate_config(yaml.safe_load(text), where)
     except yaml.YAMLError:
         raise ConfigError(f"{where}: YAML syntax error") from None

@@ -234,23 +234,21 @@ class Gap19kNet(nn.Module):
 
 
 class RecordNet(nn.Module):
-    """Our own recipe (configs/record.yaml): 99.4% with fewer than 4,000 parameters.
+    """Our own recipe (configs/record.yaml): aiming at 99.4% with fewer than 4,000 parameters.
 
-    EC2Net's shape with narrower early layers and padding that keeps 28x28 until the first
-    pool, so the small channel budget sees more spatial context. 3,946 parameters.
+    EC2Net's shape made narrower: 1->8->8, pool, 8->10->12->12, GAP, a 1x1 classifier; the
+    receptive field still spans 18 pixels before GAP. 3,964 parameters.
     """
 
     def __init__(self, p_drop: float = 0.0) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            conv_bn(1, 6, pad=1, p_drop=p_drop),  # 28
-            conv_bn(6, 12, pad=1, p_drop=p_drop),  # 28
-            nn.MaxPool2d(2),  # 14
-            nn.Conv2d(12, 8, 1, bias=False),  # 14
-            conv_bn(8, 12, p_drop=p_drop),  # 12
-            conv_bn(12, 12, p_drop=p_drop),  # 10
-            nn.MaxPool2d(2),  # 5
-            conv_bn(12, 12, pad=1),  # 5
+            conv_bn(1, 8, p_drop=p_drop),  # 26
+            conv_bn(8, 8, p_drop=p_drop),  # 24
+            nn.MaxPool2d(2),  # 12
+            conv_bn(8, 10, p_drop=p_drop),  # 10
+            conv_bn(10, 12, p_drop=p_drop),  # 8
+            conv_bn(12, 12),  # 6
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(12, 10, 1, bias=False),
         )
@@ -281,7 +279,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("fc_dropout", FCDropout, "001_0b3a81bf58e92569.txt", "Model_2: best 98.80% in 11-12 epochs", 15106),
         ModelSpec("one_epoch", OneEpochNet, "002_1cec889a9c8ecd1e.txt", ">= 95% test accuracy after 1 epoch", 25000),
         ModelSpec("gap_19k", Gap19kNet, "003_716314f9133d09a3.txt", ">= 99.4% within 20 epochs (99.49% at 20)", 20000),
-        ModelSpec("record", RecordNet, "(ours)", ">= 99.4% final in 15 epochs with < 4,000 params", 4000),
+        ModelSpec("record", RecordNet, "(ours)", "target: >= 99.4% final in 15 epochs with < 4,000 params", 3999),
     ]
 }
 

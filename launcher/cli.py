@@ -1,0 +1,297 @@
+"""``mnist-launch``: one small function per command; the work happens in the orchestrator.
+
+Errors the user can fix print ``error: <what> — <what to do>`` to stderr and exit non-zero;
+a traceback only with ``MNIST_LAUNCH_DEBUG=1``.
+
+    mnist-launch train configs/model3.yaml --local --set train.epochs=1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from launcher.errors import ConfigError, LaunchError
+
+app = typer.Typer(
+    name="mnist-launch",
+    help="Train compact MNIST CNNs on an EC2 GPU, or locally with --local.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="The MNIST files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+# Not a terminal (CI, pipes): a fixed wide layout instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+STORE_HELP = "artifact store: a folder (runs go to STORE/runs/RUN_ID) or s3://bucket/prefix [default: .]"
+
+
+def _follow(run_id: str, run_dir: Path, follow: bool = True, offset: int = 0) -> Optional[dict]:
+    from infra.host import LocalHost
+    from launcher.live import RunView, follow_run
+
+    view = RunView(console, live=follow)
+    try:
+        return follow_run(LocalHost(), str(run_dir), view, follow=follow, offset=offset)
+    except KeyboardInterrupt:
+        view.stop()
+        console.print(
+            f"\n[yellow]detached[/]: {run_id} keeps running. Re-attach: mnist-launch logs {run_id} --follow · "
+            f"stop: mnist-launch cancel {run_id}"
+        )
+        raise typer.Exit(0)
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="recipe YAML, e.g. configs/model3.yaml"),
+    local: bool = typer.Option(False, "--local", help="run on this machine; artifacts in a folder (no AWS)"),
+    set_: List[str] = typer.Option([], "--set", help="override a config key: --set train.epochs=3 (repeatable)"),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="name the run [default: CONFIG-DATE-TIME-XXXX]"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="folder with the MNIST IDX files [default: data.dir or ./data]"),
+    processes: int = typer.Option(1, "--processes", help="training processes (accelerate launch --num_processes)"),
+    detach: bool = typer.Option(False, "--detach", help="start the run and return; follow later with `logs --follow`"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue RUN_ID from its latest checkpoint"),
+    name: Optional[str] = typer.Option(None, "--name", help="cluster to run on (cloud runs)"),
+) -> None:
+    """Train a recipe: on this machine with --local, else on the named EC2 cluster."""
+    if not local:
+        raise ConfigError(
+            "cloud runs are not available in this version — add --local to train on this machine"
+        )
+    from launcher.orchestrator import LocalRequest, start_run
+
+    run = start_run(LocalRequest(config=str(config) if config else None, overrides=list(set_), store=store,
+                                 run_id=run_id, data_dir=data_dir, processes=processes, resume=resume))
+    console.print(f"run [bold]{run.run_id}[/] → {run.run_dir}")
+    if detach:
+        console.print(f"detached. Follow: mnist-launch logs {run.run_id} --follow · stop: mnist-launch cancel {run.run_id}")
+        return
+    end = _follow(run.run_id, run.run_dir, offset=run.events_offset)
+    if end and end.get("state") != "succeeded":
+        raise LaunchError(f"run {run.run_id} {end.get('state')}: {end.get('reason')} — full log: {run.run_dir / 'train.log'}")
+
+
+@app.command()
+def logs(
+    run_id: str = typer.Argument(..., help="the run to show"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep following until the run ends"),
+    raw: bool = typer.Option(False, "--raw", help="print train.log (the trainer's output) instead of events"),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+) -> None:
+    """Show a run's progress from its events (re-attaches to a running run with --follow)."""
+    from launcher.orchestrator import find_run, read_status
+
+    run_dir = find_run(run_id, store)
+    if raw:
+        _print_raw_log(run_dir, follow)
+        return
+    end = _follow(run_id, run_dir, follow=follow)
+    if end is None and not follow:
+        console.print(f"[dim]state: {read_status(run_dir).get('state', 'unknown')}[/]")
+
+
+def _print_raw_log(run_dir: Path, follow: bool) -> None:
+    from launcher.orchestrator import TERMINAL, read_status
+
+    offset = 0
+    path = run_dir / "train.log"
+    while True:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+            offset += len(chunk)
+        elif not follow or read_status(run_dir).get("state") in TERMINAL:
+            return
+        else:
+            time.sleep(0.3)
+
+
+@app.command()
+def cancel(
+    run_id: str = typer.Argument(..., help="the run to stop"),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+) -> None:
+    """Stop a running run (its checkpoints so far are kept)."""
+    from launcher.orchestrator import cancel_run
+
+    status = cancel_run(run_id, store)
+    console.print(f"{run_id}: {status.get('state')}" + (f" ({status.get('reason')})" if status.get("reason") else ""))
+
+
+@app.command()
+def runs(
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+) -> None:
+    """List the runs in the store with their results."""
+    from launcher.live import pct
+    from launcher.orchestrator import list_runs
+
+    rows = list_runs(store)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("no runs yet — start one with `mnist-launch train configs/model3.yaml --local`")
+        return
+    table = Table()
+    for col in ("run", "model", "params", "state", "epochs", "final acc", "best acc", "train time", "img/s"):
+        table.add_column(col, justify="right" if col not in ("run", "model", "state") else "left")
+    for r in rows:
+        table.add_row(
+            r["run_id"], r["model"] or "-", f"{r['params']:,}" if r["params"] else "-", r["state"],
+            f"{r['epochs_completed']}/{r['epochs']}", pct(r["final_test_accuracy"]), pct(r["best_test_accuracy"]),
+            f"{r['train_seconds']:.1f}s" if r["train_seconds"] else "-",
+            f"{r['images_per_second']:,.0f}" if r["images_per_second"] else "-",
+        )
+    console.print(table)
+
+
+@app.command()
+def results(
+    run_id: str = typer.Argument(..., help="the run to fetch"),
+    dest: Path = typer.Option(Path("results"), "--dest", help="folder to copy the run into"),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+) -> None:
+    """Copy a run's artifacts (checkpoints, metrics, log, curves) to a local folder."""
+    from infra.store import open_store
+
+    out = open_store(store).download(run_id, dest)
+    console.print(f"{run_id} → {out}")
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """The model zoo: one recipe per seed, with parameter counts and the seed's claim."""
+    from trainer.models import MODELS, build_model, count_params
+
+    rows = [{"name": s.name, "params": count_params(build_model(s.name)), "budget": s.budget, "seed": s.seed,
+             "claim": s.claim, "config": f"configs/{s.name}.yaml", "class": s.factory.__name__} for s in MODELS.values()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for col in ("name", "params", "budget", "seed", "claim"):
+        table.add_column(col, justify="right" if col in ("params", "budget") else "left")
+    for r in rows:
+        table.add_row(r["name"], f"{r['params']:,}", f"{r['budget']:,}", r["seed"], r["claim"])
+    console.print(table)
+
+
+@data_app.command("download")
+def data_download(
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="where to put MNIST/raw/*.gz"),
+) -> None:
+    """Fetch MNIST through torchvision's mirrors (needs internet)."""
+    from trainer.data import check_dir
+
+    try:
+        from torchvision.datasets import MNIST
+
+        for train_split in (True, False):
+            MNIST(root=str(data_dir), train=train_split, download=True)
+    except Exception as err:  # torchvision raises plain RuntimeError/URLError on network failure
+        raise LaunchError(
+            f"could not download MNIST to {data_dir} ({type(err).__name__}: {str(err).splitlines()[0][:160]}) — "
+            "check the internet connection, or copy the four *-ubyte.gz files into that folder"
+        ) from None
+    check_dir(data_dir)
+    console.print(f"MNIST is in {data_dir}/MNIST/raw")
+
+
+@data_app.command("check")
+def data_check(data_dir: Path = typer.Option(Path("data"), "--data-dir", help="folder to check")) -> None:
+    """Check the four MNIST files (headers and sizes) without loading them."""
+    from trainer.data import check_dir
+
+    counts = check_dir(data_dir)
+    console.print(", ".join(f"{k}: {v:,}" for k, v in counts.items()))
+
+
+def _register_cloud_commands() -> None:
+    try:
+        from launcher import cloud_cli
+    except ImportError:
+        return
+    cloud_cli.register(app)
+
+
+_register_cloud_commands()
+
+
+def _usage_errors() -> tuple:
+    """Bad flags and arguments: typer >= 0.20 vendors click, older ones use it directly."""
+    classes = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    try:
+        import click
+
+        classes.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(classes)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    debug = os.environ.get("MNIST_LAUNCH_DEBUG") == "1"
+    try:
+        app(args=argv, standalone_mode=False, prog_name="mnist-launch")
+        return 0
+    except LaunchError as err:
+        if debug:
+            raise
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        return err.exit_code
+    except typer.Exit as ex:
+        return ex.exit_code
+    except typer.Abort:
+        err_console.print("aborted", markup=False)
+        return 130
+    except _usage_errors() as err:  # bad flags and arguments
+        if debug:
+            raise
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `mnist-launch` or `mnist-launch data`
+            print(err.ctx.get_help() if getattr(err, "ctx", None) else err.format_message())
+            return 0
+        cmd = f" {err.ctx.command_path.split(' ', 1)[1]}" if getattr(err, "ctx", None) and " " in err.ctx.command_path else ""
+        err_console.print(f"error: {err.format_message()} — see `mnist-launch{cmd} --help`", markup=False,
+                          highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        err_console.print(
+            f"error: unexpected {type(err).__name__}: {err} — rerun with MNIST_LAUNCH_DEBUG=1 for the traceback "
+            "and report it", markup=False, highlight=False, soft_wrap=True,
+        )
+        return 1
+
+
+def entry() -> None:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

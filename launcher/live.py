@@ -1,0 +1,173 @@
+"""The live view: events.jsonl rendered with rich, read from a byte offset.
+
+The same renderer serves a live ``train``, ``logs RUN_ID`` and ``logs --follow``: it reads
+complete lines from an offset, so a follower that reconnects resumes exactly where it was.
+
+    follow_run(host, run_dir, console)  # returns the run_end event (or None if detached)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable, Optional
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from infra.host import Host
+from trainer.events import EVENTS_FILE, parse_events
+
+
+def pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+class RunView:
+    """Turns events into rich output: progress bars, one metrics row per epoch, a summary panel."""
+
+    def __init__(self, console: Console, live: bool = True) -> None:
+        self.console = console
+        self.progress: Optional[Progress] = None
+        self.live = live and console.is_terminal
+        self.epoch_task = self.step_task = None
+        self.end: Optional[dict] = None
+        self.finished: Optional[dict] = None
+        self.header_done = False
+
+    def _start_progress(self, epochs: int, steps: int, start_epoch: int) -> None:
+        if not self.live or self.progress is not None:
+            return
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, transient=True,
+        )
+        self.progress.start()
+        self.epoch_task = self.progress.add_task("epochs", total=epochs, completed=start_epoch - 1, info="")
+        self.step_task = self.progress.add_task(f"epoch {start_epoch}", total=steps, info="")
+
+    def print(self, *args, **kwargs) -> None:
+        (self.progress.console if self.progress else self.console).print(*args, **kwargs)
+
+    def handle(self, ev: dict) -> None:
+        kind = ev.get("type")
+        if kind == "start":
+            resumed = f", resumed at epoch {ev['start_epoch']}" if ev.get("resumed") else ""
+            self.print(
+                f"[bold]{ev['model']}[/] {ev['params']:,} params · {ev['train_size']:,} train / {ev['test_size']:,} test images · "
+                f"{ev['num_processes']} process(es) on {ev['device_name']} · mixed precision {ev['mixed_precision']}{resumed}"
+            )
+            self._header()
+            self._start_progress(ev["epochs"], ev["steps_per_epoch"], ev.get("start_epoch", 1))
+        elif kind == "step" and self.progress is not None:
+            self.progress.update(self.step_task, description=f"epoch {ev['epoch']}", completed=ev["step"],
+                                 total=ev["steps"], info=f"loss {ev['loss']:.4f} · {ev['images_per_second']:,.0f} img/s")
+        elif kind == "epoch":
+            best = " *" if ev.get("best") else ""
+            self.print(
+                f"{ev['epoch']:>5}  {ev['train_loss']:>10.4f}  {pct(ev['train_accuracy']):>9}  {ev['test_loss']:>9.4f}  "
+                f"{pct(ev['test_accuracy']):>8}{best:<2}  {ev['lr']:>9.2e}  {ev['images_per_second']:>9,.0f}  {ev['seconds']:>6.1f}s"
+            )
+            if self.progress is not None:
+                self.progress.update(self.epoch_task, completed=ev["epoch"])
+                self.progress.reset(self.step_task, description=f"epoch {ev['epoch'] + 1}")
+        elif kind == "finished":
+            self.finished = ev
+        elif kind == "run_end":
+            self.end = ev
+            self.stop()
+            self._final(ev)
+
+    def _header(self) -> None:
+        if not self.header_done:
+            self.print("[dim]epoch  train loss  train acc  test loss  test acc        lr      img/s   time[/]")
+            self.header_done = True
+
+    def _final(self, end: dict) -> None:
+        f = self.finished
+        if end.get("state") == "succeeded" and f:
+            grid = Table.grid(padding=(0, 2))
+            grid.add_row("run", str(f.get("run_id")))
+            grid.add_row("model", f"{f['model']} ({f['params']:,} params)")
+            grid.add_row("epochs", f"{f['epochs_completed']}/{f['epochs']} ({f['stop_reason']})")
+            grid.add_row("final test accuracy", pct(f.get("final_test_accuracy")))
+            grid.add_row("best test accuracy", f"{pct(f.get('best_test_accuracy'))} (epoch {f.get('best_epoch')})")
+            grid.add_row("train time", f"{f['train_seconds']:.1f}s · {f.get('images_per_second') or 0:,.0f} img/s")
+            grid.add_row("device", f"{f['device']} × {f['num_processes']} · {f['mixed_precision']}")
+            self.console.print(Panel(grid, title="finished", border_style="green", expand=False))
+        elif end.get("state") == "cancelled":
+            self.console.print(f"[yellow]cancelled[/]: {end.get('reason')}")
+        else:
+            self.console.print(f"[red]{end.get('state')}[/]: {end.get('reason')}")
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def agent_gone(host: Host, run_dir: str) -> Optional[dict]:
+    """A run_end stand-in when the agent died without writing one (kill -9, reboot)."""
+    text = host.read_text(f"{run_dir}/status.json")
+    if not text:
+        return None
+    try:
+        status = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if status.get("state") in ("succeeded", "failed", "cancelled", "preempted"):
+        return None  # it did finish: its run_end is in the file, read it
+    pid = status.get("agent_pid")
+    if pid and not host.is_alive(int(pid)):
+        return {"type": "run_end", "state": "failed", "reason": "the agent stopped without finishing (killed?)"}
+    return None
+
+
+def _restarted(host: Host, run_dir: str) -> bool:
+    text = host.read_text(f"{run_dir}/status.json")
+    try:
+        return bool(text) and json.loads(text).get("state") in ("starting", "running")
+    except json.JSONDecodeError:
+        return False
+
+
+def follow_run(host: Host, run_dir: str, view: RunView, follow: bool = True, poll: float = 0.25,
+               offset: int = 0, on_offset: Optional[Callable[[int], None]] = None) -> Optional[dict]:
+    """Render events from ``offset`` until run_end (``follow``) or the end of the file (not)."""
+    path = f"{run_dir}/{EVENTS_FILE}"
+    idle_checks = 0
+    try:
+        while True:
+            chunk = host.read_from(path, offset)
+            events, offset = parse_events(chunk, offset)
+            for ev in events:
+                view.end = None  # events after a run_end belong to a resumed attempt
+                view.handle(ev)
+            if on_offset:
+                on_offset(offset)
+            if view.end is not None:
+                if follow and _restarted(host, run_dir):
+                    view.end = None  # a resumed attempt follows this run_end: keep going
+                else:
+                    return view.end
+            if not events:
+                if not follow:
+                    return None
+                idle_checks += 1
+                if idle_checks % 8 == 0:  # ~every 2 s: did the agent die without a word?
+                    gone = agent_gone(host, run_dir)
+                    if gone is not None:
+                        # one last read: the agent may have written run_end just before exiting
+                        events, offset = parse_events(host.read_from(path, offset), offset)
+                        for ev in events:
+                            view.handle(ev)
+                        if view.end is None:
+                            view.handle(gone)
+                        return view.end
+                time.sleep(poll)
+            else:
+                idle_checks = 0
+    finally:
+        view.stop()

@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+
+from trainer.config import load_config
+from trainer.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def test_there_is_a_config_for_every_recipe():
+    stems = {p.stem for p in CONFIGS}
+    assert {"model1", "model2", "model3", "model4", "fc_baseline", "fc_dropout", "one_epoch", "gap_19k"} <= stems
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_loads_and_names_its_model(path):
+    cfg = load_config(path)
+    assert cfg.model == path.stem
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_is_rejected_by_name(tmp_path):
+    p = write(tmp_path, "model: model3\ntrain: {epochs: 2, lrr: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'train\.lrr'"):
+        load_config(p)
+
+
+def test_wrong_type_names_file_and_key(tmp_path):
+    p = write(tmp_path, "model: model3\ntrain: {epochs: many}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: train\.epochs: .*integer.*'many'"):
+        load_config(p)
+
+
+def test_negative_learning_rate_is_rejected(tmp_path):
+    p = write(tmp_path, "model: model3\noptimizer: {lr: -0.1}\n")
+    with pytest.raises(ConfigError, match=r"optimizer\.lr: Input should be greater than 0"):
+        load_config(p)
+
+
+def test_unknown_model_lists_the_zoo(tmp_path):
+    p = write(tmp_path, "model: resnet50\n")
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet50' \(known: .*model3"):
+        load_config(p)
+
+
+def test_yaml_syntax_error_gives_the_line(tmp_path):
+    p = write(tmp_path, "model: model3\ntrain: {epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"YAML syntax error at line \d+"):
+        load_config(p)
+
+
+def test_missing_file_and_empty_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="file is empty"):
+        load_config(write(tmp_path, ""))
+
+
+def test_set_overrides_are_typed_and_checked(tmp_path):
+    p = write(tmp_path, "model: model3\n")
+    cfg = load_config(p, ["train.epochs=3", "augment.rotation=[-5, 10]", "optimizer.name=adam"])
+    assert cfg.train.epochs == 3 and cfg.augment.rotation_range == (-5, 10) and cfg.optimizer.name == "adam"
+    with pytest.raises(ConfigError, match=r"with --set train\.nope=1: unknown key 'train\.nope'"):
+        load_config(p, ["train.nope=1"])
+    with pytest.raises(ConfigError, match=r"--set 'epochs': expected KEY=VALUE"):
+        load_config(p, ["epochs"])
+    with pytest.raises(ConfigError, match=r"train\.mixed_precision: Input should be 'no', 'fp16' or 'bf16'"):
+        load_config(p, ["train.mixed_precision=fp8"])
+
+
+def test_augment_ranges_are_validated(tmp_path):
+    p = write(tmp_path, "model: model3\naugment: {scale: [1.2, 0.9]}\n")
+    with pytest.raises(ConfigError, match=r"augment\.scale: must be \(lo, hi\)"):
+        load_config(p)
+    p = write(tmp_path, "model: model3\naugment: {rotation: -3}\n")
+    with pytest.raises(ConfigError, match=r"augment\.rotation: must be >= 0"):
+        load_config(p)

@@ -1,0 +1,113 @@
+"""Real `accelerate launch` runs through the agent, on small IDX files cut from the real MNIST."""
+
+import io
+import json
+import time
+
+import pytest
+from rich.console import Console
+from safetensors.torch import load_file
+
+from infra.host import LocalHost
+from launcher.live import RunView, follow_run
+from launcher.orchestrator import LocalRequest, cancel_run, read_status, start_run
+
+
+def run_to_end(run, timeout=240):
+    out = io.StringIO()
+    view = RunView(Console(file=out, width=120), live=False)
+    end = follow_run(run.host, str(run.run_dir), view, poll=0.1, offset=run.events_offset)
+    return end, out.getvalue()
+
+
+def events_of(run_dir):
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def test_two_process_run_trains_shards_and_checkpoints(small_mnist, tmp_path):
+    run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
+                                 processes=2, overrides=["train.epochs=2", "train.batch_size=32", "train.keep_checkpoints=1"]))
+    end, text = run_to_end(run)
+    assert end["state"] == "succeeded", (run.run_dir / "train.log").read_text()[-2000:]
+    d = run.run_dir
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["epochs_completed"] == 2
+    assert 0.5 < summary["final_test_accuracy"] <= 1.0
+    start = next(e for e in events_of(d) if e["type"] == "start")
+    assert start["steps_per_epoch"] == 32  # 2,000 images / 2 ranks / batch 32 -> each rank its own shard
+    kinds = [e["type"] for e in events_of(d) if e["type"] != "step"]
+    assert kinds == ["start", "epoch", "checkpoint", "epoch", "checkpoint", "finished", "run_end"]
+    ckpts = sorted(p.name for p in (d / "checkpoints").iterdir())
+    best = summary["best_epoch"]
+    assert "epoch_002" in ckpts and set(ckpts) <= {"epoch_002", f"epoch_{best:03d}"}  # last K=1 plus the best
+    assert (d / "checkpoints" / "epoch_002" / "checkpoint.json").is_file()
+    assert load_file(str(d / "model.safetensors"))  # best weights
+    assert (d / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((d / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "Layer (type)" in (d / "train.log").read_text()
+    assert "finished" in text
+
+
+def test_resume_continues_exactly_where_it_stopped(small_mnist, tmp_path):
+    common = ["train.batch_size=64", "scheduler.name=step", "scheduler.step_size=1", "scheduler.gamma=0.5",
+              "augment.rotation=10", "data.train_limit=1000"]
+    straight = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
+                                      run_id="straight", overrides=common + ["train.epochs=2"]))
+    assert run_to_end(straight)[0]["state"] == "succeeded"
+    first = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
+                                   run_id="split", overrides=common + ["train.epochs=1"]))
+    assert run_to_end(first)[0]["state"] == "succeeded"
+    resumed = start_run(LocalRequest(store=str(tmp_path), data_dir=str(small_mnist), resume="split",
+                                     overrides=["train.epochs=2"]))
+    end, _ = run_to_end(resumed)
+    assert end["state"] == "succeeded"
+    a = json.loads((straight.run_dir / "summary.json").read_text())
+    b = json.loads((resumed.run_dir / "summary.json").read_text())
+    assert b["epochs_completed"] == 2
+    for ha, hb in zip(a["history"], b["history"]):
+        assert ha["test_accuracy"] == hb["test_accuracy"] and ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-6)
+    wa = load_file(str(straight.run_dir / "checkpoints/epoch_002/model.safetensors"))
+    wb = load_file(str(resumed.run_dir / "checkpoints/epoch_002/model.safetensors"))
+    assert all((wa[k] - wb[k]).abs().max() < 1e-6 for k in wa)
+    starts = [e for e in events_of(resumed.run_dir) if e["type"] == "start"]
+    assert [s["start_epoch"] for s in starts] == [1, 2]
+
+
+def test_target_accuracy_stops_early(small_mnist, tmp_path):
+    run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
+                                 overrides=["train.epochs=5", "train.target_accuracy=0.05", "data.train_limit=500"]))
+    assert run_to_end(run)[0]["state"] == "succeeded"
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["epochs_completed"] == 1 and summary["stop_reason"] == "target_accuracy"
+
+
+def test_a_crashing_trainer_marks_the_run_failed_with_its_reason(small_mnist, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_mnist, data)
+    run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(data)))
+    # the data goes bad after the launcher checked it (a disk problem, a concurrent download...)
+    (data / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
+    end, text = run_to_end(run)
+    assert end["state"] == "failed"
+    status = read_status(run.run_dir)
+    assert status["state"] == "failed" and status["exit_code"] != 0
+    assert "t10k-labels-idx1-ubyte.gz" in status["reason"]
+    assert "failed" in text
+
+
+def test_cancel_stops_every_process_and_keeps_the_run(small_mnist, tmp_path):
+    run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
+                                 processes=2, overrides=["train.epochs=50"]))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and b'"type":"epoch"' not in (run.run_dir / "events.jsonl").read_bytes() \
+            if (run.run_dir / "events.jsonl").exists() else True:
+        time.sleep(0.2)
+    status = cancel_run(run.run_id, str(tmp_path))
+    assert status["state"] == "cancelled"
+    host = LocalHost()
+    time.sleep(0.5)
+    assert not host.is_alive(status["agent_pid"]) and not host.is_alive(status["trainer_pid"])
+    assert events_of(run.run_dir)[-1]["type"] == "run_end"
+    assert (run.run_dir / "checkpoints" / "epoch_001" / "checkpoint.json").is_file()
