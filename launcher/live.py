@@ -59,6 +59,8 @@ class RunView:
                 f"[bold]{ev['model']}[/] {ev['params']:,} params · {ev['train_size']:,} train / {ev['test_size']:,} test images · "
                 f"{ev['num_processes']} process(es) on {ev['device_name']} · mixed precision {ev['mixed_precision']}{resumed}"
             )
+            if ev.get("summary") and not ev.get("resumed"):
+                self.print(summary_table(ev["summary"]))
             self._header()
             self._start_progress(ev["epochs"], ev["steps_per_epoch"], ev.get("start_epoch", 1))
         elif kind == "step" and self.progress is not None:
@@ -106,6 +108,17 @@ class RunView:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def summary_table(rows: list[dict]) -> Table:
+    """torchsummary's table, as the seeds print it: layer, output shape, parameters."""
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
+    table.add_column("Layer (type)")
+    table.add_column("Output Shape")
+    table.add_column("Param #", justify="right")
+    for r in rows:
+        table.add_row(r["layer"], str(r["output_shape"]), f"{r['params']:,}")
+    return table
 
 
 def agent_gone(host: Host, run_dir: str) -> Optional[dict]:

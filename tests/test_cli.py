@@ -42,7 +42,7 @@ def test_local_train_end_to_end_writes_every_artifact(small_mnist, tmp_path):
     assert 0 <= summary["final_test_accuracy"] <= 1 and summary["epochs_completed"] == 2
     resolved = (run_dir / "config.yaml").read_text()
     assert "epochs: 2" in resolved and str(small_mnist) in resolved  # the resolved config, data dir included
-    assert "final test accuracy" in p.stdout and "Layer (type)" not in p.stdout
+    assert "final test accuracy" in p.stdout and "Layer (type)" in p.stdout and "Conv2d-1" in p.stdout
 
     rows = json.loads(cli("runs", "--json", "--store", str(tmp_path)).stdout)
     assert [r["run_id"] for r in rows] == ["e2e"] and rows[0]["state"] == "succeeded"
@@ -59,18 +59,21 @@ def test_local_train_end_to_end_writes_every_artifact(small_mnist, tmp_path):
     assert got.returncode == 0 and (tmp_path / "fetched" / "e2e" / "summary.json").is_file()
 
 
-def test_killing_the_launcher_does_not_kill_the_run(small_mnist, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_stopping_the_launcher_does_not_stop_the_run(small_mnist, tmp_path, sig):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "launcher", "train", "configs/model3.yaml", "--local",
                              "--data-dir", str(small_mnist), "--store", str(tmp_path), "--run-id", "orphan",
-                             "--set", "train.epochs=3"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--set", "train.epochs=3"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     events = tmp_path / "runs" / "orphan" / "events.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (events.exists() and b'"type":"start"' in events.read_bytes()):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)  # the laptop closes
-    proc.wait()
+    proc.send_signal(sig)  # Ctrl-C, or the laptop closes
+    out, _ = proc.communicate(timeout=30)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 0 and "detached" in out and "mnist-launch logs orphan --follow" in out
     follow = cli("logs", "orphan", "--follow", "--store", str(tmp_path), timeout=240)
     assert follow.returncode == 0
     lines = [l for l in follow.stdout.splitlines() if l.strip().split(" ")[0] in {"1", "2", "3"}]

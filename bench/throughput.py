@@ -1,0 +1,134 @@
+"""Training throughput: the seed 003 pipeline vs ours, same model, same augmentations, one machine.
+
+(a) seed: torchvision per-image PIL transforms in a DataLoader with workers, Gap19kNet, Adam,
+    batch 128 — exactly the Compose in ../shared/seeds/003_716314f9133d09a3.txt.
+(b) ours: the real trainer (``python -m trainer``) on configs/gap_19k.yaml for one epoch:
+    uint8 data on the device, batched augmentation, channels_last.
+Images/s over a full epoch, warm-up batches excluded for (a); (b) reports its own epoch
+images/s (training only, evaluation excluded). Peak RSS of each side is printed too.
+
+    python bench/throughput.py --data-dir ../shared/data/mnist [--device cuda] [--epochs-fraction 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def seed_pipeline(data_dir: str, device: str, workers: int, fraction: float, warmup: int = 10) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from torchvision import transforms
+
+    from trainer.data import load_mnist
+    from trainer.models import Gap19kNet
+
+    ds = load_mnist(data_dir)
+    train_transforms = transforms.Compose([
+        transforms.RandomApply([transforms.CenterCrop(22)], p=0.1),
+        transforms.Resize((28, 28)),
+        transforms.RandomRotation(degrees=10),
+        transforms.ColorJitter(brightness=0.2, contrast=0.2),
+        transforms.RandomAffine(0, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+        transforms.ToTensor(),
+        transforms.Normalize((0.1307,), (0.3081,)),
+    ])
+
+    class SeedMNIST(torch.utils.data.Dataset):  # what torchvision.datasets.MNIST.__getitem__ does
+        def __init__(self, images, labels):
+            self.images, self.labels = images[:, 0].numpy(), labels.numpy()
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return train_transforms(Image.fromarray(self.images[i], mode="L")), int(self.labels[i])
+
+    n = int(len(ds.train_labels) * fraction)
+    loader = torch.utils.data.DataLoader(SeedMNIST(ds.train_images[:n], ds.train_labels[:n]), batch_size=128,
+                                         shuffle=True, num_workers=workers, pin_memory=device == "cuda",
+                                         persistent_workers=False)
+    model = Gap19kNet().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    seen, t0 = 0, None
+    for i, (x, y) in enumerate(loader):
+        if i == warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0, seen = time.perf_counter(), 0
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(y)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"images_per_second": seen / elapsed, "images": seen, "seconds": elapsed,
+            "peak_rss_mb": round(rss_self + workers * rss_children, 1)}
+
+
+def our_pipeline(data_dir: str, fraction: float, extra: list[str]) -> dict:
+    from trainer.config import config_to_yaml, load_config
+
+    overrides = ["train.epochs=1", "train.log_every=1000", *extra]
+    if fraction < 1:
+        overrides.append(f"data.train_limit={int(60000 * fraction)}")
+    cfg = load_config(ROOT / "configs" / "gap_19k.yaml", overrides)
+    cfg.data.dir = str(Path(data_dir).resolve())
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.yaml").write_text(config_to_yaml(cfg))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        p = subprocess.run([sys.executable, "-m", "trainer", "--run-dir", tmp], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if p.returncode != 0:
+            raise SystemExit(f"trainer failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+        summary = json.loads((Path(tmp) / "summary.json").read_text())
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"images_per_second": summary["images_per_second"], "seconds": summary["train_seconds"],
+            "device": summary["device"], "peak_rss_mb": round(max(peak, before) / 1024, 1),
+            "test_accuracy": summary["final_test_accuracy"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--device", default="cpu", help="device for the seed pipeline (ours picks its own)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="DataLoader workers for the seed pipeline")
+    ap.add_argument("--fraction", type=float, default=1.0, help="fraction of the 60k training images per epoch")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set for our trainer")
+    args = ap.parse_args()
+    import torch
+
+    ours = our_pipeline(args.data_dir, args.fraction, args.overrides)
+    seed = seed_pipeline(args.data_dir, args.device, args.workers, args.fraction)
+    result = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}", "device": ours["device"],
+        "seed_images_per_second": round(seed["images_per_second"], 1), "ours_images_per_second": ours["images_per_second"],
+        "ratio": round(ours["images_per_second"] / seed["images_per_second"], 2),
+        "seed_peak_rss_mb": seed["peak_rss_mb"], "ours_peak_rss_mb": ours["peak_rss_mb"],
+        "ours_one_epoch_test_accuracy": ours["test_accuracy"], "workers": args.workers,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
