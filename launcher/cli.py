@@ -255,8 +255,8 @@ def _usage_errors() -> tuple:
 def main(argv: Optional[list[str]] = None) -> int:
     debug = os.environ.get("MNIST_LAUNCH_DEBUG") == "1"
     try:
-        app(args=argv, standalone_mode=False, prog_name="mnist-launch")
-        return 0
+        rc = app(args=argv, standalone_mode=False, prog_name="mnist-launch")
+        return rc if isinstance(rc, int) else 0  # typer.Exit(n) comes back as n without standalone mode
     except LaunchError as err:
         if debug:
             raise

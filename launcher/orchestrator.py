@@ -176,13 +176,9 @@ def cancel_run(run_id: str, store_uri: Optional[str], host: Optional[Host] = Non
     if pid is None:
         raise RunError(f"run '{run_id}' has not started its agent yet — try again in a few seconds")
     host.kill(int(pid), signal.SIGTERM)
+    # done when the agent has exited: it records the final state, then stops the trainer's group
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = read_status(run_dir)
-        if status.get("state") in TERMINAL:
-            return status
-        if not host.is_alive(int(pid)):
-            break
+    while time.monotonic() < deadline and host.is_alive(int(pid)):
         time.sleep(0.2)
     status = read_status(run_dir)
     if status.get("state") not in TERMINAL:
