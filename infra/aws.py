@@ -484,9 +484,12 @@ class AWSProvider:
                         existing.spot, hourly_price(existing.instance_type), existing)
         image_id, _root, user = self.resolve_image(spec.ami)
         vpc = self._default_vpc()
-        key_name = key_pair_name(spec.public_key)
         steps = [Step("image", "reuse", f"{image_id} (login user {user})")]
-        steps.append(Step("key pair", "reuse" if self._key_exists(key_name) else "create", key_name))
+        if spec.public_key:
+            key_name = key_pair_name(spec.public_key)
+            steps.append(Step("key pair", "reuse" if self._key_exists(key_name) else "create", key_name))
+        else:
+            steps.append(Step("key pair", "create", "from a new ed25519 key (generated under MNIST_LAUNCH_HOME)"))
         sg = self._find_sg(spec.name, vpc)
         if sg is None:
             steps.append(Step("security group", "create", f"{self.sg_name(spec.name)} in {vpc}: tcp/22 from {spec.ssh_cidr} only"))
