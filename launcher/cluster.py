@@ -49,7 +49,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 
 def err_console() -> Console:
     # progress and notes go to stderr, so `status --json` output stays machine-readable
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def out_console() -> Console:
