@@ -530,9 +530,12 @@ class AWSProvider:
 
     # -- creating ------------------------------------------------------------------------------
 
-    def ensure(self, spec: ClusterSpec) -> UpOutcome:
-        """Reuse a running instance, start a stopped one, or create one; roll back on failure."""
-        existing = next(iter(self.find_instances(spec.name)), None)
+    def ensure(self, spec: ClusterSpec, found: Optional[list[InstanceInfo]] = None) -> UpOutcome:
+        """Reuse a running instance, start a stopped one, or create one; roll back on failure.
+
+        ``found``: the cluster's live instances if the caller already looked them up.
+        """
+        existing = next(iter(self.find_instances(spec.name) if found is None else found), None)
         if existing is not None:
             return self._reuse(spec, existing)
         created: list[Created] = []

@@ -53,7 +53,9 @@ def err_console() -> Console:
 
 
 def out_console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True)
+    # piped into grep or a file: never fold instance ids to fit an imaginary 80 columns
+    return console if console.is_terminal else Console(highlight=False, soft_wrap=True, width=200)
 
 
 def parse_duration(text: str, what: str) -> Optional[float]:
@@ -75,13 +77,19 @@ def check_name(name: str) -> str:
 
 def default_region(region: Optional[str], name: Optional[str] = None) -> str:
     """--region, else the cluster's cached region, else the boto3 chain's, else us-east-1."""
+    import boto3
+
+    session = boto3.Session()
     if region:
+        # botocore's own endpoint data: no network call; a typo is caught before any request
+        known = set(session.get_available_regions("ec2")) | set(session.get_available_regions("ec2", "aws-cn")) \
+            | set(session.get_available_regions("ec2", "aws-us-gov"))
+        if known and region not in known:
+            raise ConfigError(f"--region {region!r}: not an EC2 region — use one such as us-east-1 or eu-west-1")
         return region
     if name and home.read_cluster_cache(name).get("region"):
         return home.read_cluster_cache(name)["region"]
-    import boto3
-
-    return boto3.Session().region_name or DEFAULT_REGION
+    return session.region_name or DEFAULT_REGION
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,9 +238,10 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
             print_plan(plan, console)
             console.print("dry run: nothing was changed")
             return UpResult(None, plan)
-        existing = provider.find_instances(name)
+        everything = provider.find_instances()
+        existing = [i for i in everything if i.name == name]
         if not existing and not req.force:
-            live = provider.find_instances(states=["pending", "running"])
+            live = [i for i in everything if i.state in ("pending", "running")]
             if len(live) >= launch.max_instances:
                 raise LaunchError(
                     f"{len(live)} mnist-launch instances already run in {region} (max_instances={launch.max_instances}) — "
@@ -245,7 +254,7 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
 
             if not typer.confirm("create these resources?", default=True):
                 raise LaunchError("cancelled — nothing was created")
-        outcome = provider.ensure(spec)
+        outcome = provider.ensure(spec, found=existing)
         for step in outcome.steps:
             console.print(f"  {step}")
         try:
@@ -258,7 +267,7 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
     home.write_cluster_cache(name, {"region": region, "instance_id": inst.id,
                                     "identity": str(key) if launch.identity else None})
     price = hourly_price(inst.instance_type)
-    console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, {inst.user}@{inst.public_ip}"
+    console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, ssh {endpoint_for(inst.public_ip, inst.user)}"
                   + (f", ~${price:.3f}/h" if price is not None else "")
                   + f" — `mnist-launch ssh {name}`, `mnist-launch down {name}`")
     return UpResult(inst, None, outcome.steps)
@@ -293,7 +302,7 @@ def _hms(seconds: float) -> str:
 
 
 def status(regions: list[str], as_json: bool) -> list[dict]:
-    regions = regions or [default_region(None)]
+    regions = [default_region(r) for r in regions] or [default_region(None)]
     rows = status_rows(regions)
     out = out_console()
     if as_json:

@@ -236,3 +236,37 @@ def test_end_to_end_up_status_ssh_down(moto_server, sshd, monkeypatch):  # noqa:
     tagged = boto3.client("resourcegroupstaggingapi", region_name="us-east-1").get_resources(
         TagFilters=[{"Key": TAG_MANAGED, "Values": ["true"]}])["ResourceTagMappingList"]
     assert [t["ResourceARN"] for t in tagged if ":instance/" not in t["ResourceARN"]] == []
+
+
+def make_clusters(*names: str) -> list[str]:
+    """Instances made by the provider directly (no SSH wait): for down/status tests."""
+    from infra.home import ensure_default_key
+    from infra.ssh import public_key_of
+
+    p = AWSProvider(Clients.create("us-east-1"))
+    key = public_key_of(ensure_default_key())
+    return [p.ensure(ClusterSpec(name=n, region="us-east-1", public_key=key, ssh_cidr=CIDR,
+                                 instance_type="g4dn.xlarge", ami=ubuntu_ami())).instance.id for n in names]
+
+
+def test_status_table_and_down_stop_then_all(aws, home):
+    a, b = make_clusters("a", "b")
+    out = cli("status")
+    assert out.code == 0
+    for text in (a, b, "g4dn.xlarge", "running", "on-demand", "0.526", "approximate on-demand list prices"):
+        assert text in out.stdout
+    out = cli("down", "a", "--stop", "--yes")
+    assert out.code == 0 and f"stopped instance {a}" in out.stderr
+    states = {r["id"]: r["state"] for r in json.loads(cli("status", "--json").stdout)}
+    assert states == {a: "stopped", b: "running"}
+    out = cli("down", "--all", "--yes")
+    assert out.code == 0, out.stderr
+    assert f"instance {a}" in out.stderr and f"instance {b}" in out.stderr
+    assert_nothing_left()
+
+
+def test_unknown_region_is_caught_before_any_call(aws, monkeypatch):
+    rec = install_recorder(monkeypatch)
+    out = cli("status", "--region", "us-esat-1")
+    assert out.code == 2 and "error: --region 'us-esat-1': not an EC2 region" in out.stderr
+    assert rec.calls == []
