@@ -30,6 +30,14 @@ from launcher.errors import SSHError
 ENDPOINT_ENV = "MNIST_LAUNCH_SSH_ENDPOINT"
 
 
+class HostKeyChangedError(SSHError):
+    """The server's key differs from the pinned one: never retried, never auto-accepted."""
+
+
+class KeyRefusedError(SSHError):
+    """The server does not accept our key: retrying will not help."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     user: str
@@ -177,7 +185,7 @@ class SSHHost:
                 self._pin(server_key)
             elif server_key.get_name() != pinned.get_name() or server_key.asbytes() != pinned.asbytes():
                 transport.close()
-                raise SSHError(
+                raise HostKeyChangedError(
                     f"host key of {self.alias} ({ep.host}:{ep.port}) changed from the one pinned in {self.known_hosts} — "
                     f"if the instance was really replaced, run `ssh-keygen -R {self.alias} -f {self.known_hosts}`; "
                     "otherwise do not connect"
@@ -185,7 +193,7 @@ class SSHHost:
             transport.auth_publickey(ep.user, pkey)
         except paramiko.AuthenticationException:
             transport.close()
-            raise SSHError(f"{ep} refused key {self.key_path} — pass the key the instance was created with (--identity)") from None
+            raise KeyRefusedError(f"{ep} refused key {self.key_path} — pass the key the instance was created with (--identity)") from None
         except (paramiko.SSHException, OSError, EOFError) as err:
             transport.close()
             raise SSHError(f"SSH to {ep} failed ({err or type(err).__name__}) — check the instance is up, then retry") from None
@@ -208,9 +216,12 @@ class SSHHost:
             chan.settimeout(1.0)
             chan.exec_command(command)
             if stdin is not None:
-                while chunk := stdin.read(1 << 16):
-                    chan.sendall(chunk)
-                chan.shutdown_write()
+                try:
+                    while chunk := stdin.read(1 << 16):
+                        chan.sendall(chunk)
+                    chan.shutdown_write()
+                except OSError:
+                    pass  # the remote command exited early: its exit status and stderr say why
             out, err = bytearray(), bytearray()
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:

@@ -39,7 +39,7 @@ from infra.aws import (
     validate_cidr,
 )
 from infra.prices import PRICES_DATE, PRICES_REGION, cost_so_far, hourly_price
-from infra.ssh import SSHHost, endpoint_for, public_key_of, wait_for_banner
+from infra.ssh import HostKeyChangedError, KeyRefusedError, SSHHost, endpoint_for, public_key_of, wait_for_banner
 from launcher.errors import AWSError, ConfigError, LaunchError, SSHError
 from trainer.config import LaunchConfig, _format_error, read_yaml
 
@@ -195,10 +195,9 @@ def wait_until_ready(provider: AWSProvider, inst: InstanceInfo, key: Path, timeo
                 if res.returncode == 0:
                     break
                 last = f"`true` exited {res.returncode}"
+            except (HostKeyChangedError, KeyRefusedError):
+                raise  # will not fix itself
             except SSHError as err:
-                # a changed host key or a refused key will not fix itself
-                if "changed" in str(err) or "refused key" in str(err):
-                    raise
                 last = str(err)
             if time.monotonic() > deadline:
                 raise SSHError(f"SSH login to {ep} kept failing for {timeout_s:.0f}s ({last}) — raise --timeout or check the image")

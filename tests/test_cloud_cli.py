@@ -270,3 +270,26 @@ def test_unknown_region_is_caught_before_any_call(aws, monkeypatch):
     out = cli("status", "--region", "us-esat-1")
     assert out.code == 2 and "error: --region 'us-esat-1': not an EC2 region" in out.stderr
     assert rec.calls == []
+
+
+def test_a_refused_key_fails_at_once_and_rolls_back(aws, home, sshd, monkeypatch):  # noqa: F811
+    import time
+
+    monkeypatch.setenv("MNIST_LAUNCH_SSH_ENDPOINT", sshd.endpoint)
+    start = time.monotonic()
+    out = cli(*up_args(ubuntu_ami(), "--timeout", "5m"))  # the generated key, which sshd does not know
+    assert out.code == 1
+    assert "refused key" in out.stderr and "(--identity)" in out.stderr
+    assert time.monotonic() - start < 30  # not retried until the timeout
+    assert_nothing_left()
+
+
+def test_missing_credentials_via_the_cli(home, monkeypatch):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k)
+    out = cli("up", "--ssh-cidr", CIDR, "--ami", "ami-1", "--yes")
+    assert out.code == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: no AWS credentials found — run `aws configure` (or `aws sso login`), or set AWS_PROFILE")
+    out = cli("status", "--json")
+    assert out.code == 1 and "no AWS credentials found" in out.stderr

@@ -176,3 +176,19 @@ def test_default_key_is_generated_once_with_mode_0600(home):
     assert public_key_of(path).split()[:2] == pub.split()[:2]
     with pytest.raises(SSHError, match="not found"):
         public_key_of(home / "missing")
+
+
+def test_put_tar_to_a_failing_remote_does_not_hang(sshd, tmp_path):  # noqa: F811
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    big = io.BytesIO(b"\0" * (8 << 20))
+    with host_for(sshd) as host:
+        with pytest.raises(SSHError, match=r"unpacking into .*file/sub failed: .* — check disk space"):
+            host.put_tar(big, str(blocker / "sub"))
+        assert host.run(["true"]).returncode == 0  # the connection is still usable
+
+
+def test_run_timeout_is_an_error(sshd):  # noqa: F811
+    with host_for(sshd) as host:
+        with pytest.raises(SSHError, match="command timed out after 1s"):
+            host.run(["sleep", "5"], timeout=1)
