@@ -480,6 +480,8 @@ class AWSProvider:
             sg = self._find_sg(spec.name)
             if sg is not None and not self._has_ingress(sg, spec.ssh_cidr):
                 steps.append(Step("security group", "update", f"{sg['GroupId']}: allow tcp/22 from {spec.ssh_cidr}"))
+            if spec.store and self._policy_is_current(self.role_name(spec.name), spec.store) is False:
+                steps.append(Step("instance profile", "update", f"{self.role_name(spec.name)}: read/write {spec.store} only"))
             return Plan(self.region, steps, existing.instance_type, existing.image_id, existing.user,
                         existing.spot, hourly_price(existing.instance_type), existing)
         image_id, _root, user = self.resolve_image(spec.ami)
@@ -545,9 +547,24 @@ class AWSProvider:
             self.rollback(created)
             raise
 
+    def _policy_is_current(self, role: str, store: str) -> Optional[bool]:
+        """None: no such role; else whether its store policy is the one ``store`` needs."""
+        try:
+            doc = self.clients.iam.get_role_policy(RoleName=role, PolicyName="mnist-launch-store")["PolicyDocument"]
+        except ClientError as err:
+            if error_code(err) != "NoSuchEntity":
+                raise
+            return None if self._iam_get(self.clients.iam.get_role, RoleName=role) is None else False
+        doc = json.loads(doc) if isinstance(doc, str) else doc
+        return doc == store_policy(store)
+
     def _reuse(self, spec: ClusterSpec, inst: InstanceInfo) -> UpOutcome:
         self._check_same_type(spec, inst)
         steps = []
+        if spec.store and self._policy_is_current(self.role_name(spec.name), spec.store) is False:
+            self.clients.iam.put_role_policy(RoleName=self.role_name(spec.name), PolicyName="mnist-launch-store",
+                                             PolicyDocument=json.dumps(store_policy(spec.store)))
+            steps.append(Step("instance profile", "update", f"{self.role_name(spec.name)}: read/write {spec.store} only"))
         sg = self._find_sg(spec.name)
         if sg is not None and not self._has_ingress(sg, spec.ssh_cidr):
             self._authorize_ssh(sg["GroupId"], spec.ssh_cidr)

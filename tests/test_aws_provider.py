@@ -334,3 +334,20 @@ def test_expired_credentials_are_one_line(code):
     with pytest.raises(AWSError, match=rf"^AWS rejected your credentials \({code}\) — refresh them"):
         with aws_errors():
             raise ClientError({"Error": {"Code": code, "Message": "secret-looking detail"}}, "DescribeInstances")
+
+
+def test_reuse_with_a_new_store_updates_the_role_policy_only(spec, rec):
+    from dataclasses import replace
+
+    provider().ensure(spec)
+    rec.clear()
+    p = provider()
+    plan = p.plan(replace(spec, store="s3://team-bucket/other"))
+    assert ("instance profile", "update") in [(s.resource, s.action) for s in plan.steps]
+    assert rec.mutating() == []
+    out = p.ensure(replace(spec, store="s3://team-bucket/other"))
+    assert [(s.resource, s.action) for s in out.steps] == [("instance", "reuse"), ("instance profile", "update")]
+    assert [c.operation for c in rec.mutating()] == ["PutRolePolicy"]
+    doc = iam().get_role_policy(RoleName="mnist-launch-mnist-us-east-1", PolicyName="mnist-launch-store")["PolicyDocument"]
+    doc = json.loads(doc) if isinstance(doc, str) else doc
+    assert doc["Statement"][0]["Resource"] == "arn:aws:s3:::team-bucket/other/*"

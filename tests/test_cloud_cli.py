@@ -293,3 +293,21 @@ def test_missing_credentials_via_the_cli(home, monkeypatch):
         "error: no AWS credentials found — run `aws configure` (or `aws sso login`), or set AWS_PROFILE")
     out = cli("status", "--json")
     assert out.code == 1 and "no AWS credentials found" in out.stderr
+
+
+def test_a_deleted_state_folder_loses_nothing(aws, home, sshd, monkeypatch):  # noqa: F811
+    import shutil
+
+    monkeypatch.setenv("MNIST_LAUNCH_SSH_ENDPOINT", sshd.endpoint)
+    assert cli(*up_args(ubuntu_ami(), "--identity", str(sshd.client_key))).code == 0
+    shutil.rmtree(home)  # AWS tags are the truth
+    [row] = json.loads(cli("status", "--json").stdout)
+    assert row["name"] == "mnist" and row["user"] == "ubuntu"
+    # the key is the user's own: without the cache, `ssh` is told which one
+    out = cli("ssh", "mnist", "--", "true")
+    assert out.code == 1 and "which is not ours — pass its private key with --identity" in out.stderr
+    out = cli("ssh", "mnist", "--identity", str(sshd.client_key), "--", "true")
+    assert out.code == 0, out.stderr
+    assert row["id"] in (home / "known_hosts").read_text()  # pinned again on first use
+    assert cli("down", "mnist", "--yes").code == 0
+    assert_nothing_left()
