@@ -151,6 +151,18 @@ class UpOutcome:
     created: list[Created] = field(default_factory=list)
 
 
+class Backoff:
+    """Sleeps 0.25s, 0.5s, 1s, ... up to ``cap``: quick answers stay quick, long waits poll gently."""
+
+    def __init__(self, cap: float, first: float = 0.25) -> None:
+        self.cap = cap
+        self.delay = min(first, cap)
+
+    def sleep(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.cap)
+
+
 # ---------------------------------------------------------------------------------------------
 # clients and errors
 
@@ -673,6 +685,7 @@ class AWSProvider:
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
                 "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
         token = uuid.uuid4().hex[:24]
+        backoff = Backoff(self.poll_s)
         tried: list[str] = []
         last = ""
         for az, subnet in subnets:
@@ -684,7 +697,7 @@ class AWSProvider:
                     code = error_code(err)
                     msg = err.response.get("Error", {}).get("Message", "")
                     if code == "InvalidParameterValue" and "iamInstanceProfile" in msg and attempt < 9:
-                        time.sleep(self.poll_s)
+                        backoff.sleep()
                         continue
                     if code in QUOTA_ERRORS:
                         raise AWSError(
@@ -712,6 +725,7 @@ class AWSProvider:
     def wait_state(self, instance_id: str, state: str, timeout_s: float,
                    tick: Callable[[InstanceInfo], None] = lambda _i: None) -> InstanceInfo:
         deadline = time.monotonic() + timeout_s
+        backoff = Backoff(self.poll_s)
         while True:
             info = self.describe(instance_id)
             tick(info)
@@ -721,7 +735,7 @@ class AWSProvider:
                 raise AWSError(f"instance {instance_id} went {info.state} while starting — check the EC2 console, then run `up` again")
             if time.monotonic() > deadline:
                 raise AWSError(f"instance {instance_id} still {info.state} after {timeout_s:.0f}s — check the EC2 console or raise --timeout")
-            time.sleep(self.poll_s)
+            backoff.sleep()
 
     # -- removing ------------------------------------------------------------------------------
 
@@ -770,6 +784,7 @@ class AWSProvider:
     def _delete_sg(self, group_id: str, timeout_s: float = 300) -> None:
         # a just-terminated instance's network interface holds the group for a little while
         deadline = time.monotonic() + timeout_s
+        backoff = Backoff(self.poll_s)
         while True:
             try:
                 self.clients.ec2.delete_security_group(GroupId=group_id)
@@ -780,7 +795,7 @@ class AWSProvider:
                     return
                 if code != "DependencyViolation" or time.monotonic() > deadline:
                     raise
-                time.sleep(self.poll_s)
+                backoff.sleep()
 
     def _delete_profile(self, name: str) -> list[str]:
         iam = self.clients.iam

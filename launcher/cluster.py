@@ -29,6 +29,7 @@ from infra import home
 from infra.aws import (
     DEFAULT_REGION,
     AWSProvider,
+    Backoff,
     Clients,
     ClusterSpec,
     InstanceInfo,
@@ -174,19 +175,22 @@ def wait_until_ready(provider: AWSProvider, inst: InstanceInfo, key: Path, timeo
     with phase(console, f"instance {inst.id} running") as tick:
         inst = provider.wait_state(inst.id, "running", left(), tick=lambda i: tick(i.state))
     if status_checks:
+        backoff = Backoff(poll_s)
         with phase(console, "status checks") as tick:
             while not provider.status_checks_ok(inst.id):
                 if time.monotonic() > deadline:
                     raise AWSError(f"{inst.id} status checks not ok after {timeout_s:.0f}s — check the EC2 console or raise --timeout")
                 tick()
-                time.sleep(poll_s)
+                backoff.sleep()
     ep = endpoint_for(inst.public_ip, inst.user)
+    backoff = Backoff(poll_s)
     with phase(console, f"SSH banner from {ep.host}:{ep.port}") as tick:
         while not wait_for_banner(ep.host, ep.port, timeout_s=min(5.0, left())):
             if time.monotonic() > deadline:
                 raise SSHError(f"no SSH answer from {ep.host}:{ep.port} after {timeout_s:.0f}s — check --ssh-cidr is your address, or raise --timeout")
             tick()
-            time.sleep(poll_s)
+            backoff.sleep()
+    backoff = Backoff(poll_s)
     with phase(console, f"SSH login as {ep.user}") as tick:
         while True:
             try:
@@ -202,7 +206,7 @@ def wait_until_ready(provider: AWSProvider, inst: InstanceInfo, key: Path, timeo
             if time.monotonic() > deadline:
                 raise SSHError(f"SSH login to {ep} kept failing for {timeout_s:.0f}s ({last}) — raise --timeout or check the image")
             tick()
-            time.sleep(poll_s)
+            backoff.sleep()
     return inst
 
 
