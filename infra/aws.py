@@ -242,10 +242,13 @@ def aws_errors() -> Iterator[None]:
         raise AWSError(f"AWS client error: {_one_line(str(err))} — check your AWS configuration") from None
 
 
-def caller_cidr(timeout: float = 5.0) -> str:
+CHECKIP_URL = "https://checkip.amazonaws.com"
+
+
+def caller_cidr(url: str = CHECKIP_URL, timeout: float = 5.0) -> str:
     """This machine's public IPv4 address as a /32, looked up once from checkip.amazonaws.com."""
     try:
-        with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             ip = resp.read().decode().strip()
         return str(ipaddress.ip_network(f"{ipaddress.ip_address(ip)}/32"))
     except (OSError, ValueError) as err:
@@ -334,6 +337,7 @@ class AWSProvider:
         self.region = clients.region
         self.log = log
         self.poll_s = poll_s
+        self.image_parameter = DLAMI_PARAMETER  # the SSM parameter naming the region's default image
 
     # -- names and tags ------------------------------------------------------------------------
 
@@ -400,11 +404,11 @@ class AWSProvider:
         ec2 = self.clients.ec2
         if not ami:
             try:
-                ami = self.clients.ssm.get_parameter(Name=DLAMI_PARAMETER)["Parameter"]["Value"]
+                ami = self.clients.ssm.get_parameter(Name=self.image_parameter)["Parameter"]["Value"]
             except ClientError as err:
                 if error_code(err) == "ParameterNotFound":
                     raise AWSError(
-                        f"no PyTorch Deep Learning AMI published in {self.region} ({DLAMI_PARAMETER}) — pass --ami AMI_ID or another --region"
+                        f"no PyTorch Deep Learning AMI published in {self.region} ({self.image_parameter}) — pass --ami AMI_ID or another --region"
                     ) from None
                 raise
         try:

@@ -351,3 +351,46 @@ def test_reuse_with_a_new_store_updates_the_role_policy_only(spec, rec):
     doc = iam().get_role_policy(RoleName="mnist-launch-mnist-us-east-1", PolicyName="mnist-launch-store")["PolicyDocument"]
     doc = json.loads(doc) if isinstance(doc, str) else doc
     assert doc["Statement"][0]["Resource"] == "arn:aws:s3:::team-bucket/other/*"
+
+
+def test_default_image_comes_from_the_ssm_parameter(aws):
+    amzn = ec2().describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn-ami-*"]}])["Images"][0]
+    # moto refuses writes under /aws/ (reserved, like AWS): the same lookup under a name we may write
+    boto3.client("ssm", region_name=REGION).put_parameter(Name="/mnist-launch-test/dlami", Value=amzn["ImageId"], Type="String")
+    p = provider()
+    p.image_parameter = "/mnist-launch-test/dlami"
+    image, root, user = p.resolve_image(None)
+    assert (image, root, user) == (amzn["ImageId"], amzn["RootDeviceName"], "ec2-user")
+    assert p.resolve_image(ubuntu_ami())[2] == "ubuntu"  # --ami wins, and the user follows the image
+
+
+def test_caller_address_lookup(tmp_path):
+    import http.server
+    import threading
+
+    from infra.aws import caller_cidr
+
+    answers = iter([b"198.51.100.20\n", b"<html>captive portal</html>"])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = next(answers)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/"
+    try:
+        assert caller_cidr(url) == "198.51.100.20/32"
+        with pytest.raises(AWSError, match=r"^could not find your public IP address .* — pass --ssh-cidr A.B.C.D/32"):
+            caller_cidr(url)
+    finally:
+        srv.shutdown()
+    with pytest.raises(AWSError, match="could not find your public IP address"):
+        caller_cidr("http://127.0.0.1:1/", timeout=1)

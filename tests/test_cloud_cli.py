@@ -311,3 +311,17 @@ def test_a_deleted_state_folder_loses_nothing(aws, home, sshd, monkeypatch):  # 
     assert row["id"] in (home / "known_hosts").read_text()  # pinned again on first use
     assert cli("down", "mnist", "--yes").code == 0
     assert_nothing_left()
+
+
+def test_ssh_cidr_from_the_environment_and_spot_flag(aws, monkeypatch):
+    monkeypatch.setenv("MNIST_LAUNCH_SSH_CIDR", "198.51.100.20/32")
+    out = cli("up", "--ami", ubuntu_ami(), "--spot", "--instance", "g5.xlarge", "--dry-run")
+    assert out.code == 0, out.stderr
+    assert "tcp/22 from 198.51.100.20/32 only" in out.stderr and "g5.xlarge spot" in out.stderr
+
+
+def test_help_lists_the_flags():
+    out = cli("up", "--help")
+    for flag in ("--instance", "--name", "--region", "--spot", "--disk-gb", "--ami", "--identity", "--ssh-cidr",
+                 "--autostop", "--timeout", "--dry-run", "--yes"):
+        assert flag in out.stdout
