@@ -227,7 +227,9 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
     timeout_s = parse_duration(launch.timeout, "--timeout") or 900.0
     parse_duration(launch.autostop, "--autostop")
     cidr = validate_cidr(launch.ssh_cidr or os.environ.get(SSH_CIDR_ENV) or caller_cidr())
-    key = identity_for(launch.identity, create=not req.dry_run)
+    # a cluster made with --identity keeps using that key when the flag is left out later
+    identity = launch.identity or home.read_cluster_cache(name).get("identity")
+    key = identity_for(identity, create=not req.dry_run)
     spec = ClusterSpec(
         name=name, region=region, public_key=public_key_of(key) if key else "", ssh_cidr=cidr,
         instance_type=launch.instance if req.explicit_type else None, spot=launch.spot,
@@ -268,7 +270,7 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
                 provider.rollback(outcome.created)
             raise
     home.write_cluster_cache(name, {"region": region, "instance_id": inst.id,
-                                    "identity": str(key) if launch.identity else None})
+                                    "identity": str(Path(identity).expanduser().resolve()) if identity else None})
     price = hourly_price(inst.instance_type)
     console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, ssh {endpoint_for(inst.public_ip, inst.user)}"
                   + (f", ~${price:.3f}/h" if price is not None else "")

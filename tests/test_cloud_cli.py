@@ -106,7 +106,7 @@ def test_up_status_reuse_ssh_down(aws, home, sshd, monkeypatch):  # noqa: F811
         "mnist", inst["InstanceId"], "g4dn.xlarge", "running", "on-demand")
     assert row["hourly_usd"] == pytest.approx(0.526) and row["cost_usd"] >= 0
 
-    out = cli(*up_args(ami, "--identity", str(sshd.client_key)))
+    out = cli(*up_args(ami))  # no --identity: the one the cluster was made with is remembered
     assert out.code == 0, out.stderr
     assert "reuse   instance" in out.stderr
     assert len(live()) == 1
