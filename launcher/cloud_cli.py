@@ -69,7 +69,9 @@ def ssh(
     """A shell (or one command) on the instance, with the right key, user and pinned host key."""
     code = cluster.ssh(name, region, identity, list(command or []))
     if code:
-        raise typer.Exit(code)
+        # SystemExit, not typer.Exit: click run with standalone_mode=False swallows Exit's code,
+        # and scripts need the remote command's status
+        raise SystemExit(code)
 
 
 def register(app: typer.Typer) -> None:

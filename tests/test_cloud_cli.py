@@ -325,3 +325,36 @@ def test_help_lists_the_flags():
     for flag in ("--instance", "--name", "--region", "--spot", "--disk-gb", "--ami", "--identity", "--ssh-cidr",
                  "--autostop", "--timeout", "--dry-run", "--yes"):
         assert flag in out.stdout
+
+
+def test_end_to_end_through_the_real_entry_point(moto_server, sshd, home, tmp_path):  # noqa: F811
+    """`python -m launcher` in a subprocess, as a user runs it (needs the main CLI, launcher/cli.py)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "launcher" / "__main__.py").is_file():
+        pytest.skip("the main CLI (launcher/cli.py, launcher/__main__.py) is not in this tree yet")
+    env = {**os.environ, "PYTHONPATH": str(root), "MNIST_LAUNCH_SSH_ENDPOINT": sshd.endpoint, "COLUMNS": "200"}
+    env.pop("MNIST_LAUNCH_DEBUG", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "launcher", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+
+    p = run(*up_args(ubuntu_ami(), "--name", "real", "--identity", str(sshd.client_key)))
+    assert p.returncode == 0, p.stderr
+    [row] = json.loads(run("status", "--json").stdout)
+    assert (row["name"], row["state"]) == ("real", "running")
+    p = run("ssh", "real", "--", "true")
+    assert p.returncode == 0, p.stderr
+    p = run("ssh", "real", "--", "sh", "-c", "echo hi; exit 7")
+    assert (p.returncode, p.stdout) == (7, "hi\n")
+    p = run("up", "--ssh-cidr", "0.0.0.0/0", "--name", "real")
+    assert p.returncode == 2
+    assert p.stderr.strip() == "error: --ssh-cidr 0.0.0.0/0: refusing to open SSH to the whole internet — pass your address as A.B.C.D/32"
+    p = run("down", "real", "--yes")
+    assert p.returncode == 0, p.stderr
+    assert_nothing_left()
