@@ -394,3 +394,50 @@ def test_caller_address_lookup(tmp_path):
         srv.shutdown()
     with pytest.raises(AWSError, match="could not find your public IP address"):
         caller_cidr("http://127.0.0.1:1/", timeout=1)
+
+
+def test_a_fresh_instance_profile_is_retried_until_ec2_sees_it(spec, monkeypatch):
+    p = provider()
+    client = p.clients.ec2
+    real = client.run_instances
+    attempts = []
+
+    def run_instances(**kw):
+        attempts.append(kw["SubnetId"])
+        if len(attempts) < 3:  # IAM is eventually consistent: EC2 does not know the new profile yet
+            raise ClientError({"Error": {"Code": "InvalidParameterValue", "Message":
+                               "Value (mnist-launch-mnist-us-east-1) for parameter iamInstanceProfile.name is invalid."}}, "RunInstances")
+        return real(**kw)
+
+    monkeypatch.setattr(client, "run_instances", run_instances)
+    out = p.ensure(spec)
+    assert len(attempts) == 3 and len(set(attempts)) == 1  # same AZ, not a capacity problem
+    assert out.instance.az == "us-east-1a"
+
+
+def test_other_errors_are_not_retried(spec, monkeypatch):
+    p = provider()
+    tried = inject_run_instances_error(monkeypatch, p, "InvalidParameterCombination", {"*"})
+    with pytest.raises(ClientError, match="InvalidParameterCombination"):
+        p.ensure(spec)
+    assert tried == ["us-east-1a"]
+    nothing_left()
+
+
+def test_down_waits_out_a_security_group_still_in_use(spec, monkeypatch):
+    p = provider()
+    p.ensure(spec)
+    client = p.clients.ec2
+    real = client.delete_security_group
+    calls = []
+
+    def delete_security_group(**kw):
+        calls.append(kw)
+        if len(calls) == 1:  # the terminated instance's network interface still holds it
+            raise ClientError({"Error": {"Code": "DependencyViolation", "Message": "has a dependent object"}}, "DeleteSecurityGroup")
+        return real(**kw)
+
+    monkeypatch.setattr(client, "delete_security_group", delete_security_group)
+    p.remove("mnist")
+    assert len(calls) == 2
+    nothing_left()

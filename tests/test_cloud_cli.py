@@ -358,3 +358,18 @@ def test_end_to_end_through_the_real_entry_point(moto_server, sshd, home, tmp_pa
     p = run("down", "real", "--yes")
     assert p.returncode == 0, p.stderr
     assert_nothing_left()
+
+
+def test_status_covers_several_regions(aws, home):
+    from infra.home import ensure_default_key
+    from infra.ssh import public_key_of
+
+    key = public_key_of(ensure_default_key())
+    west = AWSProvider(Clients.create("us-west-2")).ensure(ClusterSpec(
+        name="west", region="us-west-2", public_key=key, ssh_cidr=CIDR, instance_type="g5.xlarge",
+        ami=ubuntu_ami("us-west-2"), spot=True)).instance
+    [east] = make_clusters("east")
+    rows = json.loads(cli("status", "--json", "--region", "us-east-1", "--region", "us-west-2").stdout)
+    assert sorted((r["name"], r["region"], r["id"], r["market"]) for r in rows) == [
+        ("east", "us-east-1", east, "on-demand"), ("west", "us-west-2", west.id, "spot")]
+    assert [r["name"] for r in json.loads(cli("status", "--json").stdout)] == ["east"]  # default region only
