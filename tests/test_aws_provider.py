@@ -157,6 +157,9 @@ def test_up_twice_reuses_and_creates_nothing(spec, rec):
     assert second.created == []
     assert rec.mutating() == []
     assert len(live_instances()) == 1
+    plan = provider().plan(spec)
+    assert [(s.resource, s.action) for s in plan.steps] == [("instance", "reuse")]
+    assert plan.existing.id == first.instance.id and rec.mutating() == []
 
 
 def test_reuse_with_another_type_is_refused(spec):
