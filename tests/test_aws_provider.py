@@ -444,3 +444,11 @@ def test_down_waits_out_a_security_group_still_in_use(spec, monkeypatch):
     p.remove("mnist")
     assert len(calls) == 2
     nothing_left()
+
+
+def test_a_type_the_region_does_not_offer_is_one_line(spec):
+    from dataclasses import replace
+
+    with pytest.raises(AWSError, match=r"^g4dn.typo is not offered in us-east-1 — pick another --instance type or --region$"):
+        provider().ensure(replace(spec, instance_type="g4dn.typo"))
+    nothing_left()
