@@ -1,0 +1,407 @@
+"""The cluster lifecycle behind `up`, `status`, `down` and `ssh`: settings in, rich phases out.
+
+Knows the order of things (find or create, wait running -> status checks -> SSH banner -> a real
+command, roll back on failure), not how AWS or SSH work: that is infra/aws.py and infra/ssh.py.
+
+    up(UpRequest(launch=LaunchConfig(instance="g4dn.xlarge"), ssh_cidr="203.0.113.7/32"))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from infra import home
+from infra.aws import (
+    DEFAULT_REGION,
+    AWSProvider,
+    Backoff,
+    Clients,
+    ClusterSpec,
+    InstanceInfo,
+    Plan,
+    aws_errors,
+    caller_cidr,
+    key_pair_name,
+    validate_cidr,
+)
+from infra.prices import PRICES_DATE, PRICES_REGION, cost_so_far, hourly_price
+from infra.ssh import HostKeyChangedError, KeyRefusedError, SSHHost, endpoint_for, public_key_of, wait_for_banner
+from launcher.errors import AWSError, ConfigError, LaunchError, SSHError
+from trainer.config import LaunchConfig, _format_error, read_yaml
+
+SSH_CIDR_ENV = "MNIST_LAUNCH_SSH_CIDR"  # like --ssh-cidr, for CI and machines without internet
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+
+
+def err_console() -> Console:
+    # progress and notes go to stderr, so `status --json` output stays machine-readable
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def out_console() -> Console:
+    console = Console(highlight=False, soft_wrap=True)
+    # piped into grep or a file: never fold instance ids to fit an imaginary 80 columns
+    return console if console.is_terminal else Console(highlight=False, soft_wrap=True, width=200)
+
+
+def parse_duration(text: str, what: str) -> Optional[float]:
+    """'90s' / '15m' / '2h' / '600' -> seconds; 'off' -> None."""
+    t = str(text).strip().lower()
+    if t in ("off", "none", "0"):
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh]?)", t)
+    if not m:
+        raise ConfigError(f"{what} {text!r}: expected a duration such as 90s, 30m or 2h (or 'off')")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"--name {name!r}: use 1-31 lowercase letters, digits and dashes, starting with a letter or digit")
+    return name
+
+
+def default_region(region: Optional[str], name: Optional[str] = None) -> str:
+    """--region, else the cluster's cached region, else the boto3 chain's, else us-east-1."""
+    import boto3
+
+    session = boto3.Session()
+    if region:
+        # botocore's own endpoint data: no network call; a typo is caught before any request
+        known = set(session.get_available_regions("ec2")) | set(session.get_available_regions("ec2", "aws-cn")) \
+            | set(session.get_available_regions("ec2", "aws-us-gov"))
+        if known and region not in known:
+            raise ConfigError(f"--region {region!r}: not an EC2 region — use one such as us-east-1 or eu-west-1")
+        return region
+    if name and home.read_cluster_cache(name).get("region"):
+        return home.read_cluster_cache(name)["region"]
+    return session.region_name or DEFAULT_REGION
+
+
+# ---------------------------------------------------------------------------------------------
+# settings: a config's launch: section, then flags
+
+
+def launch_settings(config_path: Optional[str], flags: dict) -> tuple[LaunchConfig, Optional[str], bool]:
+    """(launch settings, store, instance type given explicitly) from a config file and flags."""
+    data: dict = {}
+    store = None
+    where = "flags"
+    if config_path:
+        raw = read_yaml(config_path)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{config_path}: expected a mapping with a launch: section")
+        data = dict(raw.get("launch") or {})
+        store = raw.get("store")
+        where = config_path
+    given = {k: v for k, v in flags.items() if v is not None and k != "store"}
+    explicit_type = "instance" in given or "instance" in data
+    try:
+        launch = LaunchConfig.model_validate({**data, **given})
+    except ValidationError as err:
+        raise ConfigError(f"{where}: {_format_error(err)} — fix it and run again") from None
+    return launch, flags.get("store") or store, explicit_type
+
+
+@dataclass
+class UpRequest:
+    launch: LaunchConfig
+    store: Optional[str] = None
+    explicit_type: bool = True
+    dry_run: bool = False
+    yes: bool = False
+    force: bool = False
+    status_checks: bool = True
+    poll_s: float = 3.0
+
+
+@dataclass
+class UpResult:
+    instance: Optional[InstanceInfo]
+    plan: Optional[Plan] = None
+    steps: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# phases
+
+
+@contextmanager
+def phase(console: Console, label: str) -> Iterator[Callable[[str], None]]:
+    """A spinner with elapsed time while waiting, then one ✓ line with the total."""
+    start = time.monotonic()
+    with console.status(f"{label}…") as status:
+        def tick(detail: str = "") -> None:
+            status.update(f"{label}… {time.monotonic() - start:.0f}s {detail}".rstrip())
+
+        yield tick
+    console.print(f"[green]✓[/] {label} ({time.monotonic() - start:.0f}s)")
+
+
+def identity_for(launch_identity: Optional[str], create: bool) -> Optional[Path]:
+    if launch_identity:
+        path = Path(launch_identity).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--identity {launch_identity}: no such file — pass a private key (its .pub is read if present)")
+        return path
+    if create:
+        return home.ensure_default_key()
+    path = home.default_key_path()
+    return path if path.exists() else None
+
+
+def wait_until_ready(provider: AWSProvider, inst: InstanceInfo, key: Path, timeout_s: float,
+                     status_checks: bool, console: Console, poll_s: float) -> InstanceInfo:
+    deadline = time.monotonic() + timeout_s
+
+    def left() -> float:
+        return max(1.0, deadline - time.monotonic())
+
+    with phase(console, f"instance {inst.id} running") as tick:
+        inst = provider.wait_state(inst.id, "running", left(), tick=lambda i: tick(i.state))
+    if status_checks:
+        backoff = Backoff(poll_s)
+        with phase(console, "status checks") as tick:
+            while not provider.status_checks_ok(inst.id):
+                if time.monotonic() > deadline:
+                    raise AWSError(f"{inst.id} status checks not ok after {timeout_s:.0f}s — check the EC2 console or raise --timeout")
+                tick()
+                backoff.sleep()
+    ep = endpoint_for(inst.public_ip, inst.user)
+    backoff = Backoff(poll_s)
+    with phase(console, f"SSH banner from {ep.host}:{ep.port}") as tick:
+        while not wait_for_banner(ep.host, ep.port, timeout_s=min(5.0, left())):
+            if time.monotonic() > deadline:
+                raise SSHError(f"no SSH answer from {ep.host}:{ep.port} after {timeout_s:.0f}s — check --ssh-cidr is your address, or raise --timeout")
+            tick()
+            backoff.sleep()
+    backoff = Backoff(poll_s)
+    with phase(console, f"SSH login as {ep.user}") as tick:
+        while True:
+            try:
+                with SSHHost(ep, key, alias=inst.id) as host:
+                    res = host.run(["true"], timeout=30)
+                if res.returncode == 0:
+                    break
+                last = f"`true` exited {res.returncode}"
+            except (HostKeyChangedError, KeyRefusedError):
+                raise  # will not fix itself
+            except SSHError as err:
+                last = str(err)
+            if time.monotonic() > deadline:
+                raise SSHError(f"SSH login to {ep} kept failing for {timeout_s:.0f}s ({last}) — raise --timeout or check the image")
+            tick()
+            backoff.sleep()
+    return inst
+
+
+def print_plan(plan: Plan, console: Console) -> None:
+    market = "spot" if plan.spot else "on-demand"
+    price = f"${plan.hourly_usd:.3f}/h" if plan.hourly_usd is not None else "price unknown"
+    console.print(f"plan for {plan.region}: {plan.instance_type} {market}, image {plan.image_id or '?'} "
+                  f"(user {plan.user}), ~{price} on-demand ({PRICES_REGION} list prices, {PRICES_DATE})")
+    for step in plan.steps:
+        console.print(f"  {step}")
+
+
+def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
+    console = console or err_console()
+    launch = req.launch
+    name = check_name(launch.name)
+    region = default_region(launch.region)
+    timeout_s = parse_duration(launch.timeout, "--timeout") or 900.0
+    parse_duration(launch.autostop, "--autostop")
+    cidr = validate_cidr(launch.ssh_cidr or os.environ.get(SSH_CIDR_ENV) or caller_cidr())
+    # a cluster made with --identity keeps using that key when the flag is left out later
+    identity = launch.identity or home.read_cluster_cache(name).get("identity")
+    key = identity_for(identity, create=not req.dry_run)
+    spec = ClusterSpec(
+        name=name, region=region, public_key=public_key_of(key) if key else "", ssh_cidr=cidr,
+        instance_type=launch.instance if req.explicit_type else None, spot=launch.spot,
+        disk_gb=launch.disk_gb, ami=launch.ami, store=req.store if (req.store or "").startswith("s3://") else None,
+        autostop=launch.autostop,
+    )
+    provider = AWSProvider(Clients.create(region), log=lambda m: console.print(f"  {m}"), poll_s=req.poll_s)
+    with aws_errors():
+        if req.dry_run:
+            plan = provider.plan(spec)
+            print_plan(plan, console)
+            console.print("dry run: nothing was changed")
+            return UpResult(None, plan)
+        everything = provider.find_instances()
+        existing = [i for i in everything if i.name == name]
+        if not existing and not req.force:
+            live = [i for i in everything if i.state in ("pending", "running")]
+            if len(live) >= launch.max_instances:
+                raise LaunchError(
+                    f"{len(live)} mnist-launch instances already run in {region} (max_instances={launch.max_instances}) — "
+                    "`mnist-launch down NAME` one, or pass --force"
+                )
+        if not existing and not req.yes and sys.stdin.isatty():
+            plan = provider.plan(spec)
+            print_plan(plan, console)
+            import typer
+
+            if not typer.confirm("create these resources?", default=True):
+                raise LaunchError("cancelled — nothing was created")
+        outcome = provider.ensure(spec, found=existing)
+        for step in outcome.steps:
+            console.print(f"  {step}")
+        try:
+            inst = wait_until_ready(provider, outcome.instance, key, timeout_s, req.status_checks, console, req.poll_s)
+        except BaseException:
+            if outcome.created:
+                console.print("[red]✗[/] not ready: rolling back what this run created")
+                provider.rollback(outcome.created)
+            raise
+    home.write_cluster_cache(name, {"region": region, "instance_id": inst.id,
+                                    "identity": str(Path(identity).expanduser().resolve()) if identity else None})
+    price = hourly_price(inst.instance_type)
+    console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, ssh {endpoint_for(inst.public_ip, inst.user)}"
+                  + (f", ~${price:.3f}/h" if price is not None else "")
+                  + f" — `mnist-launch ssh {name}`, `mnist-launch down {name}`")
+    return UpResult(inst, None, outcome.steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+def status_rows(regions: list[str], now: Optional[datetime] = None) -> list[dict]:
+    now = now or datetime.now(timezone.utc)
+    rows = []
+    for region in regions:
+        with aws_errors():
+            for inst in AWSProvider(Clients.create(region)).find_instances():
+                up_s = inst.uptime_seconds(now)
+                rows.append({
+                    "name": inst.name, "id": inst.id, "region": region, "type": inst.instance_type,
+                    "state": inst.state, "market": "spot" if inst.spot else "on-demand",
+                    "uptime_s": round(up_s), "hourly_usd": hourly_price(inst.instance_type),
+                    # spot is billed at the spot price: the on-demand figure is an upper bound
+                    "cost_usd": cost_so_far(inst.instance_type, up_s), "public_ip": inst.public_ip,
+                    "user": inst.user, "autostop": inst.autostop,
+                    "launch_time": inst.launch_time.isoformat() if inst.launch_time else None,
+                })
+    return rows
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def status(regions: list[str], as_json: bool) -> list[dict]:
+    regions = [default_region(r) for r in regions] or [default_region(None)]
+    rows = status_rows(regions)
+    out = out_console()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return rows
+    if not rows:
+        out.print(f"no mnist-launch instances in {', '.join(regions)}")
+        return rows
+    table = Table("name", "id", "region", "type", "state", "market", "uptime", "$/h", "cost so far")
+    for r in rows:
+        table.add_row(r["name"], r["id"], r["region"], r["type"], r["state"], r["market"], _hms(r["uptime_s"]),
+                      "?" if r["hourly_usd"] is None else f"{r['hourly_usd']:.3f}",
+                      "?" if r["cost_usd"] is None else f"{r['cost_usd']:.2f}")
+    out.print(table)
+    out.print(f"prices: approximate on-demand list prices ({PRICES_REGION}, {PRICES_DATE}); spot costs less")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# down
+
+
+def _forget_host_keys(instance_ids: list[str]) -> None:
+    kh = home.known_hosts_path()
+    if not kh.is_file() or not instance_ids:
+        return
+    keep = [line for line in kh.read_text().splitlines() if line.split(" ", 1)[0] not in instance_ids]
+    kh.write_text("".join(f"{line}\n" for line in keep))
+
+
+def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = False, all_: bool = False,
+         poll_s: float = 3.0, console: Optional[Console] = None) -> list[str]:
+    console = console or err_console()
+    if not name and not all_:
+        raise ConfigError("down: name a cluster (mnist-launch down NAME) or pass --all")
+    region = default_region(region, name)
+    provider = AWSProvider(Clients.create(region), log=lambda m: console.print(f"  {m}"), poll_s=poll_s)
+    with aws_errors():
+        names = sorted({i.name for i in provider.find_instances()}) if all_ else [check_name(name or "")]
+        if all_ and not names:
+            console.print(f"no mnist-launch clusters in {region}")
+            return []
+        verb = "stop" if stop else "terminate"
+        if not yes:
+            if not sys.stdin.isatty():
+                raise ConfigError(f"down: {verb} {', '.join(names)} in {region}? pass --yes to confirm")
+            import typer
+
+            if not typer.confirm(f"{verb} {', '.join(names)} in {region} and delete what mnist-launch created for it?"):
+                raise LaunchError("cancelled — nothing was changed")
+        done: list[str] = []
+        for n in names:
+            with phase(console, f"{'stopping' if stop else 'removing'} {n}"):
+                if stop:
+                    done += [f"stopped instance {i.id}" for i in provider.stop(n)]
+                else:
+                    ids = [i.id for i in provider.find_instances(n, states=["pending", "running", "stopping", "stopped", "shutting-down"])]
+                    done += provider.remove(n)
+                    _forget_host_keys(ids)
+                    home.drop_cluster_cache(n)
+    for item in done:
+        console.print(f"  {item}")
+    if not done:
+        console.print(f"nothing to {verb}: no cluster '{name}' in {region}" if name else "nothing to do")
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# ssh
+
+
+def ssh_argv(name: str, region: Optional[str], identity: Optional[str], command: list[str]) -> list[str]:
+    """The system ssh command line for a cluster, with its host key pinned (TOFU on first use)."""
+    region = default_region(region, name)
+    provider = AWSProvider(Clients.create(region))
+    with aws_errors():
+        running = [i for i in provider.find_instances(check_name(name)) if i.state == "running"]
+    if not running:
+        raise LaunchError(f"no running instance for cluster '{name}' in {region} — `mnist-launch up --name {name}` first")
+    inst = running[0]
+    cached = home.read_cluster_cache(name).get("identity")
+    key = identity_for(identity or cached, create=False)
+    if key is None or (not identity and not cached and inst.key_name != key_pair_name(public_key_of(key))):
+        raise SSHError(f"{inst.id} was created with key pair {inst.key_name}, which is not ours — pass its private key with --identity")
+    ep = endpoint_for(inst.public_ip, inst.user)
+    with SSHHost(ep, key, alias=inst.id) as host:
+        host.connect()  # pins the host key on first use, refuses a changed one
+    argv = ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={home.known_hosts_path()}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", f"HostKeyAlias={inst.id}",
+            "-o", "LogLevel=ERROR", "-p", str(ep.port), "--", f"{ep.user}@{ep.host}"]
+    if command:
+        argv.append(shlex.join(command))
+    return argv
+
+
+def ssh(name: str, region: Optional[str], identity: Optional[str], command: list[str]) -> int:
+    return subprocess.run(ssh_argv(name, region, identity, command)).returncode

@@ -1,0 +1,123 @@
+"""A real OpenSSH sshd on 127.0.0.1 for tests: generated host key, one authorized client key.
+
+Runs as the current user (root in CI: PermitRootLogin, StrictModes no, UsePAM no), in the
+foreground (-D -e), on a free port; torn down after the test. Skips only if sshd is missing
+(Debian: `apt-get install openssh-server`).
+
+    from tests.sshd_fixture import sshd  # noqa: F401
+    def test_x(sshd): SSHHost(Endpoint(sshd.user, sshd.host, sshd.port), sshd.client_key)
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+SSHD_CANDIDATES = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
+
+
+@dataclass
+class SSHD:
+    host: str
+    port: int
+    user: str
+    client_key: Path  # private key authorized on this server (0600)
+    host_key_pub: str  # "ssh-ed25519 AAAA..." of the server
+    dir: Path
+    proc: subprocess.Popen
+
+    @property
+    def endpoint(self) -> str:
+        """The value for MNIST_LAUNCH_SSH_ENDPOINT."""
+        return f"{self.user}@{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return (self.dir / "sshd.log").read_text(errors="replace")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)], check=True)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+def start_sshd(root: Path) -> SSHD:
+    exe = shutil.which("sshd") or next((p for p in SSHD_CANDIDATES if os.path.exists(p)), None)
+    if exe is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("OpenSSH sshd is not installed (apt-get install -y openssh-server)")
+    root.mkdir(parents=True, exist_ok=True)
+    host_pub = _keygen(root / "host_ed25519")
+    client_pub = _keygen(root / "client_ed25519")
+    (root / "authorized_keys").write_text(client_pub + "\n")
+    os.chmod(root / "authorized_keys", 0o600)
+    # sshd insists on its privilege separation directory even for one test server
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    port = _free_port()
+    config = root / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}",
+        "ListenAddress 127.0.0.1",
+        f"HostKey {root / 'host_ed25519'}",
+        f"AuthorizedKeysFile {root / 'authorized_keys'}",
+        f"PidFile {root / 'sshd.pid'}",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        "StrictModes no",
+        "UsePAM no",
+        "Subsystem sftp internal-sftp",
+        "LogLevel VERBOSE",
+        "",
+    ]))
+    log = open(root / "sshd.log", "wb")
+    proc = subprocess.Popen([exe, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sshd exited with {proc.returncode}: {(root / 'sshd.log').read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(8).startswith(b"SSH-"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"sshd did not answer on port {port}: {(root / 'sshd.log').read_text()}")
+        time.sleep(0.05)
+    return SSHD("127.0.0.1", port, getpass.getuser(), root / "client_ed25519", host_pub, root, proc)
+
+
+def stop_sshd(server: SSHD) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHD]:
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        stop_sshd(server)

@@ -1,0 +1,375 @@
+"""`up`, `status`, `down`, `ssh` through typer, against moto and a real sshd on 127.0.0.1.
+
+The instance moto makes is reached through MNIST_LAUNCH_SSH_ENDPOINT, which points at the sshd
+fixture; the sshd's client key is given with --identity. Nothing here reaches the internet.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+
+import boto3
+import pytest
+import typer
+from moto import mock_aws
+from typer.testing import CliRunner
+
+from infra.aws import TAG_MANAGED, AWSProvider, Clients, ClusterSpec
+from launcher.cloud_cli import register
+from launcher.errors import LaunchError
+from tests.aws_helpers import fake_aws_env, install_recorder, ubuntu_ami
+from tests.sshd_fixture import sshd  # noqa: F401
+
+CIDR = "203.0.113.7/32"
+
+
+@dataclass
+class Out:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str) -> Out:
+    """Run the commands as the main CLI will: LaunchError -> `error: ...` on stderr, non-zero exit."""
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, list(args))
+    if isinstance(res.exception, LaunchError):
+        return Out(res.exception.exit_code, res.stdout, res.stderr + f"error: {res.exception}\n")
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return Out(res.exit_code, res.stdout, res.stderr)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "home"
+    fake_aws_env(monkeypatch, h)
+    return h
+
+
+@pytest.fixture
+def aws(home):
+    with mock_aws():
+        yield
+
+
+def live(region: str = "us-east-1") -> list[dict]:
+    res = boto3.client("ec2", region_name=region).describe_instances(Filters=[
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
+    return [i for r in res["Reservations"] for i in r["Instances"]]
+
+
+def assert_nothing_left() -> None:
+    ec2, iam = boto3.client("ec2", region_name="us-east-1"), boto3.client("iam", region_name="us-east-1")
+    assert live() == []
+    assert ec2.describe_security_groups(Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}])["SecurityGroups"] == []
+    assert ec2.describe_key_pairs()["KeyPairs"] == []
+    assert [r for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("mnist-launch")] == []
+    assert [p for p in iam.list_instance_profiles()["InstanceProfiles"] if p["InstanceProfileName"].startswith("mnist-launch")] == []
+
+
+def up_args(ami: str, *extra: str) -> list[str]:
+    return ["up", "--instance", "g4dn.xlarge", "--ami", ami, "--ssh-cidr", CIDR, "--yes", *extra]
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(aws, home, monkeypatch):
+    rec = install_recorder(monkeypatch)
+    out = cli(*up_args(ubuntu_ami(), "--dry-run", "--store", "s3://b/p"))
+    assert out.code == 0, out.stderr
+    assert "plan for us-east-1: g4dn.xlarge on-demand" in out.stderr
+    assert "$0.526/h" in out.stderr
+    for line in ("create  key pair", "create  security group", "create  instance profile", "create  instance"):
+        assert line in out.stderr
+    assert "dry run: nothing was changed" in out.stderr
+    assert rec.mutating() == []
+    assert not (home / "id_ed25519").exists()  # not even the local key
+    assert_nothing_left()
+
+
+def test_up_status_reuse_ssh_down(aws, home, sshd, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("MNIST_LAUNCH_SSH_ENDPOINT", sshd.endpoint)
+    ami = ubuntu_ami()
+    out = cli(*up_args(ami, "--identity", str(sshd.client_key), "--store", "s3://b/p"))
+    assert out.code == 0, out.stderr
+    assert "mnist is up" in out.stderr and "status checks" in out.stderr
+    [inst] = live()
+    assert inst["InstanceId"] in (home / "known_hosts").read_text()  # pinned under the instance id
+
+    out = cli("status", "--json")
+    assert out.code == 0, out.stderr
+    [row] = json.loads(out.stdout)
+    assert (row["name"], row["id"], row["type"], row["state"], row["market"]) == (
+        "mnist", inst["InstanceId"], "g4dn.xlarge", "running", "on-demand")
+    assert row["hourly_usd"] == pytest.approx(0.526) and row["cost_usd"] >= 0
+
+    out = cli(*up_args(ami))  # no --identity: the one the cluster was made with is remembered
+    assert out.code == 0, out.stderr
+    assert "reuse   instance" in out.stderr
+    assert len(live()) == 1
+
+    out = cli("down", "mnist")
+    assert out.code == 2 and "pass --yes to confirm" in out.stderr
+    out = cli("down", "mnist", "--yes")
+    assert out.code == 0, out.stderr
+    assert f"instance {inst['InstanceId']}" in out.stderr
+    assert_nothing_left()
+    assert inst["InstanceId"] not in (home / "known_hosts").read_text()
+    out = cli("down", "mnist", "--yes")
+    assert out.code == 0 and "nothing to terminate" in out.stderr
+
+
+def test_up_rolls_back_when_ssh_never_answers(aws, home, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("MNIST_LAUNCH_SSH_ENDPOINT", f"root@127.0.0.1:{closed}")
+    out = cli(*up_args(ubuntu_ami(), "--timeout", "1s", "--no-status-checks"))
+    assert out.code == 1
+    assert f"error: no SSH answer from 127.0.0.1:{closed} after 1s — check --ssh-cidr is your address" in out.stderr
+    assert "rolling back" in out.stderr
+    assert_nothing_left()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ssh-cidr", "0.0.0.0/0"], "refusing to open SSH to the whole internet"),
+    (["--name", "Bad Name"], "--name 'Bad Name': use 1-31 lowercase letters"),
+    (["--timeout", "soon"], "--timeout 'soon': expected a duration"),
+    (["--autostop", "later"], "--autostop 'later': expected a duration"),
+    (["--disk-gb", "10"], "disk_gb: Input should be greater than or equal to 30"),
+    (["--identity", "/nonexistent/key"], "--identity /nonexistent/key: no such file"),
+])
+def test_bad_input_is_one_line_and_creates_nothing(aws, monkeypatch, args, message):
+    rec = install_recorder(monkeypatch)
+    out = cli("up", "--ssh-cidr", CIDR, "--ami", "ami-1", "--yes", *args)
+    assert out.code == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in out.stderr
+    assert rec.mutating() == []
+
+
+def test_settings_come_from_a_config_launch_section(aws, tmp_path):
+    ami = ubuntu_ami()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: model3\nstore: s3://b/runs\nlaunch:\n  instance: g5.xlarge\n  spot: true\n  ami: {ami}\n  ssh_cidr: {CIDR}\n")
+    out = cli("up", "--config", str(cfg), "--dry-run")
+    assert out.code == 0, out.stderr
+    assert "g5.xlarge spot" in out.stderr and "read/write s3://b/runs only" in out.stderr
+    out = cli("up", "--config", str(cfg), "--instance", "g6.xlarge", "--dry-run")
+    assert "g6.xlarge spot" in out.stderr  # flags win over the file
+    cfg.write_text("model: model3\nlaunch:\n  instnce: g5.xlarge\n")
+    out = cli("up", "--config", str(cfg), "--dry-run")
+    assert out.code == 2 and "unknown key 'instnce'" in out.stderr
+
+
+def test_max_instances_is_enforced(aws, home, monkeypatch):
+    from infra.home import ensure_default_key
+    from infra.ssh import public_key_of
+
+    p = AWSProvider(Clients.create("us-east-1"))
+    key = public_key_of(ensure_default_key())
+    for name in ("a", "b"):
+        p.ensure(ClusterSpec(name=name, region="us-east-1", public_key=key, ssh_cidr=CIDR,
+                             instance_type="g4dn.xlarge", ami=ubuntu_ami()))
+    rec = install_recorder(monkeypatch)
+    out = cli(*up_args(ubuntu_ami(), "--name", "c"))
+    assert out.code == 1
+    assert "2 mnist-launch instances already run in us-east-1 (max_instances=2) — `mnist-launch down NAME` one, or pass --force" in out.stderr
+    assert rec.mutating() == []
+
+
+def test_ssh_to_a_missing_cluster_is_one_line(aws):
+    out = cli("ssh", "ghost", "--", "true")
+    assert out.code == 1
+    assert "error: no running instance for cluster 'ghost' in us-east-1 — `mnist-launch up --name ghost` first" in out.stderr
+
+
+def test_status_without_instances(aws):
+    out = cli("status")
+    assert out.code == 0 and "no mnist-launch instances in us-east-1" in out.stdout
+    out = cli("status", "--json")
+    assert json.loads(out.stdout) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the real CLI end to end: moto as a server on 127.0.0.1, the real sshd, the system ssh
+
+
+@pytest.fixture
+def moto_server(home, monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def test_end_to_end_up_status_ssh_down(moto_server, sshd, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("MNIST_LAUNCH_SSH_ENDPOINT", sshd.endpoint)
+    ami = ubuntu_ami()
+    out = cli(*up_args(ami, "--name", "e2e", "--identity", str(sshd.client_key), "--store", "s3://bucket/prefix"))
+    assert out.code == 0, out.stderr
+    [inst] = live()
+
+    out = cli("status", "--json")
+    assert out.code == 0, out.stderr
+    assert [(r["name"], r["id"], r["state"]) for r in json.loads(out.stdout)] == [("e2e", inst["InstanceId"], "running")]
+
+    out = cli("ssh", "e2e", "--", "true")
+    assert out.code == 0, out.stderr
+    out = cli("ssh", "e2e", "--", "sh", "-c", "exit 7")
+    assert out.code == 7
+
+    out = cli("down", "e2e", "--yes")
+    assert out.code == 0, out.stderr
+    assert_nothing_left()
+    tagged = boto3.client("resourcegroupstaggingapi", region_name="us-east-1").get_resources(
+        TagFilters=[{"Key": TAG_MANAGED, "Values": ["true"]}])["ResourceTagMappingList"]
+    assert [t["ResourceARN"] for t in tagged if ":instance/" not in t["ResourceARN"]] == []
+
+
+def make_clusters(*names: str) -> list[str]:
+    """Instances made by the provider directly (no SSH wait): for down/status tests."""
+    from infra.home import ensure_default_key
+    from infra.ssh import public_key_of
+
+    p = AWSProvider(Clients.create("us-east-1"))
+    key = public_key_of(ensure_default_key())
+    return [p.ensure(ClusterSpec(name=n, region="us-east-1", public_key=key, ssh_cidr=CIDR,
+                                 instance_type="g4dn.xlarge", ami=ubuntu_ami())).instance.id for n in names]
+
+
+def test_status_table_and_down_stop_then_all(aws, home):
+    a, b = make_clusters("a", "b")
+    out = cli("status")
+    assert out.code == 0
+    for text in (a, b, "g4dn.xlarge", "running", "on-demand", "0.526", "approximate on-demand list prices"):
+        assert text in out.stdout
+    out = cli("down", "a", "--stop", "--yes")
+    assert out.code == 0 and f"stopped instance {a}" in out.stderr
+    states = {r["id"]: r["state"] for r in json.loads(cli("status", "--json").stdout)}
+    assert states == {a: "stopped", b: "running"}
+    out = cli("down", "--all", "--yes")
+    assert out.code == 0, out.stderr
+    assert f"instance {a}" in out.stderr and f"instance {b}" in out.stderr
+    assert_nothing_left()
+
+
+def test_unknown_region_is_caught_before_any_call(aws, monkeypatch):
+    rec = install_recorder(monkeypatch)
+    out = cli("status", "--region", "us-esat-1")
+    assert out.code == 2 and "error: --region 'us-esat-1': not an EC2 region" in out.stderr
+    assert rec.calls == []
+
+
+def test_a_refused_key_fails_at_once_and_rolls_back(aws, home, sshd, monkeypatch):  # noqa: F811
+    import time
+
+    monkeypatch.setenv("MNIST_LAUNCH_SSH_ENDPOINT", sshd.endpoint)
+    start = time.monotonic()
+    out = cli(*up_args(ubuntu_ami(), "--timeout", "5m"))  # the generated key, which sshd does not know
+    assert out.code == 1
+    assert "refused key" in out.stderr and "(--identity)" in out.stderr
+    assert time.monotonic() - start < 30  # not retried until the timeout
+    assert_nothing_left()
+
+
+def test_missing_credentials_via_the_cli(home, monkeypatch):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k)
+    out = cli("up", "--ssh-cidr", CIDR, "--ami", "ami-1", "--yes")
+    assert out.code == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: no AWS credentials found — run `aws configure` (or `aws sso login`), or set AWS_PROFILE")
+    out = cli("status", "--json")
+    assert out.code == 1 and "no AWS credentials found" in out.stderr
+
+
+def test_a_deleted_state_folder_loses_nothing(aws, home, sshd, monkeypatch):  # noqa: F811
+    import shutil
+
+    monkeypatch.setenv("MNIST_LAUNCH_SSH_ENDPOINT", sshd.endpoint)
+    assert cli(*up_args(ubuntu_ami(), "--identity", str(sshd.client_key))).code == 0
+    shutil.rmtree(home)  # AWS tags are the truth
+    [row] = json.loads(cli("status", "--json").stdout)
+    assert row["name"] == "mnist" and row["user"] == "ubuntu"
+    # the key is the user's own: without the cache, `ssh` is told which one
+    out = cli("ssh", "mnist", "--", "true")
+    assert out.code == 1 and "which is not ours — pass its private key with --identity" in out.stderr
+    out = cli("ssh", "mnist", "--identity", str(sshd.client_key), "--", "true")
+    assert out.code == 0, out.stderr
+    assert row["id"] in (home / "known_hosts").read_text()  # pinned again on first use
+    assert cli("down", "mnist", "--yes").code == 0
+    assert_nothing_left()
+
+
+def test_ssh_cidr_from_the_environment_and_spot_flag(aws, monkeypatch):
+    monkeypatch.setenv("MNIST_LAUNCH_SSH_CIDR", "198.51.100.20/32")
+    out = cli("up", "--ami", ubuntu_ami(), "--spot", "--instance", "g5.xlarge", "--dry-run")
+    assert out.code == 0, out.stderr
+    assert "tcp/22 from 198.51.100.20/32 only" in out.stderr and "g5.xlarge spot" in out.stderr
+
+
+def test_help_lists_the_flags():
+    out = cli("up", "--help")
+    for flag in ("--instance", "--name", "--region", "--spot", "--disk-gb", "--ami", "--identity", "--ssh-cidr",
+                 "--autostop", "--timeout", "--dry-run", "--yes"):
+        assert flag in out.stdout
+
+
+def test_end_to_end_through_the_real_entry_point(moto_server, sshd, home, tmp_path):  # noqa: F811
+    """`python -m launcher` in a subprocess, as a user runs it (needs the main CLI, launcher/cli.py)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "launcher" / "__main__.py").is_file():
+        pytest.skip("the main CLI (launcher/cli.py, launcher/__main__.py) is not in this tree yet")
+    env = {**os.environ, "PYTHONPATH": str(root), "MNIST_LAUNCH_SSH_ENDPOINT": sshd.endpoint, "COLUMNS": "200"}
+    env.pop("MNIST_LAUNCH_DEBUG", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "launcher", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+
+    p = run(*up_args(ubuntu_ami(), "--name", "real", "--identity", str(sshd.client_key)))
+    assert p.returncode == 0, p.stderr
+    [row] = json.loads(run("status", "--json").stdout)
+    assert (row["name"], row["state"]) == ("real", "running")
+    p = run("ssh", "real", "--", "true")
+    assert p.returncode == 0, p.stderr
+    p = run("ssh", "real", "--", "sh", "-c", "echo hi; exit 7")
+    assert (p.returncode, p.stdout) == (7, "hi\n")
+    p = run("up", "--ssh-cidr", "0.0.0.0/0", "--name", "real")
+    assert p.returncode == 2
+    assert p.stderr.strip() == "error: --ssh-cidr 0.0.0.0/0: refusing to open SSH to the whole internet — pass your address as A.B.C.D/32"
+    p = run("down", "real", "--yes")
+    assert p.returncode == 0, p.stderr
+    assert_nothing_left()
+
+
+def test_status_covers_several_regions(aws, home):
+    from infra.home import ensure_default_key
+    from infra.ssh import public_key_of
+
+    key = public_key_of(ensure_default_key())
+    west = AWSProvider(Clients.create("us-west-2")).ensure(ClusterSpec(
+        name="west", region="us-west-2", public_key=key, ssh_cidr=CIDR, instance_type="g5.xlarge",
+        ami=ubuntu_ami("us-west-2"), spot=True)).instance
+    [east] = make_clusters("east")
+    rows = json.loads(cli("status", "--json", "--region", "us-east-1", "--region", "us-west-2").stdout)
+    assert sorted((r["name"], r["region"], r["id"], r["market"]) for r in rows) == [
+        ("east", "us-east-1", east, "on-demand"), ("west", "us-west-2", west.id, "spot")]
+    assert [r["name"] for r in json.loads(cli("status", "--json").stdout)] == ["east"]  # default region only
