@@ -143,11 +143,19 @@ def cancel(
 def runs(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+    compare: Optional[List[str]] = typer.Option(None, "--compare", help="RUN_ID to compare (repeat, or list them after it)"),
+    more: Optional[List[str]] = typer.Argument(None, hidden=True),
+    plot: Path = typer.Option(Path("compare.png"), "--plot", help="where --compare writes its overlay of test-accuracy curves"),
 ) -> None:
-    """List the runs in the store with their results."""
+    """List the runs in the store with their results; --compare puts chosen runs side by side."""
     from launcher.live import pct
     from launcher.orchestrator import list_runs
 
+    if compare:
+        _compare([*compare, *(more or [])], store, plot, as_json)
+        return
+    if more:
+        raise ConfigError(f"unexpected argument {more[0]!r} — to compare runs: mnist-launch runs --compare RUN_A RUN_B")
     rows = list_runs(store)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -166,6 +174,36 @@ def runs(
             f"{r['images_per_second']:,.0f}" if r["images_per_second"] else "-",
         )
     console.print(table)
+
+
+def _compare(run_ids: list[str], store: Optional[str], plot: Path, as_json: bool) -> None:
+    from launcher.compare import compare_runs
+    from launcher.live import pct
+
+    if len(run_ids) < 2:
+        raise ConfigError("--compare needs at least two runs: mnist-launch runs --compare RUN_A RUN_B")
+    differing, columns, png = compare_runs(run_ids, store, plot)
+    if as_json:
+        print(json.dumps({"differing_settings": differing, "runs": [{k: c[k] for k in ("run_id", "settings", "results")}
+                                                                     for c in columns], "plot": str(png)}, indent=2))
+        return
+    table = Table(title="runs side by side")
+    table.add_column("")
+    for c in columns:
+        table.add_column(c["run_id"], justify="right")
+    for key in ["model", *differing]:
+        table.add_row(key, *[str(c["settings"].get(key)) for c in columns])
+    for label, key, fmt in [("params", "params", lambda v: f"{v:,}" if v else "-"),
+                            ("state", "state", str),
+                            ("epochs", "epochs_completed", str),
+                            ("final test acc", "final_test_accuracy", pct),
+                            ("best test acc", "best_test_accuracy", pct),
+                            ("train time", "train_seconds", lambda v: f"{v:.1f}s" if v else "-"),
+                            ("img/s", "images_per_second", lambda v: f"{v:,.0f}" if v else "-"),
+                            ("device", "device", str)]:
+        table.add_row(label, *[fmt(c["results"].get(key)) for c in columns])
+    console.print(table)
+    console.print(f"test-accuracy curves: {png}")
 
 
 @app.command()

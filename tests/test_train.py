@@ -110,3 +110,18 @@ def test_cancel_stops_every_process_and_keeps_the_run(small_mnist, tmp_path):
     assert not host.is_alive(status["agent_pid"]) and not host.is_alive(status["trainer_pid"])
     assert events_of(run.run_dir)[-1]["type"] == "run_end"
     assert (run.run_dir / "checkpoints" / "epoch_001" / "checkpoint.json").is_file()
+
+
+def test_compare_puts_runs_side_by_side_with_an_overlay_plot(small_mnist, tmp_path):
+    from launcher.compare import compare_runs
+
+    for run_id, lr in (("lr-a", "0.05"), ("lr-b", "0.01")):
+        run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
+                                     run_id=run_id, overrides=["train.epochs=2", f"optimizer.lr={lr}",
+                                                               "scheduler.name=none", "data.train_limit=500"]))
+        assert run_to_end(run)[0]["state"] == "succeeded"
+    differing, columns, png = compare_runs(["lr-a", "lr-b"], str(tmp_path), tmp_path / "cmp.png")
+    assert differing == ["optimizer.lr"]
+    assert [c["settings"]["optimizer.lr"] for c in columns] == [0.05, 0.01]
+    assert all(len(c["history"]) == 2 and c["results"]["final_test_accuracy"] is not None for c in columns)
+    assert png.read_bytes()[:4] == b"\x89PNG"
