@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import BinaryIO, Optional, Protocol
 
 
 @dataclass
@@ -39,6 +40,10 @@ class Host(Protocol):
     def read_text(self, path: str) -> Optional[str]: ...
 
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None: ...
+
+    def put_tar(self, stream: BinaryIO, dest: str) -> None:
+        """Unpack a tar stream into ``dest`` (created if missing)."""
+        ...
 
     def is_alive(self, pid: int) -> bool: ...
 
@@ -85,6 +90,17 @@ class LocalHost:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, p)
+
+    def put_tar(self, stream: BinaryIO, dest: str) -> None:
+        root = Path(dest).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            # the "tar" filter refuses absolute names and members landing outside dest, yet keeps
+            # symlink targets as they are (a workdir may link to a dataset elsewhere)
+            if hasattr(tarfile, "tar_filter"):
+                tar.extractall(root, filter="tar")
+            else:  # Python < 3.11.4: our own sender wrote the stream, names are relative
+                tar.extractall(root)
 
     def is_alive(self, pid: int) -> bool:
         try:

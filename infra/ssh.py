@@ -290,7 +290,8 @@ class SSHHost:
 
     def put_tar(self, stream: BinaryIO, dest: str) -> None:
         """Unpack a tar stream into ``dest`` on the host (created if missing)."""
-        res = self.exec(f"mkdir -p {_rq(dest)} && tar -x -f - -C {_rq(dest)}", stdin=stream, timeout=3600)
+        # --no-same-owner: files belong to the login user, not to whatever uid the sender had (tar as root keeps it)
+        res = self.exec(f"mkdir -p {_rq(dest)} && tar -x --no-same-owner -f - -C {_rq(dest)}", stdin=stream, timeout=3600)
         if res.returncode != 0:
             raise SSHError(f"{self.name}: unpacking into {dest} failed: {res.stderr.strip()[:200]} — check disk space and permissions")
 

@@ -14,4 +14,8 @@ class SSHError(LaunchError):
     """The instance cannot be reached or refuses us (auth, host key, network)."""
 
 
-__all__ = ["AWSError", "ConfigError", "DataError", "LaunchError", "RunError", "SSHError"]
+class SyncError(LaunchError):
+    """Mirroring the workdir to a host failed there (no python3, a path that is not a directory, permissions)."""
+
+
+__all__ = ["AWSError", "ConfigError", "DataError", "LaunchError", "RunError", "SSHError", "SyncError"]
