@@ -139,7 +139,10 @@ def scan(root: str, rules: List[Rule]) -> Dict[str, Entry]:
         with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
             for de in it:
                 rel = rel_dir + "/" + de.name if rel_dir else de.name
-                st = de.stat(follow_symlinks=False)
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while we looked (a job writing next to the code)
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if is_ignored(rules, rel, is_dir):
                     continue

@@ -168,7 +168,11 @@ def sync_workdir(host: Host, local_root: Path, remote_root: str, python: str = "
     local_root = Path(local_root)
     if not local_root.is_dir():
         raise SyncError(f"{local_root} is not a directory — run from the project folder or pass its path")
-    local = local_manifest(local_root)
+    try:
+        local = local_manifest(local_root)
+    except OSError as err:
+        raise SyncError(f"reading {err.filename or local_root} failed ({err.strerror or err}) — "
+                        "fix its permissions or add it to .mnist-launch-ignore") from None
     remote = _manifest_tool(host, python, "scan", remote_root, tree.read_rule_lines(str(local_root)))
     plan = plan_sync(local, remote)
     if plan.delete:
