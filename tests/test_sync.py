@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from infra.host import LocalHost
-from infra.manifest import ALWAYS_IGNORED, compile_rules, is_ignored
+from infra.manifest import ALWAYS_IGNORED, compile_rules, delete, is_ignored
 from infra.ssh import Endpoint, SSHHost
 from infra.sync import SyncReport, plan_sync, sync_workdir
 from launcher.errors import LaunchError, SyncError
@@ -154,6 +154,33 @@ def test_changes_deletions_and_kind_changes_are_mirrored(host, project, tmp_path
     assert report.files_sent == 6  # train.py, file name.txt, link-to-train, empty dir, real.txt, file.py
     assert report.files_deleted == 1  # ünïcødé ✓.txt (replaced entries are not deletions)
     assert host.tars == 2
+
+
+def test_a_deleted_directory_holding_ignored_host_files_keeps_only_those(host, tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    write(src, "old/a.py")
+    write(src, "main.py")
+    sync_workdir(host, src, str(dest))
+    write(dest, "old/__pycache__/a.cpython-311.pyc", "bytecode")  # made by running the code there
+    (src / "old/a.py").unlink()
+    (src / "old").rmdir()
+    report = sync_workdir(host, src, str(dest))
+    assert not (dest / "old/a.py").exists() and (dest / "old/__pycache__/a.cpython-311.pyc").exists()
+    assert report.files_deleted == 1
+    assert sync_workdir(host, src, str(dest)).files_deleted == 0  # the kept directory is not a new deletion
+
+
+def test_delete_refuses_paths_outside_the_root(tmp_path):
+    write(tmp_path, "victim.txt")
+    os.symlink(str(tmp_path), tmp_path / "root-link")
+    (tmp_path / "root").mkdir()
+    os.symlink(str(tmp_path), tmp_path / "root" / "up")
+    for rel in ["../victim.txt", "/etc/hostname", "up/victim.txt", ""]:
+        with pytest.raises(ValueError, match="refusing to delete"):
+            delete(str(tmp_path / "root"), [rel])
+    assert (tmp_path / "victim.txt").exists()
+    assert delete(str(tmp_path / "root"), ["up"]) == ["up"]  # the link itself, not what it points to
+    assert (tmp_path / "victim.txt").exists()
 
 
 def test_a_thousand_files_with_ten_changed_sends_exactly_ten(host, tmp_path):
