@@ -100,7 +100,7 @@ def _manifest_tool(host: Host, python: str, op: str, remote_root: str, arg: Any)
         res = host.run(argv, timeout=600)
     except FileNotFoundError:  # LocalHost: no such executable
         res = None
-    if res is None or res.returncode == 127 or (res.returncode != 0 and "not found" in res.stderr and python in res.stderr):
+    if res is None or res.returncode == 127:  # the shell's "command not found"
         raise SyncError(f"{python} not found on {host.name} — install Python 3 there; the sync runs it to compare files")
     if res.returncode != 0:
         detail = (res.stderr.strip().splitlines() or ["no message"])[-1][:200]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from infra.host import LocalHost
 from infra.manifest import ALWAYS_IGNORED, compile_rules, delete, is_ignored
 from infra.ssh import Endpoint, SSHHost
-from infra.sync import SyncReport, plan_sync, sync_workdir
+from infra.sync import _MAX_ARG_BYTES, SyncReport, _batches, plan_sync, sync_workdir
 from launcher.errors import LaunchError, SyncError
 from tests.sshd_fixture import start_sshd, stop_sshd
 
@@ -241,3 +242,10 @@ def test_plan_deletes_stale_and_kind_changed_entries_first():
 
 def test_summary_reads_like_a_sentence():
     assert SyncReport(10, 12345, 2, 1000, 0.214).summary() == "synced 10 files (12.3 kB), deleted 2, 990 unchanged in 0.21s"
+
+
+def test_deletions_are_batched_below_the_argument_size_limit():
+    paths = [f"dir/{i:05d}/" + "x" * 200 for i in range(2000)]  # ~430 kB of JSON: one argv string could not hold it
+    batches = _batches(paths)
+    assert len(batches) > 1 and [p for b in batches for p in b] == paths
+    assert all(len(json.dumps(b)) <= _MAX_ARG_BYTES for b in batches)
