@@ -16,7 +16,7 @@ import os
 import re
 import stat
 import sys
-from typing import Dict, List, Optional, Pattern, Tuple
+from typing import Dict, List, Pattern, Tuple
 
 # what is never mirrored, whatever the project's ignore files say
 ALWAYS_IGNORED = [".git/", "__pycache__/", "*.pyc", "runs/"]
