@@ -1,0 +1,171 @@
+"""S3Store against moto in-process: round trips, multipart, ranged reads, and one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from infra.aws import Clients
+from infra.s3 import S3Store, content_type, s3_error
+from infra.store import open_store
+from launcher.errors import AWSError, ConfigError, RunError
+from tests.aws_helpers import fake_aws_env
+
+BUCKET = "artifacts"
+URI = f"s3://{BUCKET}/team/mnist"
+
+
+@pytest.fixture
+def s3(monkeypatch, tmp_path):
+    fake_aws_env(monkeypatch, tmp_path / "home")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def test_put_list_read_and_download_round_trip(s3, tmp_path):
+    store = open_store(URI)
+    assert isinstance(store, S3Store) and store.uri == URI
+    src = tmp_path / "src"
+    files = {"config.yaml": "model: model3\n", "summary.json": '{"params": 1}', "checkpoints/step-1/model.bin": b"\x00\x01" * 50}
+    for name, data in files.items():
+        store.put_file("run-a", name, write(src / name, data))
+    store.put_file("run-b", "config.yaml", src / "config.yaml")
+    store.put_file("half", "events.jsonl", write(src / "events.jsonl", "{}\n"))  # no config.yaml: not a run yet
+
+    assert store.list_runs() == ["run-a", "run-b"]
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="team/mnist/runs/run-a/")["KeyCount"] == 3
+    assert store.read_text("run-a", "config.yaml") == "model: model3\n"
+    assert store.read_text("run-a", "nope.json") is None
+    assert store.read_text("ghost", "config.yaml") is None
+    head = s3.head_object(Bucket=BUCKET, Key="team/mnist/runs/run-a/summary.json")
+    assert head["ContentType"] == "application/json"
+
+    out = store.download("run-a", tmp_path / "dest")
+    assert out == tmp_path / "dest" / "run-a"
+    for name, data in files.items():
+        assert (out / name).read_bytes() == (data.encode() if isinstance(data, str) else data)
+    assert not list(out.rglob("*.part"))
+
+
+def test_store_at_bucket_root_and_content_types(s3, tmp_path):
+    store = S3Store(f"s3://{BUCKET}")
+    store.put_file("r", "config.yaml", write(tmp_path / "c.yaml", "x: 1\n"))
+    assert s3.head_object(Bucket=BUCKET, Key="runs/r/config.yaml")["ContentType"] == "application/yaml"
+    assert store.list_runs() == ["r"]
+    assert content_type("curves.png") == "image/png"
+    assert content_type("train.log").startswith("text/plain")
+    assert content_type("model.safetensors") is None
+
+
+def test_read_from_offsets(s3, tmp_path):
+    store = S3Store(URI)
+    lines = b'{"type":"step","step":1}\n{"type":"step","step":2}\n'
+    store.put_file("r", "events.jsonl", write(tmp_path / "events.jsonl", lines))
+    assert store.read_from("r", "events.jsonl", 0) == lines
+    assert store.read_from("r", "events.jsonl", 25) == lines[25:]
+    assert store.read_from("r", "events.jsonl", 25, limit=5) == lines[25:30]
+    assert store.read_from("r", "events.jsonl", len(lines)) == b""  # at the end: nothing new yet
+    assert store.read_from("r", "events.jsonl", len(lines) + 100) == b""
+    assert store.read_from("r", "missing.jsonl", 0) == b""
+    store.put_file("r", "empty.jsonl", write(tmp_path / "empty.jsonl", b""))
+    assert store.read_from("r", "empty.jsonl", 0) == b""
+
+
+def test_multipart_upload_arrives_intact(s3, tmp_path):
+    data = os.urandom(9 * 1024 * 1024)
+    path = write(tmp_path / "model.safetensors", data)
+    mb5 = 5 * 1024 * 1024  # S3's smallest part
+    store = S3Store(URI, transfer=TransferConfig(multipart_threshold=mb5, multipart_chunksize=mb5, max_concurrency=2))
+    store.put_file("big", "model.safetensors", path)
+    head = s3.head_object(Bucket=BUCKET, Key="team/mnist/runs/big/model.safetensors")
+    assert head["ETag"].strip('"').endswith("-2")  # two parts: it really went multipart
+    out = store.download("big", tmp_path / "dest")
+    assert hashlib.sha256((out / "model.safetensors").read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_download_of_unknown_run_says_how_to_list(s3, tmp_path):
+    with pytest.raises(RunError, match=r"run 'ghost' not found in s3://artifacts/team/mnist — `mnist-launch runs --store s3://artifacts/team/mnist` lists"):
+        S3Store(URI).download("ghost", tmp_path)
+
+
+def test_missing_bucket_is_one_line_with_the_fix(s3, tmp_path):
+    store = S3Store("s3://no-such-bucket/p")
+    msg = r"bucket 'no-such-bucket' does not exist — create it \(aws s3 mb s3://no-such-bucket\) or fix --store"
+    with pytest.raises(AWSError, match=msg):
+        store.list_runs()
+    with pytest.raises(AWSError, match=msg):
+        store.read_text("r", "config.yaml")
+    with pytest.raises(AWSError, match=msg):
+        store.put_file("r", "a.json", write(tmp_path / "a.json", "{}"))
+    with pytest.raises(AWSError, match=msg):
+        store.download("r", tmp_path)
+
+
+def test_access_denied_names_the_store_and_the_policy(s3, tmp_path):
+    clients = Clients.create("us-east-1")
+    store = S3Store(URI, clients=clients)
+    with Stubber(clients.s3) as stub:
+        stub.add_client_error("list_objects_v2", service_error_code="AccessDenied", service_message="Access Denied",
+                              http_status_code=403)
+        with pytest.raises(AWSError, match=r"access denied to s3://artifacts/team/mnist \(AccessDenied on ListObjectsV2\)"
+                                           r" — check .*credentials.*policy"):
+            store.list_runs()
+    # a HEAD answers a bare 403 with no code
+    err = ClientError({"Error": {"Code": "403", "Message": "Forbidden"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+                      "HeadObject")
+    mapped = s3_error(err, URI, BUCKET)
+    assert mapped is not None and "access denied to s3://artifacts/team/mnist" in str(mapped)
+    assert "\n" not in str(mapped)
+    other = ClientError({"Error": {"Code": "SlowDown", "Message": "x"}}, "GetObject")
+    assert s3_error(other, URI, BUCKET) is None
+
+
+def test_no_credentials_says_how_to_configure_them(monkeypatch, tmp_path):
+    fake_aws_env(monkeypatch, tmp_path)
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing leaves this machine
+    with pytest.raises(AWSError, match=r"no AWS credentials found — run `aws configure`"):
+        S3Store(URI).list_runs()
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3:///x"])
+def test_malformed_uri_is_a_config_error(uri):
+    with pytest.raises(ConfigError, match=r"expected s3://bucket/prefix — e.g. --store s3://my-bucket/mnist"):
+        open_store(uri)
+
+
+def test_agent_artifact_sync_uploads_the_run_dir(s3, tmp_path):
+    from infra.agent import ArtifactSync
+
+    run_dir = tmp_path / "runs" / "r1"
+    write(run_dir / "config.yaml", "model: model3\n")
+    write(run_dir / "events.jsonl", '{"type":"step"}\n')
+    write(run_dir / "checkpoints" / "epoch-1" / "model.bin", b"w" * 10)
+    write(run_dir / "summary.json.tmp", "{}")  # being written: not uploaded
+    sync = ArtifactSync(run_dir, URI, "r1")
+    assert sync.sync() == 3
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="team/mnist/runs/r1/")["Contents"])
+    assert keys == ["team/mnist/runs/r1/checkpoints/epoch-1/model.bin", "team/mnist/runs/r1/config.yaml",
+                    "team/mnist/runs/r1/events.jsonl"]
+    assert sync.sync() == 0  # nothing changed
+    with open(run_dir / "events.jsonl", "a") as f:
+        f.write('{"type":"epoch"}\n')
+    assert sync.sync() == 1
+    assert S3Store(URI).read_from("r1", "events.jsonl", 16) == b'{"type":"epoch"}\n'
