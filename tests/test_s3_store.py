@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -169,3 +170,66 @@ def test_agent_artifact_sync_uploads_the_run_dir(s3, tmp_path):
         f.write('{"type":"epoch"}\n')
     assert sync.sync() == 1
     assert S3Store(URI).read_from("r1", "events.jsonl", 16) == b'{"type":"epoch"}\n'
+
+
+# ---------------------------------------------------------------------------------------------
+# the orchestrator and the CLI on an S3 store (in-process: moto's mock lives in this process)
+
+
+def test_local_store_refuses_s3_without_touching_aws(monkeypatch):
+    from launcher.orchestrator import local_store
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setattr(S3Store, "client", property(lambda self: pytest.fail("S3 was contacted")))
+    with pytest.raises(ConfigError, match=r"--local keeps artifacts in a folder, not s3://b/p — drop --store"):
+        local_store("s3://b/p")
+
+
+def upload_run(store: S3Store, tmp_path: Path, run_id: str, summary: dict | None, epochs: list[float]) -> None:
+    d = tmp_path / "up" / run_id
+    write(d / "config.yaml", "model: model3\ntrain:\n  epochs: 3\n  seed: 7\n")
+    write(d / "meta.json", json.dumps({"created_at": f"2026-11-22T12:00:0{len(epochs)}"}))
+    write(d / "status.json", json.dumps({"state": "succeeded" if summary else "running"}))
+    write(d / "events.jsonl", "".join(json.dumps({"type": "epoch", "test_accuracy": a}, separators=(",", ":")) + "\n"
+                                      for a in epochs))
+    if summary:
+        write(d / "summary.json", json.dumps(summary))
+    for f in d.iterdir():
+        store.put_file(run_id, f.name, f)
+
+
+def test_cli_runs_and_results_on_s3(s3, tmp_path, capsys):
+    from launcher.cli import main
+
+    store = S3Store(URI)
+    upload_run(store, tmp_path, "done", {"params": 12345, "train_seconds": 4.5, "images_per_second": 9000,
+                                         "history": [{"test_accuracy": 0.97}, {"test_accuracy": 0.99}]}, [0.97, 0.99])
+    upload_run(store, tmp_path, "live", None, [0.5])
+
+    assert main(["runs", "--store", URI, "--json"]) == 0
+    rows = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"done", "live"}
+    assert rows["done"]["params"] == 12345 and rows["done"]["final_test_accuracy"] == 0.99
+    assert rows["done"]["state"] == "succeeded" and rows["done"]["path"] == f"{URI}/runs/done"
+    assert rows["live"]["epochs_completed"] == 1 and rows["live"]["best_test_accuracy"] == 0.5  # from events
+
+    assert main(["runs", "--store", URI]) == 0
+    table = capsys.readouterr().out
+    assert "done" in table and "12,345" in table and "live" in table
+
+    assert main(["results", "done", "--store", URI, "--dest", str(tmp_path / "got")]) == 0
+    got = tmp_path / "got" / "done"
+    assert json.loads((got / "summary.json").read_text())["params"] == 12345
+    assert (got / "config.yaml").read_text().startswith("model: model3")
+
+    assert main(["results", "ghost", "--store", URI, "--dest", str(tmp_path / "got")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: run 'ghost' not found in {URI} — `mnist-launch runs --store {URI}` lists the runs there"
+
+
+def test_cli_on_a_missing_bucket_is_one_line(s3, capsys):
+    from launcher.cli import main
+
+    assert main(["runs", "--store", "s3://nope/p"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bucket 'nope' does not exist") and len(err.splitlines()) == 1
