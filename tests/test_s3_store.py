@@ -233,3 +233,28 @@ def test_cli_on_a_missing_bucket_is_one_line(s3, capsys):
     assert main(["runs", "--store", "s3://nope/p"]) != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: bucket 'nope' does not exist") and len(err.splitlines()) == 1
+
+
+def test_real_cli_reaches_s3_through_aws_endpoint_url(monkeypatch, tmp_path):
+    """Another process (the CLI, as the agent would be) finds moto through AWS_ENDPOINT_URL alone."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import cli
+
+    fake_aws_env(monkeypatch, tmp_path / "home")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        upload_run(S3Store(URI), tmp_path, "remote", {"params": 77}, [0.9])
+        p = cli("runs", "--store", URI, "--json")
+        assert p.returncode == 0, p.stderr
+        assert [r["run_id"] for r in json.loads(p.stdout)] == ["remote"]
+    finally:
+        server.stop()
