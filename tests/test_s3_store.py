@@ -258,3 +258,18 @@ def test_real_cli_reaches_s3_through_aws_endpoint_url(monkeypatch, tmp_path):
         assert [r["run_id"] for r in json.loads(p.stdout)] == ["remote"]
     finally:
         server.stop()
+
+
+def test_folder_and_s3_give_the_same_rows(s3, tmp_path):
+    from infra.store import LocalStore
+    from launcher.orchestrator import list_runs
+
+    folder = LocalStore(tmp_path / "store")
+    for store in (S3Store(URI), folder):
+        upload_run(store, tmp_path, "done", {"params": 5, "history": [{"test_accuracy": 0.8}]}, [0.8])
+        upload_run(store, tmp_path, "live", None, [0.4, 0.6])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "path"} for r in rows]  # noqa: E731
+    local_rows, s3_rows = list_runs(folder.uri), list_runs(URI)
+    assert strip(local_rows) == strip(s3_rows)
+    assert [r["best_test_accuracy"] for r in local_rows] == [0.8, 0.6]
+    assert folder.read_from("live", "events.jsonl", 0) == S3Store(URI).read_from("live", "events.jsonl", 0)
