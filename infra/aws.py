@@ -55,6 +55,7 @@ QUOTA_ERRORS = {"VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "InstanceLi
 CREDENTIAL_ERRORS = {
     "ExpiredToken", "ExpiredTokenException", "RequestExpired", "InvalidClientTokenId",
     "UnrecognizedClientException", "AuthFailure", "SignatureDoesNotMatch", "InvalidToken",
+    "InvalidAccessKeyId",  # S3's word for an unknown key id
 }
 ACCESS_ERRORS = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"}
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -198,6 +199,10 @@ class Clients:
     def ssm(self) -> Any:
         return self._client("ssm")
 
+    @property
+    def s3(self) -> Any:
+        return self._client("s3")
+
 
 def error_code(err: ClientError) -> str:
     return err.response.get("Error", {}).get("Code", "")
@@ -271,11 +276,12 @@ def validate_cidr(cidr: str) -> str:
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """'s3://bucket/some/prefix/' -> ('bucket', 'some/prefix')."""
+    bad = f"store {uri!r}: expected s3://bucket/prefix — e.g. --store s3://my-bucket/mnist"
     if not uri.startswith("s3://") or len(uri) <= 5:
-        raise ConfigError(f"store {uri!r}: expected s3://bucket/prefix")
+        raise ConfigError(bad)
     bucket, _, prefix = uri[5:].partition("/")
     if not bucket:
-        raise ConfigError(f"store {uri!r}: expected s3://bucket/prefix")
+        raise ConfigError(bad)
     return bucket, prefix.strip("/")
 
 

@@ -26,6 +26,10 @@ class ArtifactStore(Protocol):
 
     def download(self, run_id: str, dest: Path) -> Path: ...
 
+    def read_from(self, run_id: str, name: str, offset: int, limit: int = 1 << 20) -> bytes:
+        """Bytes of ``name`` from ``offset`` (at most ``limit``); b'' if missing or nothing new."""
+        ...
+
 
 class LocalStore:
     def __init__(self, root: str | Path) -> None:
@@ -46,6 +50,14 @@ class LocalStore:
             return (self.run_dir(run_id) / name).read_text()
         except FileNotFoundError:
             return None
+
+    def read_from(self, run_id: str, name: str, offset: int, limit: int = 1 << 20) -> bytes:
+        try:
+            with open(self.run_dir(run_id) / name, "rb") as f:
+                f.seek(offset)
+                return f.read(limit)
+        except FileNotFoundError:
+            return b""
 
     def put_file(self, run_id: str, name: str, local_path: Path) -> None:
         dest = self.run_dir(run_id) / name

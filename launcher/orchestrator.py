@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 from infra.host import Host, LocalHost
 from infra.store import LocalStore, open_store
@@ -76,6 +76,8 @@ def resolve_data_dir(flag: Optional[str], cfg: Config) -> str:
 
 
 def local_store(uri: Optional[str]) -> LocalStore:
+    if (uri or "").startswith("s3://"):  # decided from the URI alone: no boto3, no network
+        raise ConfigError(f"--local keeps artifacts in a folder, not {uri} — drop --store or pass a path")
     store = open_store(uri)
     if not isinstance(store, LocalStore):
         raise ConfigError(f"--local keeps artifacts in a folder, not {uri} — drop --store or pass a path")
@@ -188,25 +190,37 @@ def cancel_run(run_id: str, store_uri: Optional[str], host: Optional[Host] = Non
 
 def run_record(run_dir: Path) -> dict:
     """One row of `runs`: settings and results, from the run's own files."""
+
+    def read(name: str) -> Optional[str]:
+        try:
+            return (run_dir / name).read_text()
+        except OSError:  # missing or unreadable: the row shows what it can
+            return None
+
+    return record_from(run_dir.name, read, str(run_dir))
+
+
+def record_from(run_id: str, read: Callable[[str], Optional[str]], path: str) -> dict:
+    """One row of `runs` from ``read(name) -> text or None``: a folder and S3 give the same columns."""
     import yaml
 
     def load(name: str) -> dict:
         try:
-            return json.loads((run_dir / name).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            return json.loads(read(name) or "{}")
+        except json.JSONDecodeError:
             return {}
 
     summary, status, meta = load("summary.json"), load("status.json"), load("meta.json")
     try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        cfg = yaml.safe_load(read("config.yaml") or "") or {}
+    except yaml.YAMLError:
         cfg = {}
     history = summary.get("history") or []
     if not history:  # still running: take the epochs seen so far from events
-        history = _epochs_from_events(run_dir)
+        history = _epochs_from_lines((read("events.jsonl") or "").splitlines())
     accs = [h["test_accuracy"] for h in history]
     return {
-        "run_id": run_dir.name,
+        "run_id": run_id,
         "created_at": meta.get("created_at"),
         "model": cfg.get("model"),
         "params": summary.get("params"),
@@ -223,26 +237,35 @@ def run_record(run_dir: Path) -> dict:
         "num_processes": summary.get("num_processes"),
         "device": summary.get("device"),
         "code_revision": meta.get("code_revision"),
-        "path": str(run_dir),
+        "path": path,
     }
 
 
-def _epochs_from_events(run_dir: Path) -> list[dict]:
+def _epochs_from_lines(lines: Iterable[str | bytes]) -> list[dict]:
     out = []
-    try:
-        with open(run_dir / "events.jsonl", "rb") as f:
-            for line in f:
-                if b'"type":"epoch"' in line:
-                    try:
-                        out.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        pass
-    except FileNotFoundError:
-        pass
+    for line in lines:
+        if '"type":"epoch"' in (line.decode(errors="replace") if isinstance(line, bytes) else line):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
     return out
 
 
+def _epochs_from_events(run_dir: Path) -> list[dict]:
+    try:
+        with open(run_dir / "events.jsonl", "rb") as f:
+            return _epochs_from_lines(f)
+    except FileNotFoundError:
+        return []
+
+
 def list_runs(store_uri: Optional[str]) -> list[dict]:
-    store = local_store(store_uri)
-    rows = [run_record(store.run_dir(r)) for r in store.list_runs()]
+    """The rows of `runs` for a folder or an S3 store (read with the store's own reads)."""
+    store = open_store(store_uri)
+    if isinstance(store, LocalStore):
+        rows = [run_record(store.run_dir(r)) for r in store.list_runs()]
+    else:
+        rows = [record_from(r, lambda name, r=r: store.read_text(r, name), f"{store.uri}/runs/{r}")
+                for r in store.list_runs()]
     return sorted(rows, key=lambda r: r.get("created_at") or 0)
