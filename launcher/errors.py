@@ -18,4 +18,8 @@ class SyncError(LaunchError):
     """Mirroring the workdir to a host failed there (no python3, a path that is not a directory, permissions)."""
 
 
-__all__ = ["AWSError", "ConfigError", "DataError", "LaunchError", "RunError", "SSHError", "SyncError"]
+class SetupError(LaunchError):
+    """Building a run's Python environment on a host failed (no interpreter, pip install)."""
+
+
+__all__ = ["AWSError", "ConfigError", "DataError", "LaunchError", "RunError", "SSHError", "SetupError", "SyncError"]
