@@ -118,7 +118,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    variants = {"fp32": [], "bf16": ["train.mixed_precision=bf16"]} if not args.overrides else {"custom": args.overrides}
+    variants = {"fp32": ["train.mixed_precision=no"], "bf16": ["train.mixed_precision=bf16"]} if not args.overrides else {"custom": args.overrides}
     ours = {name: our_pipeline(args.data_dir, args.fraction, extra) for name, extra in variants.items()}
     seed = seed_pipeline(args.data_dir, args.device, args.workers, args.fraction)
     result = {

@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from trainer.errors import LaunchError
 from trainer.events import EVENTS_FILE, EventWriter
+from trainer.precision import cuda_capability, resolve_mixed_precision
 
 TERMINAL = ("succeeded", "failed", "cancelled", "preempted")
 STATUS_FILE = "status.json"
@@ -42,12 +44,17 @@ def write_status(run_dir: Path, **fields) -> dict:
 
 def accelerate_command(run_dir: Path, processes: int, mixed_precision: str, resume: bool,
                        python: str = sys.executable) -> list[str]:
-    """The ``accelerate launch`` line: one process per device, gloo on CPU, NCCL on GPUs."""
+    """The ``accelerate launch`` line: one process per device, gloo on CPU, NCCL on GPUs.
+
+    ``mixed_precision`` may be ``auto``: it is resolved here, on the host that trains (ConfigError
+    for fp16 without a GPU).
+    """
     import torch
 
     gpus = torch.cuda.device_count()
+    precision = resolve_mixed_precision(mixed_precision, cuda_capability() if gpus else None)
     cmd = [python, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", str(processes),
-           "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
+           "--mixed_precision", precision, "--dynamo_backend", "no"]
     if processes > 1:
         # torchrun underneath; without CUDA, Accelerate picks MULTI_CPU with gloo. (`--cpu` would
         # route to the single-process launcher, which needs mpirun for more than one process.)
@@ -129,7 +136,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.agent")
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--mixed-precision", default="no")
+    parser.add_argument("--mixed-precision", default="auto", help="auto, no, fp16 or bf16 (auto: by this host's GPU)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--store", default=None, help="artifact store URI to copy the run to as it goes")
     parser.add_argument("--run-id", default=None)
@@ -141,7 +148,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     log_path = run_dir / LOG_FILE
     sync = ArtifactSync(run_dir, args.store, run_id)
 
-    cmd = accelerate_command(run_dir, args.processes, args.mixed_precision, args.resume)
+    try:
+        cmd = accelerate_command(run_dir, args.processes, args.mixed_precision, args.resume)
+    except LaunchError as err:  # e.g. fp16 on a host without a GPU: the run fails with that one line
+        with open(log_path, "a") as log:
+            log.write(f"error: {err}\n")
+        write_status(run_dir, state="failed", agent_pid=os.getpid(), exit_code=err.exit_code, reason=str(err),
+                     finished_at=round(time.time(), 3))
+        events.emit("run_end", state="failed", exit_code=err.exit_code, reason=str(err))
+        sync.sync()
+        return 1
     with open(log_path, "ab") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -55,9 +55,10 @@ class RunView:
         kind = ev.get("type")
         if kind == "start":
             resumed = f", resumed at epoch {ev['start_epoch']}" if ev.get("resumed") else ""
+            chosen = " (auto)" if ev.get("mixed_precision_requested") == "auto" else ""
             self.print(
                 f"[bold]{ev['model']}[/] {ev['params']:,} params · {ev['train_size']:,} train / {ev['test_size']:,} test images · "
-                f"{ev['num_processes']} process(es) on {ev['device_name']} · mixed precision {ev['mixed_precision']}{resumed}"
+                f"{ev['num_processes']} process(es) on {ev['device_name']} · mixed precision {ev['mixed_precision']}{chosen}{resumed}"
             )
             if ev.get("summary") and not ev.get("resumed"):
                 self.print(summary_table(ev["summary"]))

@@ -25,6 +25,7 @@ from infra.store import LocalStore, open_store
 from launcher.errors import ConfigError, RunError
 from trainer.config import Config, apply_overrides, config_to_yaml, load_config, validate_config
 from trainer.data import check_dir
+from trainer.precision import cuda_capability, resolve_mixed_precision
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = "data"
@@ -125,6 +126,8 @@ def start_run(req: LocalRequest, host: Optional[Host] = None) -> Run:
             raise RunError(f"run '{run_id}' already exists in {store.uri}/runs — pick another --run-id or --resume it")
     cfg.data.dir = resolve_data_dir(req.data_dir, cfg)
     check_dir(cfg.data.dir)  # one clear line now, not a traceback from the trainer later
+    if isinstance(host, LocalHost):  # this machine trains: fp16 without a GPU fails now, not in the agent
+        resolve_mixed_precision(cfg.train.mixed_precision, cuda_capability())
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
@@ -233,7 +236,8 @@ def record_from(run_id: str, read: Callable[[str], Optional[str]], path: str) ->
         "train_seconds": summary.get("train_seconds"),
         "images_per_second": summary.get("images_per_second"),
         "seed": (cfg.get("train") or {}).get("seed"),
-        "mixed_precision": (cfg.get("train") or {}).get("mixed_precision"),
+        # what the run used (auto resolved on its host); the config's request while none is known yet
+        "mixed_precision": summary.get("mixed_precision") or (cfg.get("train") or {}).get("mixed_precision"),
         "num_processes": summary.get("num_processes"),
         "device": summary.get("device"),
         "code_revision": meta.get("code_revision"),

@@ -70,7 +70,7 @@ def test_set_overrides_are_typed_and_checked(tmp_path):
         load_config(p, ["train.nope=1"])
     with pytest.raises(ConfigError, match=r"--set 'epochs': expected KEY=VALUE"):
         load_config(p, ["epochs"])
-    with pytest.raises(ConfigError, match=r"train\.mixed_precision: Input should be 'no', 'fp16' or 'bf16'"):
+    with pytest.raises(ConfigError, match=r"train\.mixed_precision: Input should be 'auto', 'no', 'fp16' or 'bf16'"):
         load_config(p, ["train.mixed_precision=fp8"])
 
 
@@ -81,3 +81,12 @@ def test_augment_ranges_are_validated(tmp_path):
     p = write(tmp_path, "model: model3\naugment: {rotation: -3}\n")
     with pytest.raises(ConfigError, match=r"augment\.rotation: must be >= 0"):
         load_config(p)
+
+
+def test_mixed_precision_defaults_to_auto_and_rejects_unknown_names(tmp_path):
+    p = write(tmp_path, "model: model3\n")
+    assert load_config(p).train.mixed_precision == "auto"
+    assert load_config(p, ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+    for bad in ("fp8", "half", "true"):
+        with pytest.raises(ConfigError, match=r"train\.mixed_precision: Input should be 'auto', 'no', 'fp16' or 'bf16'"):
+            load_config(p, [f"train.mixed_precision={bad}"])

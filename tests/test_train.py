@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from infra.host import LocalHost
 from launcher.live import RunView, follow_run
-from launcher.orchestrator import LocalRequest, cancel_run, read_status, start_run
+from launcher.orchestrator import LocalRequest, cancel_run, read_status, run_record, start_run
+from trainer.precision import cuda_capability, resolve_mixed_precision
 
 
 def run_to_end(run, timeout=240):
@@ -76,9 +77,17 @@ def test_resume_continues_exactly_where_it_stopped(small_mnist, tmp_path):
 def test_target_accuracy_stops_early(small_mnist, tmp_path):
     run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
                                  overrides=["train.epochs=5", "train.target_accuracy=0.05", "data.train_limit=500"]))
-    assert run_to_end(run)[0]["state"] == "succeeded"
+    end, text = run_to_end(run)
+    assert end["state"] == "succeeded"
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["epochs_completed"] == 1 and summary["stop_reason"] == "target_accuracy"
+    # the default precision is auto, resolved on this host ("no" on a CPU): the run records both
+    used = resolve_mixed_precision("auto", cuda_capability())
+    assert summary["mixed_precision"] == used and summary["mixed_precision_requested"] == "auto"
+    start = next(e for e in events_of(run.run_dir) if e["type"] == "start")
+    assert start["mixed_precision"] == used and start["mixed_precision_requested"] == "auto"
+    assert f"mixed precision {used} (auto)" in text
+    assert run_record(run.run_dir)["mixed_precision"] == used  # `runs` shows what was used, not "auto"
 
 
 def test_a_crashing_trainer_marks_the_run_failed_with_its_reason(small_mnist, tmp_path):

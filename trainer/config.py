@@ -122,7 +122,10 @@ class TrainConfig(_Section):
     batch_size: int = Field(128, ge=1)  # images per step per process (the seeds' batch_size)
     eval_batch_size: int = Field(2000, ge=1)  # test-set batch; larger is faster and changes nothing
     seed: int = Field(1, ge=0)  # seeds the permutation, augmentation, init and dropout: same seed, same run
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # autocast dtype via Accelerate
+    # autocast dtype via Accelerate, chosen where training runs (trainer/precision.py): auto -> no on
+    # CPU (bf16 there is 7.5x slower), fp16 on GPUs before compute capability 8.0 (T4, V100), bf16 on
+    # 8.0+ (A10G, L4, A100, H100); no / fp16 / bf16 force one (fp16 needs a GPU)
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     target_accuracy: Optional[float] = Field(None, gt=0, le=1)  # stop once test accuracy reaches it
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # CrossEntropyLoss(label_smoothing=...)
     keep_checkpoints: int = Field(2, ge=1)  # last K per-epoch checkpoints kept (plus the best)

@@ -28,6 +28,7 @@ from trainer.data import epoch_batches, load_mnist, steps_per_epoch
 from trainer.errors import DataError, RunError
 from trainer.events import EVENTS_FILE, EventWriter
 from trainer.models import MODELS, build_model, count_params, summarize
+from trainer.precision import cuda_capability, resolve_mixed_precision
 
 CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"  # written last: a checkpoint without it is incomplete and never resumed
@@ -156,7 +157,8 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     cfg = config_from_yaml((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
     meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").is_file() else {}
     tc = cfg.train
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
+    precision = resolve_mixed_precision(tc.mixed_precision, cuda_capability())  # auto -> what this host does best
+    accelerator = Accelerator(mixed_precision=precision, log_with="tensorboard", project_dir=str(run_dir))
     main = accelerator.is_main_process
     events = EventWriter(run_dir / EVENTS_FILE, enabled=main)
 
@@ -197,7 +199,8 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     events.emit(
         "start", model=cfg.model, params=params, epochs=tc.epochs, steps_per_epoch=steps,
         batch_size=tc.batch_size, num_processes=accelerator.num_processes, device=str(device),
-        device_name=device_name(device), mixed_precision=tc.mixed_precision, start_epoch=start_epoch,
+        device_name=device_name(device), mixed_precision=precision,
+        mixed_precision_requested=tc.mixed_precision, start_epoch=start_epoch,
         train_size=len(data.train_images), test_size=len(data.test_images), summary=rows, resumed=resume,
     )
 
@@ -272,7 +275,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         "final_test_accuracy": state.history[-1]["test_accuracy"] if state.history else None,
         "train_seconds": round(state.train_seconds, 3),
         "images_per_second": round(state.images_seen / state.train_seconds, 1) if state.train_seconds else None,
-        "mixed_precision": tc.mixed_precision, "num_processes": accelerator.num_processes,
+        "mixed_precision": precision, "mixed_precision_requested": tc.mixed_precision, "num_processes": accelerator.num_processes,
         "device": device_name(device), "seed": tc.seed, "code_revision": meta.get("code_revision"),
         "torch": torch.__version__, "history": state.history,
     }

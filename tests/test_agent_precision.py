@@ -1,0 +1,59 @@
+"""The agent resolves train.mixed_precision on the host that trains, before `accelerate launch` sees it."""
+
+import json
+
+import pytest
+import torch
+
+from infra.agent import accelerate_command, main as agent_main
+from launcher.errors import ConfigError
+from launcher.orchestrator import LocalRequest, start_run
+
+
+@pytest.fixture
+def cpu_host(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "")  # accelerate_command sets it; keep it out of other tests
+
+
+def fake_gpus(monkeypatch, capability):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: capability)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+
+
+def precision_in(cmd):
+    return cmd[cmd.index("--mixed_precision") + 1]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_auto_on_a_cpu_host_launches_without_mixed_precision(cpu_host, tmp_path, processes):
+    assert precision_in(accelerate_command(tmp_path, processes, "auto", False)) == "no"
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_on_a_gpu_host_picks_by_compute_capability(monkeypatch, tmp_path, capability, expected):
+    fake_gpus(monkeypatch, capability)
+    assert precision_in(accelerate_command(tmp_path, 1, "auto", False)) == expected
+
+
+def test_explicit_bf16_on_a_cpu_host_is_kept(cpu_host, tmp_path):
+    assert precision_in(accelerate_command(tmp_path, 1, "bf16", False)) == "bf16"
+
+
+def test_fp16_on_a_cpu_host_fails_the_run_with_one_line(cpu_host, tmp_path):
+    assert agent_main(["--run-dir", str(tmp_path), "--mixed-precision", "fp16"]) == 1
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "failed" and status["reason"].startswith("train.mixed_precision=fp16 needs a CUDA GPU")
+    end = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[-1])
+    assert end["type"] == "run_end" and end["state"] == "failed"
+    assert "error: train.mixed_precision=fp16 needs a CUDA GPU" in (tmp_path / "train.log").read_text()
+
+
+def test_a_local_fp16_run_on_a_cpu_host_is_refused_before_it_starts(cpu_host, small_mnist, tmp_path):
+    with pytest.raises(ConfigError, match=r"fp16 needs a CUDA GPU and this host has none — use 'no'"):
+        start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
+                               run_id="fp16", overrides=["train.mixed_precision=fp16"]))
+    assert not (tmp_path / "runs" / "fp16" / "status.json").exists()

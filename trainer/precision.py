@@ -1,0 +1,41 @@
+"""Which autocast precision a run uses, decided where training runs (the laptop or the instance).
+
+``auto`` (the default) picks by hardware: ``no`` on CPU (bf16 autocast there measured 7.5x slower
+than fp32, BENCHMARKS.md), ``fp16`` on CUDA compute capability < 8.0 (T4, V100: no fast bf16),
+``bf16`` on 8.0 and newer (A10G, L4, A100, H100: same speed as fp16, no loss scaling).
+
+    resolve_mixed_precision("auto", cuda_capability())  # -> "no" on this laptop, "bf16" on an A100
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from trainer.errors import ConfigError
+
+CHOICES = ("auto", "no", "fp16", "bf16")
+
+
+def resolve_mixed_precision(requested: str, cuda_capability: Optional[tuple[int, int]]) -> str:
+    """The value for ``accelerate launch --mixed_precision``; ``cuda_capability`` None means CPU only."""
+    if requested not in CHOICES:
+        raise ConfigError(f"train.mixed_precision: {requested!r} is not one of {', '.join(CHOICES)}")
+    if requested == "fp16" and cuda_capability is None:
+        # Accelerate does not fail here: it silently trains in fp32 while the run would say fp16.
+        raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU and this host has none — "
+                          "use 'no' (fastest on CPU), 'bf16' or 'auto'")
+    if requested != "auto":
+        return requested
+    if cuda_capability is None:
+        return "no"
+    return "bf16" if tuple(cuda_capability) >= (8, 0) else "fp16"
+
+
+def cuda_capability() -> Optional[tuple[int, int]]:
+    """Compute capability of this host's least capable GPU (every rank picks the same), None on CPU."""
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available():
+        return None
+    return min(torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
