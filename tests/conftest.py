@@ -46,3 +46,27 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: f
     full_env = {**base, "PYTHONPATH": str(ROOT), "COLUMNS": "120", **(env or {})}
     return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def module_sshd(tmp_path_factory):
+    """One real sshd for a whole test module: starting one per test would dominate the runtime."""
+    from tests.sshd_fixture import start_sshd, stop_sshd
+
+    srv = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield srv
+    stop_sshd(srv)
+
+
+@pytest.fixture(params=["local", "ssh"])
+def any_host(request, tmp_path):
+    """The same test on LocalHost and on an SSHHost to the module's sshd."""
+    from infra.host import LocalHost
+    from infra.ssh import Endpoint, SSHHost
+
+    if request.param == "local":
+        yield LocalHost()
+        return
+    srv = request.getfixturevalue("module_sshd")
+    with SSHHost(Endpoint(srv.user, srv.host, srv.port), srv.client_key, known_hosts=tmp_path / "known_hosts") as ssh:
+        yield ssh

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 
 from infra.datasync import ship_mnist
 from infra.host import LocalHost
-from infra.ssh import Endpoint, SSHHost
 from launcher.errors import SyncError
-from tests.sshd_fixture import start_sshd, stop_sshd
 from trainer.data import load_mnist, write_idx
 from trainer.errors import DataError
 
@@ -37,21 +34,9 @@ class CountingHost:
             self.host.run(["sh", "-c", f"printf x >> {dest}/train-labels-idx1-ubyte.gz"])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield srv
-    stop_sshd(srv)
-
-
-@pytest.fixture(params=["local", "ssh"])
-def host(request, tmp_path) -> Iterator[CountingHost]:
-    if request.param == "local":
-        yield CountingHost(LocalHost())
-        return
-    srv = request.getfixturevalue("server")
-    with SSHHost(Endpoint(srv.user, srv.host, srv.port), srv.client_key, known_hosts=tmp_path / "known_hosts") as ssh:
-        yield CountingHost(ssh)
+@pytest.fixture
+def host(any_host):
+    return CountingHost(any_host)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -12,27 +11,14 @@ from infra.host import LocalHost
 from infra.remote_setup import STAMP, ensure_env, inputs_hash, project_requirements
 from infra.ssh import Endpoint, SSHHost
 from launcher.errors import SetupError
-from tests.sshd_fixture import start_sshd, stop_sshd
 
 # satisfied by the interpreter's own site-packages: pip adds nothing and needs no network
 PRESENT = ["pyyaml>=6"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield srv
-    stop_sshd(srv)
-
-
-@pytest.fixture(params=["local", "ssh"])
-def host(request, tmp_path) -> Iterator:
-    if request.param == "local":
-        yield LocalHost()
-        return
-    srv = request.getfixturevalue("server")
-    with SSHHost(Endpoint(srv.user, srv.host, srv.port), srv.client_key, known_hosts=tmp_path / "known_hosts") as ssh:
-        yield ssh
+@pytest.fixture
+def host(any_host):
+    return any_host
 
 
 def test_built_once_then_skipped_and_rebuilt_when_inputs_change(host, tmp_path):
@@ -51,8 +37,8 @@ def test_built_once_then_skipped_and_rebuilt_when_inputs_change(host, tmp_path):
     assert inputs_hash("/opt/pytorch/bin/python3", PRESENT) != inputs_hash(sys.executable, PRESENT)
 
 
-def test_a_failing_install_shows_its_lines_and_is_redone_next_time(server, tmp_path):
-    host = SSHHost(Endpoint(server.user, server.host, server.port), server.client_key,
+def test_a_failing_install_shows_its_lines_and_is_redone_next_time(module_sshd, tmp_path):
+    host = SSHHost(Endpoint(module_sshd.user, module_sshd.host, module_sshd.port), module_sshd.client_key,
                    known_hosts=tmp_path / "known_hosts")
     venv = tmp_path / "venv"
     bad = ["./no-such-package-dir"]  # pip refuses it at once, offline

@@ -6,16 +6,13 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from infra.host import LocalHost
 from infra.manifest import ALWAYS_IGNORED, compile_rules, delete, is_ignored
-from infra.ssh import Endpoint, SSHHost
 from infra.sync import _MAX_ARG_BYTES, SyncReport, _batches, plan_sync, sync_workdir
 from launcher.errors import LaunchError, SyncError
-from tests.sshd_fixture import start_sshd, stop_sshd
 
 
 class CountingHost:
@@ -32,22 +29,9 @@ class CountingHost:
         self.host.put_tar(stream, dest)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    # one sshd for the module: starting one per test would dominate the runtime
-    srv = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield srv
-    stop_sshd(srv)
-
-
-@pytest.fixture(params=["local", "ssh"])
-def host(request, tmp_path) -> Iterator[CountingHost]:
-    if request.param == "local":
-        yield CountingHost(LocalHost())
-        return
-    srv = request.getfixturevalue("server")
-    with SSHHost(Endpoint(srv.user, srv.host, srv.port), srv.client_key, known_hosts=tmp_path / "known_hosts") as ssh:
-        yield CountingHost(ssh)
+@pytest.fixture
+def host(any_host):
+    return CountingHost(any_host)
 
 
 def write(root: Path, rel: str, text: str = "", mode: int = 0o644) -> Path:
