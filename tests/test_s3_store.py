@@ -273,3 +273,71 @@ def test_folder_and_s3_give_the_same_rows(s3, tmp_path):
     assert strip(local_rows) == strip(s3_rows)
     assert [r["best_test_accuracy"] for r in local_rows] == [0.8, 0.6]
     assert folder.read_from("live", "events.jsonl", 0) == S3Store(URI).read_from("live", "events.jsonl", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# logs, logs --follow and runs --compare read a run's copy in the store
+
+
+def epoch_event(n: int, acc: float) -> dict:
+    return {"type": "epoch", "epoch": n, "train_loss": 0.5 / n, "train_accuracy": acc - 0.01, "test_loss": 0.4 / n,
+            "test_accuracy": acc, "lr": 0.01, "images_per_second": 5000.0, "seconds": 1.5, "time": 1000.0 + n}
+
+
+def jsonl(events: list[dict]) -> str:
+    return "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+
+
+def put_text(store: S3Store, tmp_path: Path, run_id: str, name: str, text: str) -> None:
+    store.put_file(run_id, name, write(tmp_path / "put" / run_id / name, text))
+
+
+def epoch_rows(out: str, n: int) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(f"{n:>5}  ")]
+
+
+class Recorder:
+    """A view that keeps what it is shown."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.end = None
+
+    def handle(self, ev: dict) -> None:
+        self.events.append(ev)
+        if ev.get("type") == "run_end":
+            self.end = ev
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_partial_last_line_waits_for_its_newline(s3, tmp_path):
+    from infra.store import StoreRun
+    from launcher.live import follow_files
+
+    store = S3Store(URI)
+    first, second = jsonl([epoch_event(1, 0.9)]), jsonl([epoch_event(2, 0.95)])
+    put_text(store, tmp_path, "r", "events.jsonl", first + second[:20])  # the upload caught a line half-written
+    offsets: list[int] = []
+    view = Recorder()
+    assert follow_files(StoreRun(store, "r"), view, follow=False, on_offset=offsets.append) is None
+    assert [e["epoch"] for e in view.events] == [1] and offsets[-1] == len(first)
+
+    put_text(store, tmp_path, "r", "events.jsonl", first + second)
+    view = Recorder()
+    follow_files(StoreRun(store, "r"), view, follow=False, offset=offsets[-1])
+    assert [e["epoch"] for e in view.events] == [2]
+
+
+def test_follow_ends_on_a_terminal_status_when_run_end_never_arrives(s3, tmp_path, monkeypatch):
+    from infra.store import StoreRun
+    from launcher.live import follow_files
+
+    store = S3Store(URI)
+    put_text(store, tmp_path, "r", "events.jsonl", jsonl([epoch_event(1, 0.9)]))
+    put_text(store, tmp_path, "r", "status.json", json.dumps({"state": "preempted", "reason": "spot reclaimed"}))
+    view = Recorder()
+    end = follow_files(StoreRun(store, "r"), view, poll=(0.01, 0.02))
+    assert end is not None and end["state"] == "preempted" and end["reason"] == "spot reclaimed"
+    assert [e["type"] for e in view.events] == ["epoch", "run_end"]
