@@ -4,15 +4,24 @@
 is ``s3://bucket/prefix`` (infra/s3.py). ``open_store`` picks one from a URI.
 
     store = open_store("."); store.run_dir("model3-20261122-120000-ab12")
+
+``RunFiles`` is one run's files wherever they are read from: ``HostRun`` (a run folder on a
+Host, written as we read) or ``StoreRun`` (any store; on S3 a copy that lags the run by an
+upload). The live view and ``logs`` read through it, so a folder and S3 render the same.
+
+    StoreRun(open_store("s3://bucket/mnist"), run_id).read_from("events.jsonl", offset)
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from trainer.errors import RunError
+
+if TYPE_CHECKING:
+    from infra.host import Host
 
 
 class ArtifactStore(Protocol):
@@ -85,3 +94,56 @@ def open_store(uri: Optional[str]) -> ArtifactStore:
 
         return S3Store(uri)
     return LocalStore(uri)
+
+
+class RunFiles(Protocol):
+    where: str  # for messages: the run folder or the run's URI
+    mirrored: bool  # a copy that lags the run (uploads): status and events may arrive in either order
+    poll: tuple[float, float]  # a follower's first and longest wait between reads (seconds)
+
+    def read_from(self, name: str, offset: int, limit: int = 1 << 20) -> bytes: ...
+
+    def read_text(self, name: str) -> Optional[str]: ...
+
+    def is_alive(self, pid: int) -> Optional[bool]:
+        """Whether the run's agent still runs; None when that cannot be told from here."""
+        ...
+
+
+class HostRun:
+    """A run folder on a Host (this machine for --local): the files the agent writes, as it writes them."""
+
+    mirrored = False
+    poll = (0.25, 0.25)
+
+    def __init__(self, host: "Host", run_dir: str | Path) -> None:
+        self.host, self.where = host, str(run_dir)
+
+    def read_from(self, name: str, offset: int, limit: int = 1 << 20) -> bytes:
+        return self.host.read_from(f"{self.where}/{name}", offset, limit)
+
+    def read_text(self, name: str) -> Optional[str]:
+        return self.host.read_text(f"{self.where}/{name}")
+
+    def is_alive(self, pid: int) -> Optional[bool]:
+        return self.host.is_alive(pid)
+
+
+class StoreRun:
+    """A run in an ArtifactStore: on S3 each read is a GET (ranged from an offset), so followers back off."""
+
+    mirrored = True
+    poll = (0.5, 5.0)  # doubling while nothing new arrives: a long run costs few GETs
+
+    def __init__(self, store: ArtifactStore, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+        self.where = f"{store.uri}/runs/{run_id}"
+
+    def read_from(self, name: str, offset: int, limit: int = 1 << 20) -> bytes:
+        return self.store.read_from(self.run_id, name, offset, limit)
+
+    def read_text(self, name: str) -> Optional[str]:
+        return self.store.read_text(self.run_id, name)
+
+    def is_alive(self, pid: int) -> Optional[bool]:
+        return None  # the agent runs on another machine: its pid means nothing here

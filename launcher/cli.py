@@ -13,13 +13,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from launcher.errors import ConfigError, LaunchError
+
+if TYPE_CHECKING:
+    from infra.store import RunFiles
 
 app = typer.Typer(
     name="mnist-launch",
@@ -39,13 +42,12 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 STORE_HELP = "artifact store: a folder (runs go to STORE/runs/RUN_ID) or s3://bucket/prefix [default: .]"
 
 
-def _follow(run_id: str, run_dir: Path, follow: bool = True, offset: int = 0) -> Optional[dict]:
-    from infra.host import LocalHost
-    from launcher.live import RunView, follow_run
+def _follow(run_id: str, files: "RunFiles", follow: bool = True, offset: int = 0) -> Optional[dict]:
+    from launcher.live import RunView, follow_files
 
     view = RunView(console, live=follow)
     try:
-        return follow_run(LocalHost(), str(run_dir), view, follow=follow, offset=offset)
+        return follow_files(files, view, follow=follow, offset=offset)
     except KeyboardInterrupt:
         view.stop()
         console.print(
@@ -73,6 +75,7 @@ def train(
         raise ConfigError(
             "cloud runs are not available in this version — add --local to train on this machine"
         )
+    from infra.store import HostRun
     from launcher.orchestrator import LocalRequest, start_run
 
     run = start_run(LocalRequest(config=str(config) if config else None, overrides=list(set_), store=store,
@@ -81,7 +84,7 @@ def train(
     if detach:
         console.print(f"detached. Follow: mnist-launch logs {run.run_id} --follow · stop: mnist-launch cancel {run.run_id}")
         return
-    end = _follow(run.run_id, run.run_dir, offset=run.events_offset)
+    end = _follow(run.run_id, HostRun(run.host, run.run_dir), offset=run.events_offset)
     if end and end.get("state") != "succeeded":
         raise LaunchError(f"run {run.run_id} {end.get('state')}: {end.get('reason')} — full log: {run.run_dir / 'train.log'}")
 
@@ -94,37 +97,39 @@ def logs(
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Show a run's progress from its events (re-attaches to a running run with --follow)."""
-    from launcher.orchestrator import find_run, read_status
+    from launcher.live import read_status
+    from launcher.orchestrator import open_run
 
-    run_dir = find_run(run_id, store)
+    files = open_run(run_id, store)
     if raw:
-        _print_raw_log(run_dir, follow)
+        _print_raw_log(files, follow)
         return
-    end = _follow(run_id, run_dir, follow=follow)
+    end = _follow(run_id, files, follow=follow)
     if end is None and not follow:
-        console.print(f"[dim]state: {read_status(run_dir).get('state', 'unknown')}[/]")
+        console.print(f"[dim]state: {read_status(files).get('state', 'unknown')}[/]")
 
 
-def _print_raw_log(run_dir: Path, follow: bool) -> None:
-    from launcher.orchestrator import TERMINAL, read_status
+def _print_raw_log(files: "RunFiles", follow: bool) -> None:
+    import codecs
 
+    from launcher.live import TERMINAL, read_status
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split across reads
     offset = 0
-    path = run_dir / "train.log"
+    first, longest = (0.3, 0.3) if not files.mirrored else files.poll
+    wait = first
     while True:
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            chunk = b""
+        chunk = files.read_from("train.log", offset)
         if chunk:
-            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.write(decoder.decode(chunk))
             sys.stdout.flush()
             offset += len(chunk)
-        elif not follow or read_status(run_dir).get("state") in TERMINAL:
+            wait = first
+        elif not follow or read_status(files).get("state") in TERMINAL:
             return
         else:
-            time.sleep(0.3)
+            time.sleep(wait)
+            wait = min(wait * 2, longest)
 
 
 @app.command()

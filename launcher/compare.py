@@ -3,7 +3,7 @@
 Only settings that differ between the runs are listed (plus the model), so the table shows
 what changed and what it did.
 
-    rows, png = compare_runs(["a", "b"], store=None, out=Path("compare.png"))
+    rows, png = compare_runs(["a", "b"], store=None, out=Path("compare.png"))  # or store="s3://bucket/mnist"
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Optional
 
 import yaml
 
-from launcher.orchestrator import find_run, run_record
+from infra.store import RunFiles
+from launcher.orchestrator import _epochs_from_lines, open_run, record_from
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -28,26 +29,36 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _history(run_dir: Path) -> list[dict]:
+def _history(files: RunFiles) -> list[dict]:
     try:
-        return json.loads((run_dir / "summary.json").read_text()).get("history") or []
-    except (FileNotFoundError, json.JSONDecodeError):
-        from launcher.orchestrator import _epochs_from_events
+        summary = files.read_text("summary.json")
+        if summary is not None:
+            return json.loads(summary).get("history") or []
+    except json.JSONDecodeError:
+        pass
+    return _epochs_from_lines((files.read_text("events.jsonl") or "").splitlines())
 
-        return _epochs_from_events(run_dir)
+
+def _read(files: RunFiles):
+    def read(name: str) -> Optional[str]:
+        try:
+            return files.read_text(name)
+        except OSError:  # missing or unreadable: the column shows what it can
+            return None
+    return read
 
 
 def compare_runs(run_ids: list[str], store: Optional[str], out: Path) -> tuple[list[str], list[dict], Path]:
-    """-> (setting keys that differ, one column per run, the PNG written)."""
-    dirs = [find_run(r, store) for r in run_ids]
-    configs = [_flatten(yaml.safe_load((d / "config.yaml").read_text()) or {}) for d in dirs]
+    """-> (setting keys that differ, one column per run, the PNG written). ``store``: a folder or s3://."""
+    runs = [(r, open_run(r, store)) for r in run_ids]
+    configs = [_flatten(yaml.safe_load(f.read_text("config.yaml") or "") or {}) for _, f in runs]
     keys = sorted({k for c in configs for k in c if not k.startswith(("launch.", "data.dir"))})
     differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
     columns = []
-    for d, c in zip(dirs, configs):
-        rec = run_record(d)
+    for (run_id, f), c in zip(runs, configs):
+        rec = record_from(run_id, _read(f), f.where)
         columns.append({"run_id": rec["run_id"], "settings": {k: c.get(k) for k in ["model", *differing]},
-                        "results": rec, "history": _history(d)})
+                        "results": rec, "history": _history(f)})
     _plot(columns, out)
     return differing, columns, out
 

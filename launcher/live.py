@@ -3,7 +3,8 @@
 The same renderer serves a live ``train``, ``logs RUN_ID`` and ``logs --follow``: it reads
 complete lines from an offset, so a follower that reconnects resumes exactly where it was.
 
-    follow_run(host, run_dir, console)  # returns the run_end event (or None if detached)
+    follow_run(host, run_dir, view)  # returns the run_end event (or None if detached)
+    follow_files(StoreRun(open_store("s3://bucket/mnist"), run_id), view)  # the same, from a store
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from rich.table import Table
 
 from infra.host import Host
+from infra.store import HostRun, RunFiles
 from trainer.events import EVENTS_FILE, parse_events
 
 
@@ -122,39 +124,66 @@ def summary_table(rows: list[dict]) -> Table:
     return table
 
 
-def agent_gone(host: Host, run_dir: str) -> Optional[dict]:
-    """A run_end stand-in when the agent died without writing one (kill -9, reboot)."""
-    text = host.read_text(f"{run_dir}/status.json")
-    if not text:
-        return None
+TERMINAL = ("succeeded", "failed", "cancelled", "preempted")
+
+
+def read_status(files: RunFiles) -> dict:
+    """The run's status.json, or {} while there is none (or it is being replaced)."""
     try:
-        status = json.loads(text)
+        status = json.loads(files.read_text("status.json") or "{}")
     except json.JSONDecodeError:
-        return None
-    if status.get("state") in ("succeeded", "failed", "cancelled", "preempted"):
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def agent_gone(files: RunFiles) -> Optional[dict]:
+    """A run_end stand-in when no run_end is coming: the agent died without one (kill -9, reboot),
+    or, for a store's copy, status.json says the run is over (its run_end may never be uploaded)."""
+    status = read_status(files)
+    if status.get("state") in TERMINAL:
+        if files.mirrored:
+            return {"type": "run_end", "state": status["state"], "exit_code": status.get("exit_code"),
+                    "reason": status.get("reason")}
         return None  # it did finish: its run_end is in the file, read it
     pid = status.get("agent_pid")
-    if pid and not host.is_alive(int(pid)):
+    if pid and files.is_alive(int(pid)) is False:
         return {"type": "run_end", "state": "failed", "reason": "the agent stopped without finishing (killed?)"}
     return None
 
 
-def _restarted(host: Host, run_dir: str) -> bool:
-    text = host.read_text(f"{run_dir}/status.json")
-    try:
-        return bool(text) and json.loads(text).get("state") in ("starting", "running")
-    except json.JSONDecodeError:
+def _restarted(files: RunFiles, end: dict) -> bool:
+    status = read_status(files)
+    if status.get("state") not in ("starting", "running"):
         return False
+    if files.mirrored:  # a copy uploaded before the run_end says "running" too: only a newer one counts
+        return (status.get("updated_at") or 0) > (end.get("time") or float("inf"))
+    return True
 
 
 def follow_run(host: Host, run_dir: str, view: RunView, follow: bool = True, poll: float = 0.25,
                offset: int = 0, on_offset: Optional[Callable[[int], None]] = None) -> Optional[dict]:
-    """Render events from ``offset`` until run_end (``follow``) or the end of the file (not)."""
-    path = f"{run_dir}/{EVENTS_FILE}"
+    """``follow_files`` for a run folder on ``host`` (a live ``train``)."""
+    return follow_files(HostRun(host, run_dir), view, follow=follow, offset=offset, on_offset=on_offset,
+                        poll=(poll, poll))
+
+
+def follow_files(files: RunFiles, view: RunView, follow: bool = True, offset: int = 0,
+                 on_offset: Optional[Callable[[int], None]] = None,
+                 poll: Optional[tuple[float, float]] = None) -> Optional[dict]:
+    """Render events from ``offset`` until run_end (``follow``) or the end of the file (not).
+
+    Only complete lines are consumed, so no event is shown twice or skipped. While nothing new
+    arrives the wait doubles from ``poll[0]`` to ``poll[1]`` (default: the source's own).
+    """
+    first, longest = poll or files.poll
+    wait = first
+    # a folder is cheap to read: ask about the agent ~every 2 s; a store's copy on every idle read
+    check_every = 1 if files.mirrored else 8
     idle_checks = 0
+    pending_end: Optional[dict] = None  # a store's terminal status.json, seen once: wait one more read
     try:
         while True:
-            chunk = host.read_from(path, offset)
+            chunk = files.read_from(EVENTS_FILE, offset)
             events, offset = parse_events(chunk, offset)
             for ev in events:
                 view.end = None  # events after a run_end belong to a resumed attempt
@@ -162,7 +191,7 @@ def follow_run(host: Host, run_dir: str, view: RunView, follow: bool = True, pol
             if on_offset:
                 on_offset(offset)
             if view.end is not None:
-                if follow and _restarted(host, run_dir):
+                if follow and _restarted(files, view.end):
                     view.end = None  # a resumed attempt follows this run_end: keep going
                 else:
                     return view.end
@@ -170,18 +199,22 @@ def follow_run(host: Host, run_dir: str, view: RunView, follow: bool = True, pol
                 if not follow:
                     return None
                 idle_checks += 1
-                if idle_checks % 8 == 0:  # ~every 2 s: did the agent die without a word?
-                    gone = agent_gone(host, run_dir)
-                    if gone is not None:
+                if idle_checks % check_every == 0:
+                    gone = agent_gone(files)
+                    if gone is not None and files.mirrored and pending_end is None:
+                        pending_end = gone  # status.json is written before run_end: give its upload a poll
+                    elif gone is not None:
                         # one last read: the agent may have written run_end just before exiting
-                        events, offset = parse_events(host.read_from(path, offset), offset)
+                        events, offset = parse_events(files.read_from(EVENTS_FILE, offset), offset)
                         for ev in events:
                             view.handle(ev)
                         if view.end is None:
                             view.handle(gone)
                         return view.end
-                time.sleep(poll)
+                time.sleep(wait)
+                wait = min(wait * 2, longest)
             else:
                 idle_checks = 0
+                wait = first
     finally:
         view.stop()

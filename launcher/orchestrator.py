@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from infra.host import Host, LocalHost
-from infra.store import LocalStore, open_store
+from infra.store import HostRun, LocalStore, RunFiles, StoreRun, open_store
 from launcher.errors import ConfigError, RunError
 from trainer.config import Config, apply_overrides, config_to_yaml, load_config, validate_config
 from trainer.data import check_dir
@@ -171,7 +171,20 @@ def find_run(run_id: str, store_uri: Optional[str]) -> Path:
     return run_dir
 
 
+def open_run(run_id: str, store_uri: Optional[str]) -> RunFiles:
+    """A run's files for `logs` and `runs --compare`: its folder, or its copy in an S3 store."""
+    store = open_store(store_uri)
+    if isinstance(store, LocalStore):
+        return HostRun(LocalHost(), find_run(run_id, store_uri))
+    if store.read_text(run_id, "config.yaml") is None:
+        raise RunError(f"run '{run_id}' not found in {store.uri} — `mnist-launch runs --store {store.uri}` lists the runs there")
+    return StoreRun(store, run_id)
+
+
 def cancel_run(run_id: str, store_uri: Optional[str], host: Optional[Host] = None, timeout: float = 30.0) -> dict:
+    if (store_uri or "").startswith("s3://"):  # decided from the URI alone: no boto3, no network
+        raise RunError(f"cannot cancel '{run_id}' through {store_uri}: stopping a run needs the host it runs on "
+                       "— for a --local run, run `mnist-launch cancel` on that machine with its folder (--store PATH)")
     host = host or LocalHost()
     run_dir = find_run(run_id, store_uri)
     status = read_status(run_dir)
@@ -254,14 +267,6 @@ def _epochs_from_lines(lines: Iterable[str | bytes]) -> list[dict]:
             except json.JSONDecodeError:
                 pass
     return out
-
-
-def _epochs_from_events(run_dir: Path) -> list[dict]:
-    try:
-        with open(run_dir / "events.jsonl", "rb") as f:
-            return _epochs_from_lines(f)
-    except FileNotFoundError:
-        return []
 
 
 def list_runs(store_uri: Optional[str]) -> list[dict]:

@@ -273,3 +273,186 @@ def test_folder_and_s3_give_the_same_rows(s3, tmp_path):
     assert strip(local_rows) == strip(s3_rows)
     assert [r["best_test_accuracy"] for r in local_rows] == [0.8, 0.6]
     assert folder.read_from("live", "events.jsonl", 0) == S3Store(URI).read_from("live", "events.jsonl", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# logs, logs --follow and runs --compare read a run's copy in the store
+
+
+def epoch_event(n: int, acc: float) -> dict:
+    return {"type": "epoch", "epoch": n, "train_loss": 0.5 / n, "train_accuracy": acc - 0.01, "test_loss": 0.4 / n,
+            "test_accuracy": acc, "lr": 0.01, "images_per_second": 5000.0, "seconds": 1.5, "time": 1000.0 + n}
+
+
+def jsonl(events: list[dict]) -> str:
+    return "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+
+
+def put_text(store: S3Store, tmp_path: Path, run_id: str, name: str, text: str) -> None:
+    store.put_file(run_id, name, write(tmp_path / "put" / run_id / name, text))
+
+
+def epoch_rows(out: str, n: int) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(f"{n:>5}  ")]
+
+
+class Recorder:
+    """A view that keeps what it is shown."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.end = None
+
+    def handle(self, ev: dict) -> None:
+        self.events.append(ev)
+        if ev.get("type") == "run_end":
+            self.end = ev
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_partial_last_line_waits_for_its_newline(s3, tmp_path):
+    from infra.store import StoreRun
+    from launcher.live import follow_files
+
+    store = S3Store(URI)
+    first, second = jsonl([epoch_event(1, 0.9)]), jsonl([epoch_event(2, 0.95)])
+    put_text(store, tmp_path, "r", "events.jsonl", first + second[:20])  # the upload caught a line half-written
+    offsets: list[int] = []
+    view = Recorder()
+    assert follow_files(StoreRun(store, "r"), view, follow=False, on_offset=offsets.append) is None
+    assert [e["epoch"] for e in view.events] == [1] and offsets[-1] == len(first)
+
+    put_text(store, tmp_path, "r", "events.jsonl", first + second)
+    view = Recorder()
+    follow_files(StoreRun(store, "r"), view, follow=False, offset=offsets[-1])
+    assert [e["epoch"] for e in view.events] == [2]
+
+
+def test_logs_of_a_finished_s3_run_shows_every_epoch_once(s3, tmp_path, capsys):
+    from launcher.cli import main
+
+    store = S3Store(URI)
+    upload_run(store, tmp_path, "done", {"params": 1}, [])
+    events = [epoch_event(n, 0.9 + n / 100) for n in (1, 2, 3)]
+    events.append({"type": "run_end", "state": "succeeded", "exit_code": 0, "reason": "done", "time": 2000.0})
+    put_text(store, tmp_path, "done", "events.jsonl", jsonl(events))
+    put_text(store, tmp_path, "done", "train.log", "Layer (type)  Output Shape\nepoch 3 done\n")
+
+    assert main(["logs", "done", "--store", URI]) == 0
+    out = capsys.readouterr().out
+    assert [len(epoch_rows(out, n)) for n in (1, 2, 3)] == [1, 1, 1]
+    assert "93.00%" in epoch_rows(out, 3)[0]
+
+    assert main(["logs", "done", "--raw", "--store", URI]) == 0
+    assert capsys.readouterr().out == "Layer (type)  Output Shape\nepoch 3 done\n"
+
+
+def test_logs_follow_on_s3_shows_each_event_once_as_it_is_uploaded(s3, tmp_path, capsys, monkeypatch):
+    import threading
+    import time
+
+    from infra.store import StoreRun
+    from launcher.cli import main
+
+    monkeypatch.setattr(StoreRun, "poll", (0.05, 0.2))  # the real 0.5 s .. 5 s backoff, shortened
+    store = S3Store(URI)
+    upload_run(store, tmp_path, "live", None, [])  # status.json: running
+    events = [epoch_event(n, 0.9 + n / 100) for n in range(1, 5)]
+
+    def agent() -> None:  # uploads a growing events.jsonl, as the agent's sync does
+        text = ""
+        for ev in events:
+            line = jsonl([ev])
+            put_text(store, tmp_path, "live", "events.jsonl", text + line[:15])  # caught mid-write
+            time.sleep(0.15)
+            text += line
+            put_text(store, tmp_path, "live", "events.jsonl", text)
+            time.sleep(0.15)
+        put_text(store, tmp_path, "live", "status.json", json.dumps({"state": "succeeded", "exit_code": 0}))
+        time.sleep(0.3)
+        end = {"type": "run_end", "state": "succeeded", "exit_code": 0, "reason": "done", "time": 2000.0}
+        put_text(store, tmp_path, "live", "events.jsonl", text + jsonl([end]))
+
+    thread = threading.Thread(target=agent)
+    thread.start()
+    try:
+        assert main(["logs", "live", "--follow", "--store", URI]) == 0
+    finally:
+        thread.join()
+    out = capsys.readouterr().out
+    assert [len(epoch_rows(out, n)) for n in range(1, 5)] == [1, 1, 1, 1]
+    assert "succeeded" in out or "finished" in out or "done" in out
+
+
+def test_follow_ends_on_a_terminal_status_when_run_end_never_arrives(s3, tmp_path, monkeypatch):
+    from infra.store import StoreRun
+    from launcher.live import follow_files
+
+    store = S3Store(URI)
+    put_text(store, tmp_path, "r", "events.jsonl", jsonl([epoch_event(1, 0.9)]))
+    put_text(store, tmp_path, "r", "status.json", json.dumps({"state": "preempted", "reason": "spot reclaimed"}))
+    view = Recorder()
+    end = follow_files(StoreRun(store, "r"), view, poll=(0.01, 0.02))
+    assert end is not None and end["state"] == "preempted" and end["reason"] == "spot reclaimed"
+    assert [e["type"] for e in view.events] == ["epoch", "run_end"]
+
+
+def test_compare_two_s3_runs_writes_the_overlay_locally(s3, tmp_path, capsys):
+    from launcher.cli import main
+
+    store = S3Store(URI)
+    for run_id, seed, accs in (("a", 1, [0.9, 0.95]), ("b", 2, [0.8, 0.97])):
+        history = [epoch_event(n, acc) for n, acc in enumerate(accs, 1)]
+        upload_run(store, tmp_path, run_id, {"params": 7736, "history": history}, accs)
+        put_text(store, tmp_path, run_id, "config.yaml", f"model: model3\ntrain:\n  epochs: 2\n  seed: {seed}\n")
+    png = tmp_path / "out" / "cmp.png"
+    assert main(["runs", "--compare", "a", "b", "--store", URI, "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "train.seed" in out and "95.00%" in out and "97.00%" in out and str(png) in out
+
+    assert main(["runs", "--compare", "a", "b", "--store", URI, "--plot", str(png), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in data["runs"]] == ["a", "b"] and data["differing_settings"] == ["train.seed"]
+    assert data["runs"][0]["results"]["path"] == f"{URI}/runs/a"
+
+
+def test_unknown_run_and_cancel_on_s3_are_one_line(s3, capsys):
+    from launcher.cli import main
+
+    for cmd in (["logs", "ghost"], ["logs", "ghost", "--raw"], ["runs", "--compare", "ghost", "x"]):
+        assert main([*cmd, "--store", URI]) != 0
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: run 'ghost' not found in {URI} — `mnist-launch runs --store {URI}` lists the runs there"
+
+    assert main(["cancel", "r", "--store", URI]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: cannot cancel 'r' through {URI}")
+    assert "needs the host it runs on" in err and "--store PATH" in err
+
+    assert main(["train", "--local", "--resume", "r", "--store", URI]) != 0
+    assert "--local keeps artifacts in a folder" in capsys.readouterr().err
+
+
+def test_folder_and_s3_render_the_same_logs_and_compare(s3, tmp_path, capsys):
+    from infra.store import LocalStore
+    from launcher.cli import main
+
+    folder = LocalStore(tmp_path / "store")
+    end = {"type": "run_end", "state": "failed", "exit_code": 1, "reason": "loss is nan", "time": 2000.0}
+    for store in (S3Store(URI), folder):
+        for run_id, seed in (("a", 1), ("b", 2)):
+            history = [epoch_event(1, 0.9), epoch_event(2, 0.9 + seed / 100)]
+            upload_run(store, tmp_path, run_id, {"params": 7736, "history": history}, [])
+            put_text(store, tmp_path, run_id, "config.yaml", f"model: model3\ntrain:\n  epochs: 2\n  seed: {seed}\n")
+            put_text(store, tmp_path, run_id, "events.jsonl", jsonl([*history, end]))
+    outputs = []
+    for uri in (URI, folder.uri):
+        assert main(["logs", "a", "--store", uri]) == 0
+        assert main(["runs", "--compare", "a", "b", "--store", uri, "--plot", str(tmp_path / "cmp.png"), "--json"]) == 0
+        out = capsys.readouterr().out
+        outputs.append(out.replace(f"{URI}/runs/", "RUNS/").replace(f"{folder.uri}/runs/", "RUNS/"))
+    assert outputs[0] == outputs[1]
+    assert "loss is nan" in outputs[0] and len(epoch_rows(outputs[0], 2)) == 1
