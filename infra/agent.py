@@ -6,6 +6,10 @@ new artifacts to the store as they appear, forwards SIGTERM/SIGINT to the traine
 ``events.jsonl`` with one ``run_end`` event. A closed laptop or dropped SSH never kills a run.
 
     python -m infra.agent --run-dir runs/ID --processes 2 [--resume] [--store s3://b/p --run-id ID]
+
+On an instance the launcher adds ``--processes 0`` (one per GPU), ``--env-file`` (``launch.env``,
+a 0600 file read once and deleted, so secrets never sit on a command line or in the store) and
+``--jobs-dir`` (a marker per running job: what `status` and the autostop watcher look at).
 """
 
 from __future__ import annotations
@@ -107,10 +111,22 @@ class ArtifactSync:
 
             self.store = open_store(store_uri)
         self.seen: dict[str, tuple[int, int]] = {}
+        self.error: Optional[str] = None
 
     def sync(self) -> int:
+        """Upload what changed; a failing store is logged (agent.log) and retried next pass, never fatal."""
         if self.store is None:
             return 0
+        try:
+            return self._sync()
+        except Exception as err:  # S3 down, access denied, ...: training goes on, the next pass retries
+            msg = f"upload to {self.store.uri} failed: {err}"
+            if msg != self.error:
+                print(f"agent: {msg}", file=sys.stderr, flush=True)
+            self.error = msg
+            return 0
+
+    def _sync(self) -> int:
         sent = 0
         for path in sorted(self.run_dir.rglob("*")):
             if not path.is_file() or path.name.endswith(self.SKIP_SUFFIXES):
@@ -132,21 +148,68 @@ class ArtifactSync:
         return sent
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (the launcher writes them; values may hold '=' and spaces), then the file is removed."""
+    env: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return env
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip():
+            env[key.strip()] = value
+    path.unlink(missing_ok=True)
+    return env
+
+
+def absolute_pythonpath() -> None:
+    """The launcher passes PYTHONPATH relative to the remote folder: pin it before anything changes cwd."""
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in parts)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.agent")
     parser.add_argument("--run-dir", required=True, type=Path)
-    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=1, help="training processes; 0: one per GPU (1 without)")
     parser.add_argument("--mixed-precision", default="auto", help="auto, no, fp16 or bf16 (auto: by this host's GPU)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--store", default=None, help="artifact store URI to copy the run to as it goes")
     parser.add_argument("--run-id", default=None)
     parser.add_argument("--sync-every", type=float, default=5.0)
+    parser.add_argument("--env-file", type=Path, default=None, help="KEY=VALUE lines for the trainer (deleted once read)")
+    parser.add_argument("--jobs-dir", type=Path, default=None, help="keep a marker RUN_ID here while the run is active")
     args = parser.parse_args(argv)
+    absolute_pythonpath()
     run_dir = args.run_dir.resolve()
+    extra_env = read_env_file(args.env_file) if args.env_file else {}
+    if args.processes == 0:
+        import torch
+
+        args.processes = max(1, torch.cuda.device_count())
     run_id = args.run_id or run_dir.name
     events = EventWriter(run_dir / EVENTS_FILE)
     log_path = run_dir / LOG_FILE
     sync = ArtifactSync(run_dir, args.store, run_id)
+    job = mark_job(args.jobs_dir, run_id, run_dir) if args.jobs_dir else None
+    try:
+        return supervise(args, run_dir, run_id, events, log_path, sync, extra_env)
+    finally:
+        if job is not None:
+            job.unlink(missing_ok=True)
+
+
+def mark_job(jobs_dir: Path, run_id: str, run_dir: Path) -> Path:
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    marker = jobs_dir / run_id
+    marker.write_text(f"{run_id} {os.getpid()} {run_dir}\n")
+    return marker
+
+
+def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: EventWriter, log_path: Path,
+              sync: ArtifactSync, extra_env: dict[str, str]) -> int:
 
     try:
         cmd = accelerate_command(run_dir, args.processes, args.mixed_precision, args.resume)
@@ -160,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     with open(log_path, "ab") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                 start_new_session=True, env={**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"})
     write_status(run_dir, state="running", agent_pid=os.getpid(), trainer_pid=child.pid,
                  started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None)
 
@@ -203,6 +266,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_status(run_dir, state=state, exit_code=rc, reason=reason, finished_at=round(time.time(), 3))
     events.emit("run_end", state=state, exit_code=rc, reason=reason)
     sync.sync()
+    if sync.error:  # the run is complete on this host; say so where `logs` and `runs` look
+        write_status(run_dir, upload_error=sync.error)
     return 0 if state == "succeeded" else 1
 
 

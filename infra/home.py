@@ -69,3 +69,35 @@ def write_cluster_cache(name: str, data: dict) -> None:
 def drop_cluster_cache(name: Optional[str]) -> None:
     if name:
         _cache_file(name).unlink(missing_ok=True)
+
+
+def _run_file(run_id: str) -> Path:
+    d = launch_home() / "runs"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d / f"{run_id}.json"
+
+
+def read_run_record(run_id: str) -> dict:
+    """Where a cloud run started from this machine lives (cluster, instance, folder there, store)."""
+    try:
+        return json.loads(_run_file(run_id).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def write_run_record(run_id: str, data: dict) -> None:
+    _run_file(run_id).write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def remote_dirs_of(instance_id: str) -> set[str]:
+    """The launch.remote_dir of every run this machine started on ``instance_id``."""
+    d = launch_home() / "runs"
+    out: set[str] = set()
+    for f in d.glob("*.json") if d.is_dir() else []:
+        try:
+            rec = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if rec.get("instance_id") == instance_id and rec.get("remote_dir"):
+            out.add(rec["remote_dir"])
+    return out

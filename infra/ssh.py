@@ -11,6 +11,7 @@ replaced instance is a new host). A changed key is a hard SSHError. ``MNIST_LAUN
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
@@ -28,6 +29,8 @@ from infra.host import Completed
 from launcher.errors import SSHError
 
 ENDPOINT_ENV = "MNIST_LAUNCH_SSH_ENDPOINT"
+# paramiko logs a dropped connection with a traceback; our errors say it in one line instead
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class HostKeyChangedError(SSHError):
@@ -121,6 +124,7 @@ class SSHHost:
         self.name = str(endpoint)
         self._transport: Optional[paramiko.Transport] = None
         self._sftp: Optional[paramiko.SFTPClient] = None
+        self.connects = 0  # transports opened: more than one means a dropped connection was replaced
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -131,12 +135,14 @@ class SSHHost:
         self.close()
 
     def close(self) -> None:
-        if self._sftp is not None:
-            self._sftp.close()
-            self._sftp = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        """Close the connection; one that already died closes quietly."""
+        sftp, transport, self._sftp, self._transport = self._sftp, self._transport, None, None
+        for part in (sftp, transport):
+            if part is not None:
+                try:
+                    part.close()
+                except (EOFError, OSError, paramiko.SSHException):
+                    pass
 
     def _load_known(self) -> paramiko.HostKeys:
         keys = paramiko.HostKeys()
@@ -199,6 +205,7 @@ class SSHHost:
             raise SSHError(f"SSH to {ep} failed ({err or type(err).__name__}) — check the instance is up, then retry") from None
         transport.set_keepalive(30)
         self._transport = transport
+        self.connects += 1
         return transport
 
     def _sftp_client(self) -> paramiko.SFTPClient:

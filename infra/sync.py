@@ -40,7 +40,7 @@ class SyncReport:
 
     def summary(self) -> str:
         unchanged = self.files_total - self.files_sent
-        return (f"synced {self.files_sent} files ({_human(self.bytes_sent)}), deleted {self.files_deleted}, "
+        return (f"sync: {self.files_sent} files sent ({_human(self.bytes_sent)}), {self.files_deleted} deleted, "
                 f"{unchanged} unchanged in {self.seconds:.2f}s")
 
 

@@ -68,13 +68,14 @@ def train(
     processes: int = typer.Option(1, "--processes", help="training processes (accelerate launch --num_processes)"),
     detach: bool = typer.Option(False, "--detach", help="start the run and return; follow later with `logs --follow`"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue RUN_ID from its latest checkpoint"),
-    name: Optional[str] = typer.Option(None, "--name", help="cluster to run on (cloud runs)"),
+    name: Optional[str] = typer.Option(None, "--name", help="cluster to run on [default: launch.name, mnist]"),
+    instance: Optional[str] = typer.Option(None, "--instance", help="instance type if the cluster has to be created"),
+    identity: Optional[str] = typer.Option(None, "--identity", help="private key for the cluster [default: the one it was made with]"),
 ) -> None:
     """Train a recipe: on this machine with --local, else on the named EC2 cluster."""
     if not local:
-        raise ConfigError(
-            "cloud runs are not available in this version — add --local to train on this machine"
-        )
+        _train_remote(config, list(set_), store, run_id, data_dir, processes, detach, resume, name, instance, identity)
+        return
     from infra.store import HostRun
     from launcher.orchestrator import LocalRequest, start_run
 
@@ -89,6 +90,41 @@ def train(
         raise LaunchError(f"run {run.run_id} {end.get('state')}: {end.get('reason')} — full log: {run.run_dir / 'train.log'}")
 
 
+def _note(message: str) -> None:
+    console.print(f"[yellow]{message}[/]")
+
+
+def _train_remote(config: Optional[Path], overrides: list[str], store: Optional[str], run_id: Optional[str],
+                  data_dir: Optional[str], processes: int, detach: bool, resume: Optional[str], name: Optional[str],
+                  instance: Optional[str], identity: Optional[str]) -> None:
+    if resume:
+        raise ConfigError("--resume continues --local runs in this version — add --local, or start a new cloud run")
+    if processes != 1:
+        raise ConfigError("--processes is for --local runs — on an instance set launch.gpus (default: every GPU)")
+    if not config:
+        raise ConfigError("no config given — pass a recipe such as configs/model3.yaml (see `mnist-launch models`)")
+    from launcher.remote import ReconnectingRun, RemoteRequest, start_remote_run
+
+    t0 = time.monotonic()
+    run = start_remote_run(RemoteRequest(config=str(config), overrides=overrides, store=store, run_id=run_id,
+                                         data_dir=data_dir, name=name, instance=instance, identity=identity), console)
+    parts = " · ".join(f"{k} {v:.2f}s" for k, v in run.timings.items())
+    where = f"{run.store}/runs/{run.run_id}" if run.store else f"{run.cluster}:{run.run_dir} (no --store: kept on the instance only)"
+    console.print(f"run [bold]{run.run_id}[/] on {run.cluster} ({run.instance_id}) → {where}")
+    console.print(f"[dim]started in {time.monotonic() - t0:.2f}s ({parts})[/]")
+    if detach:
+        console.print(f"detached. Follow: mnist-launch logs {run.run_id} --follow · stop: mnist-launch cancel {run.run_id}")
+        run.host.close()
+        return
+    with run.host:
+        end = _follow(run.run_id, ReconnectingRun(run.host, run.run_dir, note=_note))
+    if end and end.get("state") != "succeeded":
+        raise LaunchError(f"run {run.run_id} {end.get('state')}: {end.get('reason')} — "
+                          f"full log: mnist-launch logs {run.run_id} --raw")
+    if end and run.store:
+        console.print(f"artifacts: {run.store}/runs/{run.run_id} (fetch: mnist-launch results {run.run_id} --store {run.store})")
+
+
 @app.command()
 def logs(
     run_id: str = typer.Argument(..., help="the run to show"),
@@ -99,8 +135,9 @@ def logs(
     """Show a run's progress from its events (re-attaches to a running run with --follow)."""
     from launcher.live import read_status
     from launcher.orchestrator import open_run
+    from launcher.remote import open_cloud_run
 
-    files = open_run(run_id, store)
+    files = open_cloud_run(run_id, store, note=_note) or open_run(run_id, store)
     if raw:
         _print_raw_log(files, follow)
         return
@@ -139,8 +176,9 @@ def cancel(
 ) -> None:
     """Stop a running run (its checkpoints so far are kept)."""
     from launcher.orchestrator import cancel_run
+    from launcher.remote import cancel_cloud_run
 
-    status = cancel_run(run_id, store)
+    status = cancel_cloud_run(run_id, store) or cancel_run(run_id, store)
     console.print(f"{run_id}: {status.get('state')}" + (f" ({status.get('reason')})" if status.get("reason") else ""))
 
 

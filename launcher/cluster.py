@@ -282,7 +282,7 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
 # status
 
 
-def status_rows(regions: list[str], now: Optional[datetime] = None) -> list[dict]:
+def status_rows(regions: list[str], now: Optional[datetime] = None, jobs: bool = True) -> list[dict]:
     now = now or datetime.now(timezone.utc)
     rows = []
     for region in regions:
@@ -297,8 +297,31 @@ def status_rows(regions: list[str], now: Optional[datetime] = None) -> list[dict
                     "cost_usd": cost_so_far(inst.instance_type, up_s), "public_ip": inst.public_ip,
                     "user": inst.user, "autostop": inst.autostop,
                     "launch_time": inst.launch_time.isoformat() if inst.launch_time else None,
+                    "jobs": inst if jobs and inst.state == "running" else None,
                 })
+    # one SSH command per running instance, all at once: an unreachable one costs its timeout, not more
+    asked = [r for r in rows if r["jobs"] is not None]
+    if asked:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, len(asked))) as pool:
+            for r, found in zip(asked, pool.map(lambda r: active_jobs(r["jobs"]), asked)):
+                r["jobs"] = found
     return rows
+
+
+def active_jobs(inst: InstanceInfo) -> Optional[list[str]]:
+    """Run ids whose agent is alive on ``inst`` (one SSH command); None when it cannot be asked."""
+    from launcher.remote import jobs_command
+
+    dirs = {"~/mnist-launch", *home.remote_dirs_of(inst.id)}
+    try:
+        with cluster_host(inst, inst.name, None) as host:
+            host.connect_timeout = 5.0
+            res = host.exec("; ".join(jobs_command(d) for d in sorted(dirs)), timeout=15)
+    except LaunchError:
+        return None
+    return sorted(set(res.stdout.split())) if res.returncode == 0 else None
 
 
 def _hms(seconds: float) -> str:
@@ -316,11 +339,12 @@ def status(regions: list[str], as_json: bool) -> list[dict]:
     if not rows:
         out.print(f"no mnist-launch instances in {', '.join(regions)}")
         return rows
-    table = Table("name", "id", "region", "type", "state", "market", "uptime", "$/h", "cost so far")
+    table = Table("name", "id", "region", "type", "state", "market", "uptime", "$/h", "cost so far", "jobs")
     for r in rows:
         table.add_row(r["name"], r["id"], r["region"], r["type"], r["state"], r["market"], _hms(r["uptime_s"]),
                       "?" if r["hourly_usd"] is None else f"{r['hourly_usd']:.3f}",
-                      "?" if r["cost_usd"] is None else f"{r['cost_usd']:.2f}")
+                      "?" if r["cost_usd"] is None else f"{r['cost_usd']:.2f}",
+                      "-" if r["state"] != "running" else "?" if r["jobs"] is None else ", ".join(r["jobs"]) or "idle")
     out.print(table)
     out.print(f"prices: approximate on-demand list prices ({PRICES_REGION}, {PRICES_DATE}); spot costs less")
     return rows
@@ -379,19 +403,39 @@ def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = Fal
 # ssh
 
 
-def ssh_argv(name: str, region: Optional[str], identity: Optional[str], command: list[str]) -> list[str]:
-    """The system ssh command line for a cluster, with its host key pinned (TOFU on first use)."""
+class NoInstanceError(LaunchError):
+    """No running instance under a cluster name (`train` then brings one up)."""
+
+
+def running_instance(name: str, region: Optional[str]) -> InstanceInfo:
+    """The cluster's running instance, or one line saying how to get one."""
     region = default_region(region, name)
     provider = AWSProvider(Clients.create(region))
     with aws_errors():
         running = [i for i in provider.find_instances(check_name(name)) if i.state == "running"]
     if not running:
-        raise LaunchError(f"no running instance for cluster '{name}' in {region} — `mnist-launch up --name {name}` first")
-    inst = running[0]
+        raise NoInstanceError(f"no running instance for cluster '{name}' in {region} — `mnist-launch up --name {name}` first")
+    return running[0]
+
+
+def login_key(inst: InstanceInfo, name: str, identity: Optional[str]) -> Path:
+    """The private key that logs in to ``inst``: --identity, the one the cluster was made with, or ours."""
     cached = home.read_cluster_cache(name).get("identity")
     key = identity_for(identity or cached, create=False)
     if key is None or (not identity and not cached and inst.key_name != key_pair_name(public_key_of(key))):
         raise SSHError(f"{inst.id} was created with key pair {inst.key_name}, which is not ours — pass its private key with --identity")
+    return key
+
+
+def cluster_host(inst: InstanceInfo, name: str, identity: Optional[str]) -> SSHHost:
+    """An SSHHost for the cluster's instance, its host key pinned under the instance id."""
+    return SSHHost(endpoint_for(inst.public_ip, inst.user), login_key(inst, name, identity), alias=inst.id)
+
+
+def ssh_argv(name: str, region: Optional[str], identity: Optional[str], command: list[str]) -> list[str]:
+    """The system ssh command line for a cluster, with its host key pinned (TOFU on first use)."""
+    inst = running_instance(name, region)
+    key = login_key(inst, name, identity)
     ep = endpoint_for(inst.public_ip, inst.user)
     with SSHHost(ep, key, alias=inst.id) as host:
         host.connect()  # pins the host key on first use, refuses a changed one

@@ -55,7 +55,9 @@ def _keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
-def start_sshd(root: Path) -> SSHD:
+def start_sshd(root: Path, extra_config: tuple[str, ...] = ()) -> SSHD:
+    """``extra_config``: more sshd_config lines, e.g. ``SetEnv K=V`` to give sessions what an
+    instance's environment would have (its role's endpoint, in tests moto's)."""
     exe = shutil.which("sshd") or next((p for p in SSHD_CANDIDATES if os.path.exists(p)), None)
     if exe is None or shutil.which("ssh-keygen") is None:
         pytest.skip("OpenSSH sshd is not installed (apt-get install -y openssh-server)")
@@ -83,6 +85,7 @@ def start_sshd(root: Path) -> SSHD:
         "UsePAM no",
         "Subsystem sftp internal-sftp",
         "LogLevel VERBOSE",
+        *extra_config,
         "",
     ]))
     log = open(root / "sshd.log", "wb")

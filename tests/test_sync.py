@@ -109,7 +109,7 @@ def test_first_sync_mirrors_the_tree_and_a_resync_sends_nothing(host, project, t
 
     again = sync_workdir(host, project, str(dest))
     assert (again.files_sent, again.bytes_sent, again.files_deleted, host.tars) == (0, 0, 0, 1)
-    assert again.summary().startswith(f"synced 0 files (0 B), deleted 0, {len(files)} unchanged in ")
+    assert again.summary().startswith(f"sync: 0 files sent (0 B), 0 deleted, {len(files)} unchanged in ")
 
 
 def test_changes_deletions_and_kind_changes_are_mirrored(host, project, tmp_path):
@@ -181,7 +181,7 @@ def test_a_thousand_files_with_ten_changed_sends_exactly_ten(host, tmp_path):
     assert (report.files_sent, report.bytes_sent, report.files_deleted) == (10, 10 * len("changed!\n"), 0)
     assert host.tars == 2
     assert snapshot(dest) == snapshot(src)
-    assert "synced 10 files (90 B), deleted 0, 990 unchanged in" in report.summary()
+    assert "sync: 10 files sent (90 B), 0 deleted, 990 unchanged in" in report.summary()
 
 
 def test_host_without_the_python_raises_a_sync_error(host, project, tmp_path):
@@ -225,7 +225,7 @@ def test_plan_deletes_stale_and_kind_changed_entries_first():
 
 
 def test_summary_reads_like_a_sentence():
-    assert SyncReport(10, 12345, 2, 1000, 0.214).summary() == "synced 10 files (12.3 kB), deleted 2, 990 unchanged in 0.21s"
+    assert SyncReport(10, 12345, 2, 1000, 0.214).summary() == "sync: 10 files sent (12.3 kB), 2 deleted, 990 unchanged in 0.21s"
 
 
 def test_deletions_are_batched_below_the_argument_size_limit():

@@ -1,0 +1,114 @@
+"""The launcher's own overhead on a warm host: `train` to the first training event, by phase.
+
+What runs: moto's ThreadedMotoServer as EC2/S3, a real OpenSSH sshd on 127.0.0.1 as the
+instance (reached through MNIST_LAUNCH_SSH_ENDPOINT, as in the tests), `up` once, one warm-up
+run (builds the venv, ships MNIST), then ``--repeats`` measured runs of the same tree, each
+through ``start_remote_run`` (what `train` calls) and a follow until the first event arrives.
+
+    python bench/remote_overhead.py [--repeats 5] [--data-dir ../shared/data/mnist]
+
+Phases: connect (EC2 lookup + SSH handshake), sync (workdir manifest compare, 0 bytes when
+unchanged), data (MNIST hashes compared there), setup (venv stamp check), start (run files
+written, agent spawned), then first event (the agent starting Python, torch and
+`accelerate launch` until the trainer's `start` event). "Launcher overhead" is the sum of the
+first five: what mnist-launch adds before training begins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import boto3  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from tests.aws_helpers import FAKE_ENV  # noqa: E402
+from tests.sshd_fixture import start_sshd, stop_sshd  # noqa: E402
+
+PHASES = ["connect", "sync", "data", "setup", "start"]
+
+
+def first_event_seconds(host, run_dir: str, timeout: float = 300) -> float:
+    t = time.monotonic()
+    while time.monotonic() - t < timeout:
+        if host.read_from(f"{run_dir}/events.jsonl", 0, 4096):
+            return time.monotonic() - t
+        time.sleep(0.05)
+    raise RuntimeError(f"no event in {run_dir} after {timeout}s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    args = ap.parse_args()
+
+    from moto.server import ThreadedMotoServer
+
+    tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
+    os.environ.update(FAKE_ENV)
+    os.environ.update(MNIST_LAUNCH_HOME=str(tmp / "home"), AWS_CONFIG_FILE=str(tmp / "none"),
+                      AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"), MNIST_LAUNCH_SSH_CIDR="203.0.113.7/32")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = url
+    srv = start_sshd(tmp / "sshd", extra_config=(
+        f"SetEnv AWS_ENDPOINT_URL={url} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
+        "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true",))
+    os.environ["MNIST_LAUNCH_SSH_ENDPOINT"] = srv.endpoint
+    console = Console(file=open(os.devnull, "w"))
+    try:
+        from launcher import cluster
+        from launcher.remote import RemoteRequest, start_remote_run
+        from tests.aws_helpers import ubuntu_ami
+        from trainer.config import LaunchConfig
+
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bench")
+        cluster.up(cluster.UpRequest(launch=LaunchConfig(name="bench", ami=ubuntu_ami(), identity=str(srv.client_key)),
+                                     store="s3://bench/mnist", yes=True), console=console)
+        remote = str(tmp / "instance")
+        rows = []
+        for i in range(args.repeats + 1):  # run 0 is the warm-up: venv built, data shipped
+            req = RemoteRequest(config="configs/model3.yaml", store="s3://bench/mnist", run_id=f"overhead-{i}",
+                                data_dir=args.data_dir, name="bench",
+                                overrides=["train.epochs=1", f"launch.remote_dir={remote}"])
+            t = time.monotonic()
+            run = start_remote_run(req, console)
+            launcher = time.monotonic() - t
+            first = first_event_seconds(run.host, run.run_dir)
+            row = {**{k: round(v, 3) for k, v in run.timings.items()}, "launcher_overhead": round(launcher, 3),
+                   "first_event_after_start": round(first, 3), "train_to_first_event": round(launcher + first, 3)}
+            print(("warm-up " if i == 0 else f"run {i}   ") + json.dumps(row), flush=True)
+            if i:
+                rows.append(row)
+            from launcher.remote import cancel_cloud_run
+
+            cancel_cloud_run(run.run_id, None)
+            run.host.close()
+        keys = [*PHASES, "launcher_overhead", "first_event_after_start", "train_to_first_event"]
+        print("\n| phase | median (s) | min (s) | max (s) |\n| --- | ---: | ---: | ---: |")
+        for k in keys:
+            xs = [r[k] for r in rows]
+            print(f"| {k} | {statistics.median(xs):.2f} | {min(xs):.2f} | {max(xs):.2f} |")
+        cluster.down("bench", None, yes=True, console=console)
+    finally:
+        stop_sshd(srv)
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""Cloud runs: the same lifecycle as ``--local``, on a cluster's instance over SSH.
+
+    cluster (up if needed) -> sync the workdir -> ship MNIST -> check the venv -> write the run's
+    files -> start the agent (setsid) -> follow events.jsonl over SSH from a byte offset
+
+Everything lives under ``launch.remote_dir`` on the instance (default ``~/mnist-launch``)::
+
+    code/  the synced project      data/  the MNIST IDX files      venv/  the run environment
+    runs/RUN_ID/  a run's folder   env/RUN_ID.env  launch.env (0600, deleted by the agent once read)
+    jobs/RUN_ID   a marker while the run is active (`status`, the autostop watcher)
+
+The agent uploads the run folder to the store (``s3://...``) with the instance's own role; the
+launcher keeps a note of where the run is (MNIST_LAUNCH_HOME/runs/RUN_ID.json) so `logs` and
+`cancel` find it again, and meta.json in the store says the same for any other machine.
+
+    run = start_remote_run(RemoteRequest(config="configs/model3.yaml"), console)
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import paramiko
+from rich.console import Console
+
+from infra import home
+from infra.datasync import ship_mnist
+from infra.remote_setup import ensure_env
+from infra.ssh import HostKeyChangedError, KeyRefusedError, SSHHost
+from infra.store import HostRun, RunFiles, StoreRun, open_store
+from infra.sync import sync_workdir
+from launcher.errors import ConfigError, RunError, SSHError
+from launcher.orchestrator import PROJECT_ROOT, TERMINAL, _valid_run_id, code_revision, new_run_id, resolve_data_dir
+from trainer.config import Config, config_to_yaml, load_config
+from trainer.data import check_dir
+
+# credentials never travel to an instance: it has its own role for the store
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@dataclass
+class RemoteRequest:
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    store: Optional[str] = None
+    run_id: Optional[str] = None
+    data_dir: Optional[str] = None
+    name: Optional[str] = None  # cluster; default launch.name
+    instance: Optional[str] = None  # instance type when `up` has to create it
+    identity: Optional[str] = None
+
+
+@dataclass
+class RemoteRun:
+    run_id: str
+    host: SSHHost
+    run_dir: str  # on the instance
+    store: Optional[str]
+    cluster: str
+    instance_id: str
+    timings: dict = field(default_factory=dict)  # seconds per phase: sync, data, setup, start
+
+
+def remote_layout(remote_dir: str, run_id: str) -> dict[str, str]:
+    root = remote_dir.rstrip("/") or "/"
+    return {"root": root, "code": f"{root}/code", "data": f"{root}/data", "venv": f"{root}/venv",
+            "run_dir": f"{root}/runs/{run_id}", "env": f"{root}/env/{run_id}.env"}
+
+
+def _relative(path: str, root: str) -> str:
+    """``path`` relative to ``root`` when under it: the agent starts in ``root``, and a quoted ~ never expands."""
+    return path[len(root) + 1:] if path.startswith(root + "/") else path
+
+
+def _check_env(env: dict[str, str]) -> None:
+    for key in env:
+        if key in SECRET_ENV:
+            raise ConfigError(f"launch.env: {key} would copy your AWS credentials to the instance — remove it; "
+                              "the instance reaches the store with its own role (`up --store s3://...`)")
+        if not key.replace("_", "a").isalnum() or key[0].isdigit():
+            raise ConfigError(f"launch.env: {key!r} is not a valid variable name — use letters, digits and _")
+        if "\n" in env[key]:
+            raise ConfigError(f"launch.env: the value of {key} spans lines — give it on one line")
+
+
+def _cluster(req: RemoteRequest, cfg: Config, store: Optional[str], console: Console):
+    """(instance, SSHHost) of the run's cluster; `up` it first when nothing runs under that name."""
+    from launcher import cluster
+
+    name = req.name or cfg.launch.name
+    region = cfg.launch.region
+    try:
+        inst = cluster.running_instance(name, region)
+    except cluster.NoInstanceError:  # bring it up with the config's launch: section (and the flags)
+        launch = cfg.launch.model_copy(update={"name": name, **({"instance": req.instance} if req.instance else {}),
+                                               **({"identity": req.identity} if req.identity else {})})
+        console.print(f"no running instance for cluster '{name}': starting it")
+        inst = cluster.up(cluster.UpRequest(launch=launch, store=store, explicit_type=True), console=console).instance
+    return inst, cluster.cluster_host(inst, name, req.identity)
+
+
+def start_remote_run(req: RemoteRequest, console: Console) -> RemoteRun:
+    cfg = load_config(req.config, req.overrides)
+    store = req.store or cfg.store
+    if store and not store.startswith("s3://"):
+        raise ConfigError(f"--store {store}: a cloud run keeps its artifacts in S3 — pass --store s3://bucket/prefix, "
+                          "or train with --local to keep them in a folder")
+    run_id = req.run_id or new_run_id(Path(req.config).stem)
+    if not _valid_run_id(run_id):
+        raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' only")
+    _check_env(cfg.launch.env)
+    data_dir = resolve_data_dir(req.data_dir, cfg)
+    check_dir(data_dir)  # the local copy is what travels: a bad file fails here, by name
+
+    timings: dict[str, float] = {}
+    t = time.monotonic()
+    inst, host = _cluster(req, cfg, store, console)
+    host.connect()
+    timings["connect"] = time.monotonic() - t  # finding the instance (EC2) and the SSH handshake
+    name = req.name or cfg.launch.name
+    paths = remote_layout(cfg.launch.remote_dir, run_id)
+    t = time.monotonic()
+    report = sync_workdir(host, PROJECT_ROOT, paths["code"])
+    timings["sync"] = time.monotonic() - t
+    console.print(f"[dim]{report.summary()}[/]")
+    t = time.monotonic()
+    data = ship_mnist(host, Path(data_dir), paths["data"])
+    timings["data"] = time.monotonic() - t
+    console.print(f"[dim]{data.summary()}[/]")
+    t = time.monotonic()
+    setup = ensure_env(host, paths["venv"], cfg.launch.python, cfg.launch.setup)
+    timings["setup"] = time.monotonic() - t
+    console.print(f"[dim]{setup.summary()}[/]")
+
+    t = time.monotonic()
+    run_dir = paths["run_dir"]
+    if host.read_text(f"{run_dir}/config.yaml") is not None:
+        raise RunError(f"run '{run_id}' already exists on {name} — pick another --run-id")
+    local_data_dir = data_dir
+    cfg.data.dir = "data"  # relative to the remote folder, where the agent and trainer start
+    where = {"cluster": name, "instance_id": inst.id, "region": inst.region,
+             "remote_dir": paths["root"], "run_dir": run_dir}
+    meta = {"run_id": run_id, "created_at": round(time.time(), 3), "host": str(host.name),
+            "config_file": req.config, "code_revision": code_revision(), "argv": _argv(),
+            "local_data_dir": local_data_dir, "cloud": where, "store": store}
+    host.write_text(f"{run_dir}/config.yaml", config_to_yaml(cfg))
+    host.write_text(f"{run_dir}/meta.json", json.dumps(meta, indent=2) + "\n")
+    host.write_text(f"{run_dir}/status.json", json.dumps({"state": "starting", "updated_at": time.time()}))
+    argv = [_relative(setup.python, paths["root"]), "-m", "infra.agent", "--run-dir", f"runs/{run_id}",
+            "--processes", str(cfg.launch.gpus or 0), "--mixed-precision", cfg.train.mixed_precision,
+            "--jobs-dir", "jobs"]
+    if store:
+        argv += ["--store", store, "--run-id", run_id]
+    if cfg.launch.env:
+        host.write_text(paths["env"], "".join(f"{k}={v}\n" for k, v in cfg.launch.env.items()), mode=0o600)
+        argv += ["--env-file", _relative(paths["env"], paths["root"])]
+    home.write_run_record(run_id, {**where, "store": store, "identity": req.identity,
+                                   "created_at": meta["created_at"]})
+    host.spawn(argv, cwd=paths["root"], log=f"{run_dir}/agent.log", env={"PYTHONPATH": "code"})
+    timings["start"] = time.monotonic() - t
+    return RemoteRun(run_id, host, run_dir, store, name, inst.id, timings)
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# following over SSH, through dropped connections
+
+
+TRANSPORT_ERRORS = (SSHError, paramiko.SSHException, EOFError, OSError)
+
+
+class ReconnectingRun:
+    """A run folder on an SSHHost that survives dropped connections.
+
+    A read that fails on the transport closes it and tries again after 0.5 s, 1 s, 2 s ... (at
+    most ``cap``), for as long as ``give_up_after`` allows. The caller's offset is untouched by a
+    failed read, so the follow resumes at the same byte: no event is shown twice or skipped.
+    """
+
+    mirrored = False
+    poll = (0.25, 1.0)
+
+    def __init__(self, host: SSHHost, run_dir: str, note: Callable[[str], None] = lambda m: None,
+                 cap: float = 8.0, give_up_after: float = 600.0) -> None:
+        self.host, self.where = host, run_dir
+        self.inner = HostRun(host, run_dir)
+        self.note, self.cap, self.give_up_after = note, cap, give_up_after
+        self.reconnects = 0
+
+    def _retry(self, what: Callable[[], object]):
+        delay, since = 0.5, None
+        while True:
+            try:
+                out = what()
+                if since is not None:
+                    self.note(f"reconnected after {time.monotonic() - since:.1f}s")
+                return out
+            except (HostKeyChangedError, KeyRefusedError):
+                raise  # will not fix itself
+            except FileNotFoundError:
+                raise
+            except TRANSPORT_ERRORS as err:
+                now = time.monotonic()
+                if since is None:
+                    since = now
+                    self.reconnects += 1
+                    self.note(f"connection to {self.host.name} lost ({str(err).split(' — ')[0][:120] or type(err).__name__}); reconnecting")
+                elif now - since > self.give_up_after:
+                    raise SSHError(f"lost {self.host.name} for {self.give_up_after:.0f}s — the run goes on there; "
+                                   "re-attach later with `mnist-launch logs RUN_ID --follow`") from None
+                self.host.close()
+                time.sleep(delay)
+                delay = min(delay * 2, self.cap)
+
+    def read_from(self, name: str, offset: int, limit: int = 1 << 20) -> bytes:
+        return self._retry(lambda: self.inner.read_from(name, offset, limit))
+
+    def read_text(self, name: str) -> Optional[str]:
+        return self._retry(lambda: self.inner.read_text(name))
+
+    def is_alive(self, pid: int) -> Optional[bool]:
+        return self._retry(lambda: self.inner.is_alive(pid))
+
+
+# ---------------------------------------------------------------------------------------------
+# finding a cloud run again: logs, cancel
+
+
+def _record(run_id: str, store: Optional[str]) -> dict:
+    """Where a cloud run is: this machine's note, else meta.json in an s3:// store; {} for a folder run."""
+    rec = home.read_run_record(run_id)
+    if rec:
+        return rec
+    if (store or "").startswith("s3://"):
+        try:
+            meta = json.loads(open_store(store).read_text(run_id, "meta.json") or "{}")
+        except json.JSONDecodeError:
+            meta = {}
+        if meta.get("cloud"):
+            return {**meta["cloud"], "store": store}
+    return {}
+
+
+def _host_for(rec: dict) -> SSHHost:
+    from launcher import cluster
+
+    inst = cluster.running_instance(rec["cluster"], rec.get("region"))
+    if inst.id != rec.get("instance_id"):
+        raise SSHError(f"cluster '{rec['cluster']}' now runs {inst.id}, not {rec.get('instance_id')} where the run was")
+    return cluster.cluster_host(inst, rec["cluster"], rec.get("identity"))
+
+
+def open_cloud_run(run_id: str, store: Optional[str], note: Callable[[str], None]) -> Optional[RunFiles]:
+    """The files of a cloud run: live over SSH while its instance runs, else the store's copy; None if not a cloud run."""
+    rec = _record(run_id, store)
+    if not rec:
+        return None
+    try:
+        host = _host_for(rec)
+        host.connect()
+        return ReconnectingRun(host, rec["run_dir"], note=note)
+    except Exception as err:  # the instance is gone or unreachable: the store still has the run
+        store_uri = store or rec.get("store")
+        if store_uri and store_uri.startswith("s3://"):
+            note(f"{rec.get('cluster')} not reachable ({str(err).split(' — ')[0][:100]}); reading {store_uri}")
+            return StoreRun(open_store(store_uri), run_id)
+        raise
+
+
+def cancel_cloud_run(run_id: str, store: Optional[str], timeout: float = 60.0) -> Optional[dict]:
+    """Stop a cloud run through its instance (SIGTERM to the agent); None if ``run_id`` is not a cloud run."""
+    rec = _record(run_id, store)
+    if not rec:
+        return None
+    with _host_for(rec) as host:
+        files = HostRun(host, rec["run_dir"])
+
+        def status() -> dict:
+            try:
+                return json.loads(files.read_text("status.json") or "{}")
+            except json.JSONDecodeError:
+                return {}
+
+        st = status()
+        if st.get("state") in TERMINAL:
+            return st
+        pid = st.get("agent_pid")
+        if pid is None:
+            raise RunError(f"run '{run_id}' has not started its agent yet — try again in a few seconds")
+        host.kill(int(pid), signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = status()
+            if st.get("state") in TERMINAL and not host.is_alive(int(pid)):
+                return st
+            time.sleep(0.5)
+    raise RunError(f"run '{run_id}' did not stop within {timeout:.0f}s — check `mnist-launch logs {run_id}`")
+
+
+def jobs_command(remote_dir: str = "~/mnist-launch") -> str:
+    """A shell line listing the active runs (their markers whose agent is alive) under ``remote_dir``."""
+    d = remote_dir if not remote_dir.startswith("~/") else '"$HOME"/' + shlex.quote(remote_dir[2:])
+    return (f"for f in {d}/jobs/*; do [ -f \"$f\" ] || continue; read id pid dir < \"$f\"; "
+            "kill -0 \"$pid\" 2>/dev/null && echo \"$id\"; done; true")

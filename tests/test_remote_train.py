@@ -1,0 +1,296 @@
+"""`train` on an instance, end to end: moto (ThreadedMotoServer) as EC2 and S3, a real sshd on
+127.0.0.1 as the instance (MNIST_LAUNCH_SSH_ENDPOINT), real `accelerate launch` processes.
+
+The sshd gives its sessions moto's endpoint and moto's fake keys through ``SetEnv``, the way an
+instance's role gives its processes credentials: the launcher copies none. Each test keeps the
+"instance's" files in its own ``launch.remote_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.aws_helpers import fake_aws_env, ubuntu_ami
+from tests.conftest import ROOT
+from tests.sshd_fixture import SSHD, start_sshd, stop_sshd
+
+BUCKET = "runs-bucket"
+STORE = f"s3://{BUCKET}/mnist"
+CIDR = "203.0.113.7/32"
+EPOCH_ROW = re.compile(r"^\s+(\d+)\s+\d+\.\d{4}\s+\d+\.\d\d%", re.M)
+
+
+@dataclass
+class Cloud:
+    home: Path
+    moto_url: str
+    sshd: SSHD
+    tmp: Path
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "MNIST_LAUNCH_DEBUG"}
+        env.update(PYTHONPATH=str(ROOT), COLUMNS="160")
+        return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        env = {k: v for k, v in os.environ.items() if k != "MNIST_LAUNCH_DEBUG"}
+        env.update(PYTHONPATH=str(ROOT), COLUMNS="160")
+        return subprocess.Popen([sys.executable, "-m", "launcher", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def objects(self, run_id: str) -> dict[str, bytes]:
+        s3 = boto3.client("s3", region_name="us-east-1")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"mnist/runs/{run_id}/").get("Contents", [])]
+        return {k.split(f"runs/{run_id}/", 1)[1]: s3.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys}
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    from moto.server import ThreadedMotoServer
+
+    mp = pytest.MonkeyPatch()
+    tmp = tmp_path_factory.mktemp("cloud")
+    fake_aws_env(mp, tmp / "home")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    mp.setenv("AWS_ENDPOINT_URL", url)
+    srv = start_sshd(tmp / "sshd", extra_config=(
+        f"SetEnv AWS_ENDPOINT_URL={url} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
+        "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true",))
+    mp.setenv("MNIST_LAUNCH_SSH_ENDPOINT", srv.endpoint)
+    mp.setenv("MNIST_LAUNCH_SSH_CIDR", CIDR)
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    c = Cloud(tmp / "home", url, srv, tmp)
+    up = c.cli("up", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity", str(srv.client_key),
+               "--store", STORE, "--name", "mnist", "--yes")
+    assert up.returncode == 0, up.stderr
+    try:
+        yield c
+    finally:
+        c.cli("down", "mnist", "--yes")
+        stop_sshd(srv)
+        server.stop()
+        mp.undo()
+
+
+def train_args(cloud: Cloud, small_mnist: Path, run_id: str, remote: str, *extra: str) -> list[str]:
+    return ["train", "configs/model3.yaml", "--store", STORE, "--data-dir", str(small_mnist), "--run-id", run_id,
+            "--set", "train.epochs=2", "--set", f"launch.remote_dir={remote}", *extra]
+
+
+def events_on_instance(remote: Path, run_id: str) -> list[dict]:
+    return [json.loads(line) for line in (remote / "runs" / run_id / "events.jsonl").read_text().splitlines()]
+
+
+def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, small_mnist):
+    remote = cloud.tmp / "instance-a"
+    p = cloud.cli(*train_args(cloud, small_mnist, "e2e-1", str(remote), "--detach"))
+    assert p.returncode == 0, p.stderr
+    assert "sync: " in p.stdout and "setup: environment built" in p.stdout and "detached" in p.stdout
+    assert re.search(r"started in [\d.]+s \(connect [\d.]+s · sync [\d.]+s · data [\d.]+s · setup [\d.]+s · start [\d.]+s\)", p.stdout)
+
+    p = cloud.cli("logs", "e2e-1", "--follow")
+    assert p.returncode == 0, p.stderr
+    assert [int(e) for e in EPOCH_ROW.findall(p.stdout)] == [1, 2]
+    # every artifact reached the bucket, uploaded by the agent with the "instance's" credentials
+    objs = cloud.objects("e2e-1")
+    for name in ("config.yaml", "meta.json", "events.jsonl", "train.log", "summary.json", "status.json",
+                 "model.safetensors", "curves.png"):
+        assert name in objs, sorted(objs)
+    assert any(k.startswith("checkpoints/") for k in objs)
+    assert json.loads(objs["status.json"])["state"] == "succeeded"
+    events = [json.loads(line) for line in objs["events.jsonl"].decode().splitlines()]
+    assert [e["type"] for e in events].count("run_end") == 1
+    meta = json.loads(objs["meta.json"])
+    assert meta["cloud"]["cluster"] == "mnist" and meta["cloud"]["run_dir"].endswith("runs/e2e-1")
+    assert not (remote / "jobs" / "e2e-1").exists()  # the marker goes with the run
+
+    rows = json.loads(cloud.cli("runs", "--store", STORE, "--json").stdout)
+    assert [(r["run_id"], r["state"], r["epochs_completed"]) for r in rows if r["run_id"] == "e2e-1"] == [("e2e-1", "succeeded", 2)]
+
+    # the second run: nothing changed, so no file content travels and the venv is not rebuilt
+    p = cloud.cli(*train_args(cloud, small_mnist, "e2e-2", str(remote)))
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"sync: 0 files sent \(0 B\), 0 deleted, \d+ unchanged", p.stdout), p.stdout
+    assert "setup: environment unchanged" in p.stdout and "MNIST files already on the host" in p.stdout
+    assert [int(e) for e in EPOCH_ROW.findall(p.stdout)] == [1, 2] and "finished" in p.stdout
+    assert f"artifacts: {STORE}/runs/e2e-2" in p.stdout
+
+
+def test_the_launcher_killed_mid_run_loses_nothing(cloud, small_mnist):
+    remote = cloud.tmp / "instance-b"
+    proc = cloud.popen(*train_args(cloud, small_mnist, "killed", str(remote), "--set", "train.epochs=3"))
+    events = remote / "runs" / "killed" / "events.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and '"type":"epoch"' not in (events.read_text() if events.exists() else ""):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # the run goes on without the launcher; `logs --follow` re-attaches and shows every epoch once
+    p = cloud.cli("logs", "killed", "--follow")
+    assert p.returncode == 0, p.stderr
+    assert [int(e) for e in EPOCH_ROW.findall(p.stdout)] == [1, 2, 3]
+    evs = events_on_instance(remote, "killed")
+    assert [e["type"] for e in evs].count("epoch") == 3 and evs[-1]["type"] == "run_end" and evs[-1]["state"] == "succeeded"
+
+
+class CuttableProxy:
+    """A TCP forwarder to the sshd whose live connections can be cut (a dropped Wi-Fi, a sleeping laptop)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.paused = False  # while True, new connections are dropped at once (the network is down)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.paused:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> int:
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+        return len(conns) // 2
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def test_a_cut_connection_resumes_the_follow_without_gaps_or_repeats(cloud, small_mnist):
+    from rich.console import Console
+
+    from infra.ssh import Endpoint, SSHHost
+    from launcher.live import RunView, follow_files
+    from launcher.remote import ReconnectingRun
+
+    remote = cloud.tmp / "instance-c"
+    p = cloud.cli(*train_args(cloud, small_mnist, "cut", str(remote), "--detach", "--set", "train.epochs=3"))
+    assert p.returncode == 0, p.stderr
+
+    class Recording(RunView):
+        seen: list[dict] = []
+
+        def handle(self, ev: dict) -> None:
+            self.seen.append(ev)
+            super().handle(ev)
+
+    proxy = CuttableProxy((cloud.sshd.host, cloud.sshd.port))
+    notes: list[str] = []
+    host = SSHHost(Endpoint(cloud.sshd.user, "127.0.0.1", proxy.port), cloud.sshd.client_key,
+                   known_hosts=cloud.tmp / "proxy_known_hosts")
+    files = ReconnectingRun(host, str(remote / "runs" / "cut"), note=notes.append, cap=1.0)
+    cuts = []
+
+    def cutter() -> None:  # cut three times while the run goes on; the last outage lasts 3 s
+        for outage in (0.0, 0.0, 3.0):
+            time.sleep(2.0)
+            proxy.paused = outage > 0
+            cuts.append(proxy.cut())
+            time.sleep(outage)
+            proxy.paused = False
+
+    threading.Thread(target=cutter, daemon=True).start()
+    view = Recording(Console(file=open(os.devnull, "w")), live=False)
+    end = follow_files(files, view, poll=(0.1, 0.2))
+    proxy.close()
+    host.close()
+    assert end is not None and end["state"] == "succeeded"
+    # each cut killed the live connection; the follow opened a new one (a read cut midway says so in a note)
+    assert sum(cuts) >= 3 and host.connects >= 4, (cuts, host.connects, notes)
+    # the outage made reads fail: the follow said so, retried with backoff and said when it was back
+    assert files.reconnects >= 1 and any(n.startswith("reconnected after") for n in notes), notes
+    # exactly the file's events, in order: none repeated, none lost
+    assert view.seen == events_on_instance(remote, "cut")
+
+
+def test_cancel_stops_a_cloud_run_through_its_instance(cloud, small_mnist):
+    remote = cloud.tmp / "instance-d"
+    p = cloud.cli(*train_args(cloud, small_mnist, "stopme", str(remote), "--detach", "--set", "train.epochs=20"))
+    assert p.returncode == 0, p.stderr
+    marker = remote / "jobs" / "stopme"
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists()
+    [row] = json.loads(cloud.cli("status", "--json").stdout)
+    assert row["name"] == "mnist" and "stopme" in row["jobs"]
+    p = cloud.cli("cancel", "stopme")
+    assert p.returncode == 0, p.stderr
+    assert "stopme: cancelled" in p.stdout
+    status = json.loads((remote / "runs" / "stopme" / "status.json").read_text())
+    assert status["state"] == "cancelled" and not marker.exists()
+
+
+def test_a_failing_setup_is_one_line_and_leaves_no_run(cloud, small_mnist):
+    remote = cloud.tmp / "instance-e"
+    p = cloud.cli(*train_args(cloud, small_mnist, "nosetup", str(remote), "--set", "launch.python=/nowhere/python3"))
+    assert p.returncode != 0
+    assert p.stderr.startswith("error: ") and "no interpreter found: tried /nowhere/python3 — set launch.python" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (remote / "runs" / "nosetup").exists()
+    assert cloud.objects("nosetup") == {}
+
+
+def test_credentials_in_launch_env_are_refused_before_anything_travels(cloud, small_mnist, tmp_path):
+    remote = cloud.tmp / "instance-f"
+    cfg = tmp_path / "leaky.yaml"
+    cfg.write_text((ROOT / "configs" / "model3.yaml").read_text() + "launch:\n  env: {AWS_SECRET_ACCESS_KEY: x}\n")
+    p = cloud.cli("train", str(cfg), "--data-dir", str(small_mnist), "--set", f"launch.remote_dir={remote}")
+    assert p.returncode != 0 and "launch.env: AWS_SECRET_ACCESS_KEY would copy your AWS credentials" in p.stderr
+    assert not remote.exists()
