@@ -7,11 +7,11 @@ through ``start_remote_run`` (what `train` calls) and a follow until the first e
 
     python bench/remote_overhead.py [--repeats 5] [--data-dir ../shared/data/mnist]
 
-Phases: connect (EC2 lookup + SSH handshake), sync (workdir manifest compare, 0 bytes when
-unchanged), data (MNIST hashes compared there), setup (venv stamp check), start (run files
-written, agent spawned), then first event (the agent starting Python, torch and
-`accelerate launch` until the trainer's `start` event). "Launcher overhead" is the sum of the
-first five: what mnist-launch adds before training begins.
+Phases: connect (EC2 lookup + SSH handshake), then at once over one connection: sync (workdir
+manifest compare, 0 bytes when unchanged), data (MNIST hashes compared there), setup (venv stamp
+check), their wall time being "prepare"; start (run files written over SFTP, agent spawned);
+then first event (the agent starting Python, torch and `accelerate launch` until the trainer's
+`start` event). "Launcher overhead" is everything before the agent runs: what mnist-launch adds.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from rich.console import Console  # noqa: E402
 from tests.aws_helpers import FAKE_ENV  # noqa: E402
 from tests.sshd_fixture import start_sshd, stop_sshd  # noqa: E402
 
-PHASES = ["connect", "sync", "data", "setup", "start"]
+PHASES = ["connect", "sync", "data", "setup", "prepare", "start"]
 
 
 def first_event_seconds(host, run_dir: str, timeout: float = 300) -> float:

@@ -243,6 +243,8 @@ class SSHHost:
                         raise SSHError(f"{self.name}: command timed out after {timeout:.0f}s: {command[:80]}")
                     time.sleep(0.01)
             code = chan.recv_exit_status()
+            if code == -1:  # the channel closed without an exit status: the connection dropped
+                raise SSHError(f"{self.name}: connection lost while running {command[:60]} — check the network, then retry")
             return Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
         finally:
             chan.close()
@@ -285,15 +287,32 @@ class SSHHost:
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
         """Atomic write with ``mode`` set before any content lands (secrets never readable)."""
         parent = os.path.dirname(path)
-        if parent:
-            self.exec(f"mkdir -p {_rq(parent)}", timeout=60)
         sftp = self._sftp_client()
+        if parent:
+            self._makedirs(sftp, _sftp_path(parent))
         target = _sftp_path(path)
         tmp = f"{target}.tmp"
         with sftp.open(tmp, "wb") as f:
             sftp.chmod(tmp, mode)
             f.write(text.encode())
         sftp.posix_rename(tmp, target)
+
+    @staticmethod
+    def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
+        """``mkdir -p`` over SFTP: a few round trips, no shell started on the host."""
+        missing = []
+        while path and path not in ("/", "."):
+            try:
+                sftp.stat(path)
+                break
+            except FileNotFoundError:
+                missing.append(path)
+                path = os.path.dirname(path)
+        for d in reversed(missing):
+            try:
+                sftp.mkdir(d)
+            except OSError:
+                sftp.stat(d)  # made meanwhile by someone else is fine; anything else raises
 
     def put_tar(self, stream: BinaryIO, dest: str) -> None:
         """Unpack a tar stream into ``dest`` on the host (created if missing)."""
@@ -304,8 +323,12 @@ class SSHHost:
 
     def is_alive(self, pid: int) -> bool:
         # a zombie is dead for our purposes
-        res = self.exec(f"st=$(ps -o stat= -p {int(pid)}) || exit 1; case $st in Z*) exit 1;; esac", timeout=60)
-        return res.returncode == 0
+        res = self.exec(f"st=$(ps -o stat= -p {int(pid)}) || {{ echo dead; exit 0; }}; "
+                        f"case $st in Z*) echo dead;; *) echo alive;; esac", timeout=60)
+        answer = res.stdout.strip().splitlines()[-1:] if res.returncode == 0 else []
+        if answer not in (["alive"], ["dead"]):  # an answer we cannot read is no evidence of death
+            raise SSHError(f"{self.name}: could not tell whether process {pid} runs ({res.stderr.strip()[:120]})")
+        return answer == ["alive"]
 
     def kill(self, pid: int, sig: int = signal.SIGTERM) -> None:
         self.exec(f"kill -{int(sig)} {int(pid)} 2>/dev/null || true", timeout=60)

@@ -108,7 +108,9 @@ def _train_remote(config: Optional[Path], overrides: list[str], store: Optional[
     t0 = time.monotonic()
     run = start_remote_run(RemoteRequest(config=str(config), overrides=overrides, store=store, run_id=run_id,
                                          data_dir=data_dir, name=name, instance=instance, identity=identity), console)
-    parts = " · ".join(f"{k} {v:.2f}s" for k, v in run.timings.items())
+    tm = run.timings
+    parts = (f"connect {tm['connect']:.2f}s · sync {tm['sync']:.2f}s, data {tm['data']:.2f}s, setup {tm['setup']:.2f}s "
+             f"in parallel {tm['prepare']:.2f}s · start {tm['start']:.2f}s")
     where = f"{run.store}/runs/{run.run_id}" if run.store else f"{run.cluster}:{run.run_dir} (no --store: kept on the instance only)"
     console.print(f"run [bold]{run.run_id}[/] on {run.cluster} ({run.instance_id}) → {where}")
     console.print(f"[dim]started in {time.monotonic() - t0:.2f}s ({parts})[/]")

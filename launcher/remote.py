@@ -125,18 +125,16 @@ def start_remote_run(req: RemoteRequest, console: Console) -> RemoteRun:
     timings["connect"] = time.monotonic() - t  # finding the instance (EC2) and the SSH handshake
     name = req.name or cfg.launch.name
     paths = remote_layout(cfg.launch.remote_dir, run_id)
+    # code, data and venv are independent: checked at once, each over its own channel of one connection
     t = time.monotonic()
-    report = sync_workdir(host, PROJECT_ROOT, paths["code"])
-    timings["sync"] = time.monotonic() - t
-    console.print(f"[dim]{report.summary()}[/]")
-    t = time.monotonic()
-    data = ship_mnist(host, Path(data_dir), paths["data"])
-    timings["data"] = time.monotonic() - t
-    console.print(f"[dim]{data.summary()}[/]")
-    t = time.monotonic()
-    setup = ensure_env(host, paths["venv"], cfg.launch.python, cfg.launch.setup)
-    timings["setup"] = time.monotonic() - t
-    console.print(f"[dim]{setup.summary()}[/]")
+    sync, data, setup = _in_parallel(timings, [
+        ("sync", lambda: sync_workdir(host, PROJECT_ROOT, paths["code"])),
+        ("data", lambda: ship_mnist(host, Path(data_dir), paths["data"])),
+        ("setup", lambda: ensure_env(host, paths["venv"], cfg.launch.python, cfg.launch.setup)),
+    ])
+    timings["prepare"] = time.monotonic() - t
+    for report in (sync, data, setup):
+        console.print(f"[dim]{report.summary()}[/]")
 
     t = time.monotonic()
     run_dir = paths["run_dir"]
@@ -165,6 +163,22 @@ def start_remote_run(req: RemoteRequest, console: Console) -> RemoteRun:
     host.spawn(argv, cwd=paths["root"], log=f"{run_dir}/agent.log", env={"PYTHONPATH": "code"})
     timings["start"] = time.monotonic() - t
     return RemoteRun(run_id, host, run_dir, store, name, inst.id, timings)
+
+
+def _in_parallel(timings: dict[str, float], jobs: list[tuple[str, Callable[[], object]]]) -> list:
+    """Run ``jobs`` in threads; their results in order, each one's seconds in ``timings``; the first error raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed(name: str, fn: Callable[[], object]):
+        t = time.monotonic()
+        try:
+            return fn()
+        finally:
+            timings[name] = time.monotonic() - t
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(timed, name, fn) for name, fn in jobs]
+        return [f.result() for f in futures]  # in order: the first failing phase is the one reported
 
 
 def _argv() -> list[str]:

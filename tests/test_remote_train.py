@@ -105,7 +105,7 @@ def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, sm
     p = cloud.cli(*train_args(cloud, small_mnist, "e2e-1", str(remote), "--detach"))
     assert p.returncode == 0, p.stderr
     assert "sync: " in p.stdout and "setup: environment built" in p.stdout and "detached" in p.stdout
-    assert re.search(r"started in [\d.]+s \(connect [\d.]+s · sync [\d.]+s · data [\d.]+s · setup [\d.]+s · start [\d.]+s\)", p.stdout)
+    assert re.search(r"started in [\d.]+s \(connect [\d.]+s · sync [\d.]+s, data [\d.]+s, setup [\d.]+s in parallel [\d.]+s · start [\d.]+s\)", p.stdout)
 
     p = cloud.cli("logs", "e2e-1", "--follow")
     assert p.returncode == 0, p.stderr
