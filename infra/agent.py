@@ -225,6 +225,7 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True, env={**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"})
     write_status(run_dir, state="running", agent_pid=os.getpid(), trainer_pid=child.pid,
+                 launch_env=sorted(extra_env),  # the names only: values may be secrets
                  started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None)
 
     cancelled = {"sig": None}

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Optional
 from infra.host import Host, LocalHost
 from infra.store import HostRun, LocalStore, RunFiles, StoreRun, open_store
 from launcher.errors import ConfigError, RunError
-from trainer.config import Config, apply_overrides, config_to_yaml, load_config, validate_config
+from trainer.config import Config, apply_overrides, config_to_yaml, load_config, redact_argv, validate_config
 from trainer.data import check_dir
 from trainer.precision import cuda_capability, resolve_mixed_precision
 
@@ -134,7 +134,7 @@ def start_run(req: LocalRequest, host: Optional[Host] = None) -> Run:
     meta_path = run_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {
         "run_id": run_id, "created_at": round(time.time(), 3), "host": host.name,
-        "config_file": req.config, "code_revision": code_revision(), "argv": sys.argv[1:],
+        "config_file": req.config, "code_revision": code_revision(), "argv": redact_argv(sys.argv[1:]),
     }
     if req.resume:
         meta.setdefault("resumes", []).append({"at": round(time.time(), 3), "overrides": req.overrides})

@@ -184,7 +184,9 @@ def _in_parallel(timings: dict[str, float], jobs: list[tuple[str, Callable[[], o
 def _argv() -> list[str]:
     import sys
 
-    return sys.argv[1:]
+    from trainer.config import redact_argv
+
+    return redact_argv(sys.argv[1:])
 
 
 # ---------------------------------------------------------------------------------------------

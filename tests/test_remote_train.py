@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -102,7 +103,9 @@ def events_on_instance(remote: Path, run_id: str) -> list[dict]:
 
 def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, small_mnist):
     remote = cloud.tmp / "instance-a"
-    p = cloud.cli(*train_args(cloud, small_mnist, "e2e-1", str(remote), "--detach"))
+    secret = f"s3cr3t-{secrets.token_hex(8)}"  # made here, so not even this synced file holds it
+    p = cloud.cli(*train_args(cloud, small_mnist, "e2e-1", str(remote), "--detach",
+                              "--set", f"launch.env.MY_TOKEN={secret} value=1"))
     assert p.returncode == 0, p.stderr
     assert "sync: " in p.stdout and "setup: environment built" in p.stdout and "detached" in p.stdout
     assert re.search(r"started in [\d.]+s \(connect [\d.]+s · sync [\d.]+s, data [\d.]+s, setup [\d.]+s in parallel [\d.]+s · start [\d.]+s\)", p.stdout)
@@ -122,6 +125,11 @@ def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, sm
     meta = json.loads(objs["meta.json"])
     assert meta["cloud"]["cluster"] == "mnist" and meta["cloud"]["run_dir"].endswith("runs/e2e-1")
     assert not (remote / "jobs" / "e2e-1").exists()  # the marker goes with the run
+    # launch.env reached the trainer through a 0600 file the agent deleted; the value is nowhere else
+    assert json.loads(objs["status.json"])["launch_env"] == ["MY_TOKEN"]
+    assert not (remote / "env" / "e2e-1.env").exists()
+    assert not any(secret.encode() in body for body in objs.values())
+    assert not any(secret.encode() in f.read_bytes() for f in remote.rglob("*") if f.is_file())
 
     rows = json.loads(cloud.cli("runs", "--store", STORE, "--json").stdout)
     assert [(r["run_id"], r["state"], r["epochs_completed"]) for r in rows if r["run_id"] == "e2e-1"] == [("e2e-1", "succeeded", 2)]

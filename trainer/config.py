@@ -256,8 +256,23 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     return validate_config(data, str(path))
 
 
+REDACTED = "<redacted>"
+
+
 def config_to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as a run keeps it; ``launch.env`` values (secrets, maybe) are not kept."""
+    data = cfg.model_dump(mode="json")
+    data["launch"]["env"] = {k: REDACTED for k in data["launch"].get("env") or {}}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line as a run records it: ``--set launch.env.K=V`` keeps K, not V."""
+    out = []
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        out.append(f"{key}={REDACTED}" if sep and key.startswith("launch.env") else arg)
+    return out
 
 
 def config_from_yaml(text: str, where: str = "config.yaml") -> Config:
