@@ -16,7 +16,8 @@ def test_there_is_a_config_for_every_recipe():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_loads_and_names_its_model(path):
     cfg = load_config(path)
-    assert cfg.model == path.stem
+    # a corrected twin (fc_baseline_onecycle.yaml) trains the model its stem starts with
+    assert cfg.model == path.stem.removesuffix("_onecycle")
 
 
 def write(tmp_path, text):
