@@ -119,7 +119,12 @@ def _train_remote(config: Optional[Path], overrides: list[str], store: Optional[
         run.host.close()
         return
     with run.host:
-        end = _follow(run.run_id, ReconnectingRun(run.host, run.run_dir, note=_note))
+        files = ReconnectingRun(run.host, run.run_dir, note=_note, spawn_pid=run.spawn_pid)
+        end = _follow(run.run_id, files)
+        if end and end.get("state") == "failed":
+            from launcher.remote import settle_status
+
+            settle_status(files, end)  # an agent that died unheard leaves no run saying "starting"
     if end and end.get("state") != "succeeded":
         raise LaunchError(f"run {run.run_id} {end.get('state')}: {end.get('reason')} — "
                           f"full log: mnist-launch logs {run.run_id} --raw")

@@ -145,7 +145,8 @@ def agent_gone(files: RunFiles) -> Optional[dict]:
             return {"type": "run_end", "state": status["state"], "exit_code": status.get("exit_code"),
                     "reason": status.get("reason")}
         return None  # it did finish: its run_end is in the file, read it
-    pid = status.get("agent_pid")
+    # before the agent writes its pid, the pid it was spawned with (a launcher that knows it) stands in
+    pid = status.get("agent_pid") or getattr(files, "spawn_pid", None)
     if pid and files.is_alive(int(pid)) is False:
         return {"type": "run_end", "state": "failed", "reason": "the agent stopped without finishing (killed?)"}
     return None

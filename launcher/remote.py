@@ -65,6 +65,7 @@ class RemoteRun:
     cluster: str
     instance_id: str
     timings: dict = field(default_factory=dict)  # seconds per phase: sync, data, setup, start
+    spawn_pid: Optional[int] = None  # the agent's pid, known before it writes status.json
 
 
 def remote_layout(remote_dir: str, run_id: str) -> dict[str, str]:
@@ -158,11 +159,12 @@ def start_remote_run(req: RemoteRequest, console: Console) -> RemoteRun:
     if cfg.launch.env:
         host.write_text(paths["env"], "".join(f"{k}={v}\n" for k, v in cfg.launch.env.items()), mode=0o600)
         argv += ["--env-file", _relative(paths["env"], paths["root"])]
-    home.write_run_record(run_id, {**where, "store": store, "identity": req.identity,
-                                   "created_at": meta["created_at"]})
-    host.spawn(argv, cwd=paths["root"], log=f"{run_dir}/agent.log", env={"PYTHONPATH": "code"})
+    record = {**where, "store": store, "identity": req.identity, "created_at": meta["created_at"]}
+    home.write_run_record(run_id, record)
+    pid = host.spawn(argv, cwd=paths["root"], log=f"{run_dir}/agent.log", env={"PYTHONPATH": "code"})
+    home.write_run_record(run_id, {**record, "spawn_pid": pid})  # an agent that dies before its first word is seen
     timings["start"] = time.monotonic() - t
-    return RemoteRun(run_id, host, run_dir, store, name, inst.id, timings)
+    return RemoteRun(run_id, host, run_dir, store, name, inst.id, timings, pid)
 
 
 def _in_parallel(timings: dict[str, float], jobs: list[tuple[str, Callable[[], object]]]) -> list:
@@ -208,8 +210,8 @@ class ReconnectingRun:
     poll = (0.25, 1.0)
 
     def __init__(self, host: SSHHost, run_dir: str, note: Callable[[str], None] = lambda m: None,
-                 cap: float = 8.0, give_up_after: float = 600.0) -> None:
-        self.host, self.where = host, run_dir
+                 cap: float = 8.0, give_up_after: float = 600.0, spawn_pid: Optional[int] = None) -> None:
+        self.host, self.where, self.spawn_pid = host, run_dir, spawn_pid
         self.inner = HostRun(host, run_dir)
         self.note, self.cap, self.give_up_after = note, cap, give_up_after
         self.reconnects = 0
@@ -249,6 +251,17 @@ class ReconnectingRun:
         return self._retry(lambda: self.inner.is_alive(pid))
 
 
+def settle_status(files: ReconnectingRun, end: dict) -> None:
+    """Record ``end`` in status.json when the agent died before it could (still 'starting'/'running')."""
+    try:
+        status = json.loads(files.read_text("status.json") or "{}")
+    except json.JSONDecodeError:
+        status = {}
+    if status.get("state") in ("starting", "running"):
+        status.update(state=end["state"], reason=end.get("reason"), updated_at=round(time.time(), 3))
+        files.host.write_text(f"{files.where}/status.json", json.dumps(status, indent=2) + "\n")
+
+
 # ---------------------------------------------------------------------------------------------
 # finding a cloud run again: logs, cancel
 
@@ -285,7 +298,7 @@ def open_cloud_run(run_id: str, store: Optional[str], note: Callable[[str], None
     try:
         host = _host_for(rec)
         host.connect()
-        return ReconnectingRun(host, rec["run_dir"], note=note)
+        return ReconnectingRun(host, rec["run_dir"], note=note, spawn_pid=rec.get("spawn_pid"))
     except Exception as err:  # the instance is gone or unreachable: the store still has the run
         store_uri = store or rec.get("store")
         if store_uri and store_uri.startswith("s3://"):

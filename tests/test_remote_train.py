@@ -302,3 +302,12 @@ def test_credentials_in_launch_env_are_refused_before_anything_travels(cloud, sm
     p = cloud.cli("train", str(cfg), "--data-dir", str(small_mnist), "--set", f"launch.remote_dir={remote}")
     assert p.returncode != 0 and "launch.env: AWS_SECRET_ACCESS_KEY would copy your AWS credentials" in p.stderr
     assert not remote.exists()
+
+
+def test_an_agent_that_dies_at_once_fails_the_run_instead_of_hanging(cloud, small_mnist):
+    remote = cloud.tmp / "instance-g"
+    p = cloud.cli(*train_args(cloud, small_mnist, "deadagent", str(remote), "--set", "launch.setup=skip",
+                              "--set", "launch.python=/bin/false"), timeout=120)
+    assert p.returncode == 1
+    assert "error: run deadagent failed: the agent stopped without finishing" in p.stderr
+    assert json.loads((remote / "runs" / "deadagent" / "status.json").read_text())["state"] == "failed"
