@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from trainer.errors import LaunchError
+from infra.store import CHECKPOINTS, MARKER
+from trainer.errors import LaunchError, RunError
 from trainer.events import EVENTS_FILE, EventWriter
 from trainer.precision import cuda_capability, resolve_mixed_precision
 
@@ -112,13 +113,17 @@ class ArtifactSync:
             self.store = open_store(store_uri)
         self.seen: dict[str, tuple[int, int]] = {}
         self.error: Optional[str] = None
+        self.checkpoints_done: set[str] = set()  # uploaded, verified, manifest written
+        self.checkpoints_started: set[str] = set()  # some files may be in the store
 
     def sync(self) -> int:
         """Upload what changed; a failing store is logged (agent.log) and retried next pass, never fatal."""
         if self.store is None:
             return 0
         try:
-            return self._sync()
+            sent = self._sync()
+            self.error = None  # a failure that a later pass got through is not the run's last word
+            return sent
         except Exception as err:  # S3 down, access denied, ...: training goes on, the next pass retries
             msg = f"upload to {self.store.uri} failed: {err}"
             if msg != self.error:
@@ -132,6 +137,8 @@ class ArtifactSync:
             if not path.is_file() or path.name.endswith(self.SKIP_SUFFIXES):
                 continue
             rel = str(path.relative_to(self.run_dir))
+            if rel.startswith(CHECKPOINTS + "/"):
+                continue  # whole checkpoints only, manifest last: below
             try:
                 st = path.stat()
             except FileNotFoundError:
@@ -145,6 +152,47 @@ class ArtifactSync:
                 continue
             self.seen[rel] = key
             sent += 1
+        return sent + self._sync_checkpoints()
+
+    def _sync_checkpoints(self) -> int:
+        """Each finished checkpoint (its trainer marker written) goes up file by file, each checked
+        by SHA-256 on arrival and by size after; its manifest (sizes, sha256) goes last, so a
+        checkpoint is complete in the store exactly when its manifest is there. Checkpoints the
+        trainer pruned are deleted from the store too (the last K plus the best stay)."""
+        import json
+
+        from infra.manifest import file_sha256
+
+        root = self.run_dir / CHECKPOINTS
+        local = {d.name for d in root.iterdir() if (d / MARKER).is_file()} if root.is_dir() else set()
+        sent = 0
+        for name in sorted(local - self.checkpoints_done):
+            folder = root / name
+            try:
+                marker = json.loads((folder / MARKER).read_text())
+                files = {}
+                self.checkpoints_started.add(name)
+                for rel in marker["files"]:
+                    digest, size = file_sha256(str(folder / rel)), (folder / rel).stat().st_size
+                    key = f"{CHECKPOINTS}/{name}/{rel}"
+                    self.store.put_verified(self.run_id, key, folder / rel, digest)
+                    if self.store.size_of(self.run_id, key) != size:
+                        raise RunError(f"{key}: the store holds another size than {size} — uploaded again next pass")
+                    files[rel] = {"size": size, "sha256": digest}
+            except FileNotFoundError:
+                continue  # pruned by the trainer meanwhile: its partial upload is removed below
+            manifest = folder / (MARKER + ".store.tmp")
+            manifest.write_text(json.dumps({"epoch": marker.get("epoch"), "best": marker.get("best"), "files": files}))
+            try:
+                self.store.put_file(self.run_id, f"{CHECKPOINTS}/{name}/{MARKER}", manifest)
+            finally:
+                manifest.unlink(missing_ok=True)
+            self.checkpoints_done.add(name)
+            sent += len(files) + 1
+        for name in sorted((self.checkpoints_done | self.checkpoints_started) - local):
+            self.store.delete_names(self.run_id, self.store.list_names(self.run_id, f"{CHECKPOINTS}/{name}/"))
+            self.checkpoints_done.discard(name)
+            self.checkpoints_started.discard(name)
         return sent
 
 

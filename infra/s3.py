@@ -12,6 +12,8 @@ one ``AWSError`` line naming the bucket.
 
 from __future__ import annotations
 
+import hashlib
+
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
@@ -154,6 +156,48 @@ class S3Store:
         with self._errors():
             self.client.upload_file(str(local_path), self.bucket, self.key(run_id, name),
                                     ExtraArgs={"ContentType": ctype} if ctype else None, Config=self.transfer)
+
+    def put_verified(self, run_id: str, name: str, local_path: Path, sha256_hex: str) -> None:
+        """Upload with S3 checking a SHA-256 of the bytes on arrival, then read it back and compare."""
+        import base64
+
+        ctype = content_type(name)
+        digest = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+        key = self.key(run_id, name)
+        with self._errors():
+            with open(local_path, "rb") as f:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=f, ChecksumSHA256=digest,
+                                       **({"ContentType": ctype} if ctype else {}))
+            # and read back: checkpoints of these models are kilobytes, a second look costs nothing
+            h = hashlib.sha256()
+            for chunk in self.client.get_object(Bucket=self.bucket, Key=key)["Body"].iter_chunks(1 << 20):
+                h.update(chunk)
+        if h.hexdigest() != sha256_hex:
+            raise RunError(f"{self.uri}: {name} does not read back as uploaded (sha256 differs) — uploaded again next pass")
+
+    def size_of(self, run_id: str, name: str) -> Optional[int]:
+        with self._errors():
+            try:
+                return self.client.head_object(Bucket=self.bucket, Key=self.key(run_id, name))["ContentLength"]
+            except ClientError as err:
+                if error_code(err) in MISSING_KEY:
+                    return None
+                raise
+
+    def list_names(self, run_id: str, prefix: str = "") -> list[str]:
+        """Names (relative to the run) of the run's objects under ``prefix``."""
+        base = self.key(run_id)
+        out: list[str] = []
+        with self._errors():
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix):
+                out += [o["Key"][len(base):] for o in page.get("Contents", [])]
+        return sorted(out)
+
+    def delete_names(self, run_id: str, names: list[str]) -> None:
+        with self._errors():
+            for i in range(0, len(names), 1000):
+                self.client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": self.key(run_id, n)} for n in names[i:i + 1000]], "Quiet": True})
 
     def download(self, run_id: str, dest: Path) -> Path:
         """Every object of the run into ``dest/run_id``, keeping relative paths."""

@@ -77,6 +77,28 @@ class LocalStore:
         shutil.copyfile(local_path, tmp)
         tmp.replace(dest)
 
+    def put_verified(self, run_id: str, name: str, local_path: Path, sha256_hex: str) -> None:
+        self.put_file(run_id, name, local_path)
+        from infra.manifest import file_sha256
+
+        if file_sha256(str(self.run_dir(run_id) / name)) != sha256_hex:
+            raise RunError(f"{name} changed while it was copied to {self.uri} — it is copied again next pass")
+
+    def size_of(self, run_id: str, name: str) -> Optional[int]:
+        try:
+            return (self.run_dir(run_id) / name).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def list_names(self, run_id: str, prefix: str = "") -> list[str]:
+        root = self.run_dir(run_id)
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                      if p.is_file() and p.relative_to(root).as_posix().startswith(prefix))
+
+    def delete_names(self, run_id: str, names: list[str]) -> None:
+        for n in names:
+            (self.run_dir(run_id) / n).unlink(missing_ok=True)
+
     def download(self, run_id: str, dest: Path) -> Path:
         src = self.run_dir(run_id)
         if not src.is_dir():
@@ -85,6 +107,34 @@ class LocalStore:
         if dest.resolve() != src.resolve():
             shutil.copytree(src, dest, dirs_exist_ok=True)
         return dest
+
+
+CHECKPOINTS = "checkpoints"
+MARKER = "checkpoint.json"  # the trainer writes it last in a checkpoint folder; the store's copy lists sizes and sha256
+
+
+def latest_stored_checkpoint(store: "ArtifactStore", run_id: str) -> Optional[dict]:
+    """The newest checkpoint in the store whose manifest is there and whose every file has the
+    manifest's size: a half-uploaded checkpoint is never resumed from. ``{"name", "epoch", "files"}``."""
+    import json
+
+    names = set(store.list_names(run_id, CHECKPOINTS + "/"))
+    best: Optional[dict] = None
+    for marker in sorted(n for n in names if n.endswith("/" + MARKER)):
+        folder = marker[: -len(MARKER) - 1]
+        try:
+            manifest = json.loads(store.read_text(run_id, marker) or "{}")
+        except json.JSONDecodeError:
+            continue
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            continue  # the trainer's own marker (a list) or an empty one: not a verified upload
+        if any(f"{folder}/{rel}" not in names or store.size_of(run_id, f"{folder}/{rel}") != meta.get("size")
+               for rel, meta in files.items()):
+            continue
+        if best is None or manifest.get("epoch", -1) > best["epoch"]:
+            best = {"name": folder.split("/", 1)[1], "epoch": manifest.get("epoch", -1), "files": files}
+    return best
 
 
 def open_store(uri: Optional[str]) -> ArtifactStore:

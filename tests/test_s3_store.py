@@ -158,13 +158,12 @@ def test_agent_artifact_sync_uploads_the_run_dir(s3, tmp_path):
     run_dir = tmp_path / "runs" / "r1"
     write(run_dir / "config.yaml", "model: model3\n")
     write(run_dir / "events.jsonl", '{"type":"step"}\n')
-    write(run_dir / "checkpoints" / "epoch-1" / "model.bin", b"w" * 10)
+    write(run_dir / "checkpoints" / "epoch-1" / "model.bin", b"w" * 10)  # no marker yet: still being written
     write(run_dir / "summary.json.tmp", "{}")  # being written: not uploaded
     sync = ArtifactSync(run_dir, URI, "r1")
-    assert sync.sync() == 3
+    assert sync.sync() == 2
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="team/mnist/runs/r1/")["Contents"])
-    assert keys == ["team/mnist/runs/r1/checkpoints/epoch-1/model.bin", "team/mnist/runs/r1/config.yaml",
-                    "team/mnist/runs/r1/events.jsonl"]
+    assert keys == ["team/mnist/runs/r1/config.yaml", "team/mnist/runs/r1/events.jsonl"]
     assert sync.sync() == 0  # nothing changed
     with open(run_dir / "events.jsonl", "a") as f:
         f.write('{"type":"epoch"}\n')
