@@ -1,0 +1,219 @@
+"""The autostop watcher (infra/autostop.py) run for real on this host with short durations, its
+installer over a real sshd on 127.0.0.1, and `up --autostop` / `status` against moto.
+
+The shutdown is replaced through MNIST_LAUNCH_SHUTDOWN_CMD (`touch FILE`); every watcher a test
+starts is killed at its end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from infra import autostop
+from infra.autostop_setup import install_autostop
+from infra.ssh import Endpoint, SSHHost
+
+SCRIPT = Path(autostop.__file__)
+
+
+def watchers(script: Path) -> list[int]:
+    """Pids of live (not zombie) processes running ``script``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(script).encode() in cmd and autostop.pid_alive(int(entry)):
+            pids.append(int(entry))
+    return pids
+
+
+def kill_all(script: Path) -> None:
+    for pid in watchers(script):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for(pred, timeout: float = 15.0, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+# --- the decision, without sleeping ------------------------------------------------------------
+
+
+def test_decide_counts_idle_time_and_fires_at_the_limit():
+    since, idle, fire = autostop.decide(None, False, 1000.0, 60)
+    assert (since, idle, fire) == (1000.0, 0.0, False)
+    since, idle, fire = autostop.decide(since, False, 1059.0, 60)
+    assert (since, idle, fire) == (1000.0, 59.0, False)
+    assert autostop.decide(since, False, 1060.0, 60) == (1000.0, 60.0, True)
+    # activity resets the stretch; idle again starts from zero
+    assert autostop.decide(since, True, 1061.0, 60) == (None, 0.0, False)
+    assert autostop.decide(None, False, 1100.0, 60) == (1100.0, 0.0, False)
+    # a clock stepped backwards restarts the count rather than firing early or never
+    assert autostop.decide(2000.0, False, 1500.0, 60) == (1500.0, 0.0, False)
+
+
+def test_ssh_sessions_are_sshd_user_at_tty_titles(tmp_path):
+    titles = {"1": b"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups\0",
+              "2": b"sshd: ubuntu [priv]\0", "3": b"sshd: ubuntu@pts/0\0", "4": b"sshd: root@notty\0\0\0",
+              "5": b"sshd-session: ec2-user@pts/1\0", "6": b"python3\0-c\0sshd: x@y\0", "7": b"/usr/sbin/sshd\0-f\0/a@b\0"}
+    for pid, title in titles.items():
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cmdline").write_bytes(title)
+    (tmp_path / "self").mkdir()
+    assert autostop.ssh_sessions(str(tmp_path)) == 3
+
+
+def test_a_real_ssh_session_is_seen(module_sshd, tmp_path):
+    srv = module_sshd
+    code = f"import sys; sys.path.insert(0, {str(SCRIPT.parent)!r}); import autostop; print(autostop.ssh_sessions())"
+    with SSHHost(Endpoint(srv.user, srv.host, srv.port), srv.client_key, known_hosts=tmp_path / "kh") as host:
+        # the command runs under "sshd: USER@notty", which lives as long as the connection
+        res = host.run([sys.executable, "-c", code], timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert int(res.stdout) >= 1
+
+
+def test_active_runs_reads_markers_with_live_pids(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        (jobs / "r-live").write_text(f"r-live {sleeper.pid} /runs/r-live\n")
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        (jobs / "r-dead").write_text(f"r-dead {dead.pid} /runs/r-dead\n")
+        (jobs / "garbage").write_text("nonsense")
+        assert autostop.active_runs([str(jobs), str(tmp_path / "missing")]) == ["r-live"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# --- the watcher as a process ------------------------------------------------------------------
+
+
+def run_watcher(tmp_path: Path, idle: float, jobs: Path, env_extra: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "MNIST_LAUNCH_SHUTDOWN_CMD": f"touch {tmp_path / 'shutdown'}",
+           "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, str(SCRIPT), "--idle", str(idle), "--jobs-dir", str(jobs),
+                             "--state", str(tmp_path / "state.json"), "--poll", "0.2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_watcher_shuts_down_after_idle_and_exits(tmp_path):
+    proc = run_watcher(tmp_path, 1, tmp_path / "jobs")
+    try:
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert (tmp_path / "shutdown").exists()
+    assert out.count("\n") == 1 and "idle for" in out and "touch" in out
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["autostop_s"] == 1 and state["idle_seconds"] >= 1 and state["idle_since"] is not None
+
+
+def test_watcher_keeps_a_busy_host_up_and_reports_its_state(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    proc = run_watcher(tmp_path, 0.5, jobs)
+    try:
+        (jobs / "r1").write_text(f"r1 {sleeper.pid} /runs/r1\n")
+        time.sleep(2)  # four times the idle limit, all of it busy
+        assert proc.poll() is None and not (tmp_path / "shutdown").exists()
+        state = json.loads((tmp_path / "state.json").read_text())
+        assert state["idle_since"] is None and state["idle_seconds"] == 0 and state["active_runs"] == ["r1"]
+        sleeper.kill()
+        sleeper.wait()  # the run ends: idle from now, shut down half a second later
+        assert proc.wait(timeout=15) == 0
+        assert (tmp_path / "shutdown").exists()
+    finally:
+        sleeper.kill()
+        proc.kill()
+        proc.wait()
+
+
+# --- the installer over a real sshd (no systemd here: the fallback path) -------------------------
+
+
+@pytest.fixture
+def ssh_host(module_sshd, tmp_path):
+    srv = module_sshd
+    with SSHHost(Endpoint(srv.user, srv.host, srv.port), srv.client_key, known_hosts=tmp_path / "kh") as host:
+        yield host
+
+
+def test_install_runs_one_watcher_that_fires_and_reinstall_replaces_it(ssh_host, tmp_path):
+    rhome = tmp_path / "rhome"
+    script = rhome / "autostop.py"
+    jobs = tmp_path / "mnist-launch" / "jobs"
+    jobs.mkdir(parents=True)
+    flag = tmp_path / "shutdown"
+    env = {"MNIST_LAUNCH_SHUTDOWN_CMD": f"touch {flag}", "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1"}
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (jobs / "r1").write_text(f"r1 {sleeper.pid} /runs/r1\n")  # busy: it must not fire
+        how = install_autostop(ssh_host, 1, remote_home_dir=str(rhome), jobs_dirs=[str(jobs)],
+                               python=sys.executable, env=env, poll_s=0.2)
+        assert how in ("process", "cron")
+        assert script.read_text() == SCRIPT.read_text()
+        assert wait_for(lambda: len(watchers(script)) == 1)
+        [first] = watchers(script)
+        assert int((rhome / "autostop.pid").read_text()) == first
+        assert wait_for(lambda: (rhome / "autostop.json").exists())
+        time.sleep(1.5)
+        assert not flag.exists() and watchers(script) == [first]
+
+        # `up` again: the old watcher goes, exactly one new one runs
+        install_autostop(ssh_host, 1, remote_home_dir=str(rhome), jobs_dirs=[str(jobs)],
+                         python=sys.executable, env=env, poll_s=0.2)
+        assert wait_for(lambda: len(watchers(script)) == 1 and first not in watchers(script))
+        [second] = watchers(script)
+
+        sleeper.kill()
+        sleeper.wait()  # idle from now on: it fires and exits
+        assert wait_for(flag.exists)
+        assert wait_for(lambda: watchers(script) == [])
+        assert "idle for" in (rhome / "autostop.log").read_text()
+        assert second not in watchers(script)
+    finally:
+        sleeper.kill()
+        kill_all(script)
+
+
+def test_install_off_removes_the_watcher(ssh_host, tmp_path):
+    rhome = tmp_path / "rhome"
+    script = rhome / "autostop.py"
+    env = {"MNIST_LAUNCH_SHUTDOWN_CMD": f"touch {tmp_path / 'shutdown'}", "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1"}
+    try:
+        install_autostop(ssh_host, 600, remote_home_dir=str(rhome), jobs_dirs=[str(tmp_path / "jobs")],
+                         python=sys.executable, env=env, poll_s=0.2)
+        assert wait_for(lambda: len(watchers(script)) == 1)
+        assert wait_for(lambda: (rhome / "autostop.json").exists())
+        assert install_autostop(ssh_host, None, remote_home_dir=str(rhome)) == "off"
+        assert wait_for(lambda: watchers(script) == [])
+        assert not (rhome / "autostop.json").exists() and not (rhome / "autostop.pid").exists()
+        assert not (tmp_path / "shutdown").exists()
+    finally:
+        kill_all(script)
