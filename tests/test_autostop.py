@@ -217,3 +217,93 @@ def test_install_off_removes_the_watcher(ssh_host, tmp_path):
         assert not (tmp_path / "shutdown").exists()
     finally:
         kill_all(script)
+
+
+# --- `up --autostop`, `status`: moto in-process, the "instance" is the sshd on 127.0.0.1 -------------
+
+
+@pytest.fixture
+def cloud(tmp_path, monkeypatch, module_sshd):
+    from moto import mock_aws
+
+    from tests.aws_helpers import fake_aws_env
+
+    fake_aws_env(monkeypatch, tmp_path / "home")
+    rhome = tmp_path / "rhome"
+    monkeypatch.setenv("MNIST_LAUNCH_SSH_ENDPOINT", module_sshd.endpoint)
+    monkeypatch.setenv("MNIST_LAUNCH_AUTOSTOP_INSTALL", "1")
+    monkeypatch.setenv("MNIST_LAUNCH_AUTOSTOP_HOME", str(rhome))
+    monkeypatch.setenv("MNIST_LAUNCH_SHUTDOWN_CMD", f"touch {tmp_path / 'shutdown'}")
+    monkeypatch.setenv("MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH", "1")
+    monkeypatch.setenv("MNIST_LAUNCH_AUTOSTOP_POLL", "0.2")
+    try:
+        with mock_aws():
+            yield rhome
+    finally:
+        kill_all(rhome / "autostop.py")
+
+
+def shutdown_behavior(instance_id: str) -> str:
+    import boto3
+
+    return boto3.client("ec2", region_name="us-east-1").describe_instance_attribute(
+        InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior")["InstanceInitiatedShutdownBehavior"]["Value"]
+
+
+def test_up_installs_the_watcher_sets_the_shutdown_action_and_status_shows_it(cloud, module_sshd):
+    from tests.aws_helpers import ubuntu_ami
+    from tests.test_cloud_cli import cli, live, up_args
+
+    rhome = cloud
+    script = rhome / "autostop.py"
+    ami = ubuntu_ami()
+    out = cli(*up_args(ami, "--identity", str(module_sshd.client_key), "--autostop", "30m", "--autostop-terminate"))
+    assert out.code == 0, out.stderr
+    assert "terminates itself after 30m idle" in out.stderr
+    [inst] = live()
+    iid = inst["InstanceId"]
+    tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+    assert (tags["mnist-launch:autostop"], tags["mnist-launch:autostop-action"]) == ("30m", "terminate")
+    assert shutdown_behavior(iid) == "terminate"
+    assert wait_for(lambda: len(watchers(script)) == 1)
+    assert wait_for(lambda: (rhome / "autostop.json").exists())
+    assert json.loads((rhome / "autostop.json").read_text())["autostop_s"] == 1800
+
+    out = cli("status", "--json")
+    assert out.code == 0, out.stderr
+    [row] = json.loads(out.stdout)
+    assert (row["autostop"], row["autostop_action"]) == ("30m", "terminate")
+    assert isinstance(row["idle_s"], (int, float)) and row["idle_s"] >= 0 and row["jobs"] == []
+    out = cli("status")
+    assert "30m, terminate" in out.stdout
+
+    # `up` again without the flag: back to stop, still one watcher
+    first = watchers(script)
+    out = cli(*up_args(ami, "--autostop", "45m"))
+    assert out.code == 0, out.stderr
+    assert shutdown_behavior(iid) == "stop"
+    [inst] = live()
+    tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+    assert (tags["mnist-launch:autostop"], tags["mnist-launch:autostop-action"]) == ("45m", "stop")
+    assert wait_for(lambda: len(watchers(script)) == 1 and watchers(script) != first)
+
+    # off: a warning with the cost per day, and no watcher left
+    out = cli(*up_args(ami, "--autostop", "off"))
+    assert out.code == 0, out.stderr
+    assert "warning: --autostop off" in out.stderr and "~$12.62 per day (g4dn.xlarge on-demand)" in out.stderr
+    assert wait_for(lambda: watchers(script) == [])
+    assert {t["Key"]: t["Value"] for t in live()[0]["Tags"]}["mnist-launch:autostop"] == "off"
+    out = cli("status", "--json")
+    [row] = json.loads(out.stdout)
+    assert row["autostop"] == "off" and row["idle_s"] is None
+
+
+def test_up_says_so_when_the_watcher_cannot_be_installed(cloud, module_sshd, monkeypatch):
+    from tests.aws_helpers import ubuntu_ami
+    from tests.test_cloud_cli import cli, up_args
+
+    monkeypatch.setenv("MNIST_LAUNCH_AUTOSTOP_HOME", "/proc/no-such-place")
+    out = cli(*up_args(ubuntu_ami(), "--identity", str(module_sshd.client_key)))
+    assert out.code == 0, out.stderr  # the instance is up; the warning says what to do
+    [line] = [ln for ln in out.stderr.splitlines() if "autostop watcher could not be installed" in ln]
+    assert "will NOT stop itself when idle" in line and "run `mnist-launch up --name mnist` again" in line
