@@ -141,7 +141,7 @@ def main(argv=None):
         sessions = 0 if ignore_ssh else ssh_sessions()
         idle_since, idle_s, fire = decide(idle_since, bool(runs) or sessions > 0, now, args.idle)
         write_state(state_path, {"idle_since": idle_since, "idle_seconds": round(idle_s, 1), "autostop_s": args.idle,
-                                 "updated_at": now, "active_runs": runs, "ssh_sessions": sessions})
+                                 "updated_at": now, "poll_s": args.poll, "active_runs": runs, "ssh_sessions": sessions})
         if fire:
             cmd = shutdown_command()
             log("idle for %.0fs (limit %.0fs): running %s" % (idle_s, args.idle, " ".join(cmd)))

@@ -349,7 +349,7 @@ def status_rows(regions: list[str], now: Optional[datetime] = None, jobs: bool =
     # one SSH command per running instance, all at once: an unreachable one costs its timeout, not more
     asked = [r for r in rows if r["jobs"] is not None]
     for r in rows:
-        r["idle_s"] = None
+        r["idle_s"], r["autostop_watcher"] = None, None
     if asked:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -357,6 +357,7 @@ def status_rows(regions: list[str], now: Optional[datetime] = None, jobs: bool =
             for r, (found, watcher) in zip(asked, pool.map(lambda r: instance_activity(r["jobs"]), asked)):
                 r["jobs"] = found
                 r["idle_s"] = None if watcher is None else watcher.get("idle_seconds")
+                r["autostop_watcher"] = None if watcher is None else "stale" if watcher.get("stale") else "running"
     return rows
 
 
@@ -376,17 +377,28 @@ def instance_activity(inst: InstanceInfo) -> tuple[Optional[list[str]], Optional
         with cluster_host(inst, inst.name, None) as host:
             host.connect_timeout = 5.0
             res = host.exec("; ".join(jobs_command(d) for d in sorted(dirs))
-                            + f"; echo {STATE_MARK}; cat {state} 2>/dev/null; true", timeout=15)
+                            + f"; echo {STATE_MARK}; date +%s; cat {state} 2>/dev/null; true", timeout=15)
     except LaunchError:
         return None, None
     if res.returncode != 0:
         return None, None
-    jobs_out, _, state_out = res.stdout.partition(STATE_MARK)
+    return parse_activity(res.stdout)
+
+
+def parse_activity(stdout: str) -> tuple[list[str], Optional[dict]]:
+    """The answer of instance_activity's command: run ids, then the mark, the host's clock and the
+    watcher's state JSON. A state not rewritten for several polls is a dead watcher: no idle time."""
+    jobs_out, _, rest = stdout.partition(STATE_MARK)
+    clock, _, state_out = rest.strip().partition("\n")
     try:
         watcher = json.loads(state_out) if state_out.strip() else None
-    except ValueError:
+        if not isinstance(watcher, dict):
+            watcher = None
+        elif float(clock) - float(watcher.get("updated_at", 0)) > 3 * float(watcher.get("poll_s", 30)) + 60:
+            watcher = {**watcher, "idle_seconds": None, "stale": True}
+    except (ValueError, TypeError):
         watcher = None
-    return sorted(set(jobs_out.split())), watcher if isinstance(watcher, dict) else None
+    return sorted(set(jobs_out.split())), watcher
 
 
 def active_jobs(inst: InstanceInfo) -> Optional[list[str]]:
@@ -406,6 +418,15 @@ def _autostop_cell(row: dict) -> str:
     return f"{setting}, {row['autostop_action']}"
 
 
+def _idle_cell(row: dict) -> str:
+    if row.get("autostop_watcher") == "stale":
+        return "watcher not running — run `up` again"
+    if row["state"] == "running" and row.get("autostop") not in (None, "off") and row.get("autostop_watcher") is None \
+            and row.get("jobs") is not None:
+        return "no watcher — run `up` again"
+    return "-" if row.get("idle_s") is None else _hms(row["idle_s"])
+
+
 def status(regions: list[str], as_json: bool) -> list[dict]:
     regions = [default_region(r) for r in regions] or [default_region(None)]
     rows = status_rows(regions)
@@ -423,7 +444,7 @@ def status(regions: list[str], as_json: bool) -> list[dict]:
                       "?" if r["hourly_usd"] is None else f"{r['hourly_usd']:.3f}",
                       "?" if r["cost_usd"] is None else f"{r['cost_usd']:.2f}",
                       "-" if r["state"] != "running" else "?" if r["jobs"] is None else ", ".join(r["jobs"]) or "idle",
-                      _autostop_cell(r), "-" if r["idle_s"] is None else _hms(r["idle_s"]))
+                      _autostop_cell(r), _idle_cell(r))
     out.print(table)
     out.print(f"prices: approximate on-demand list prices ({PRICES_REGION}, {PRICES_DATE}); spot costs less")
     return rows

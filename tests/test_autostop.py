@@ -274,8 +274,9 @@ def test_up_installs_the_watcher_sets_the_shutdown_action_and_status_shows_it(cl
     [row] = json.loads(out.stdout)
     assert (row["autostop"], row["autostop_action"]) == ("30m", "terminate")
     assert isinstance(row["idle_s"], (int, float)) and row["idle_s"] >= 0 and row["jobs"] == []
+    assert row["autostop_watcher"] == "running"
     out = cli("status")
-    assert "30m, terminate" in out.stdout
+    assert "30m, terminate" in out.stdout and "watcher" not in out.stdout
 
     # `up` again without the flag: back to stop, still one watcher
     first = watchers(script)
@@ -307,3 +308,15 @@ def test_up_says_so_when_the_watcher_cannot_be_installed(cloud, module_sshd, mon
     assert out.code == 0, out.stderr  # the instance is up; the warning says what to do
     [line] = [ln for ln in out.stderr.splitlines() if "autostop watcher could not be installed" in ln]
     assert "will NOT stop itself when idle" in line and "run `mnist-launch up --name mnist` again" in line
+
+
+def test_status_reads_jobs_and_the_watcher_state_from_one_answer():
+    from launcher.cluster import STATE_MARK, parse_activity
+
+    state = {"idle_since": 900.0, "idle_seconds": 100.0, "autostop_s": 1800, "updated_at": 1000.0, "poll_s": 30}
+    assert parse_activity(f"r2\nr1\n{STATE_MARK}\n1010\n{json.dumps(state)}\n") == (["r1", "r2"], state)
+    # not rewritten for many polls: the watcher died, its idle time means nothing
+    jobs, stale = parse_activity(f"{STATE_MARK}\n5000\n{json.dumps(state)}")
+    assert jobs == [] and stale["stale"] and stale["idle_seconds"] is None
+    assert parse_activity(f"r1\n{STATE_MARK}\n1010\n") == (["r1"], None)  # no watcher
+    assert parse_activity(f"{STATE_MARK}\n1010\n{{half") == ([], None)
