@@ -40,6 +40,13 @@ def _probe(host) -> dict[str, str]:
     return dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
 
 
+def _crontab_update(line: str = "") -> str:
+    """Shell: the user's crontab without our line (plus ``line``), read in full into a file before it is installed."""
+    add = f"echo {shlex.quote(line)} >> \"$t\"; " if line else ""
+    return (f"t=$(mktemp) && {{ crontab -l 2>/dev/null | grep -v -F {shlex.quote(CRON_MARK)} > \"$t\"; {add}"
+            f"crontab \"$t\"; rc=$?; rm -f \"$t\"; [ $rc = 0 ]; }}")
+
+
 def _check(host, res, what: str) -> None:
     if res.returncode != 0:
         raise SSHError(f"{host.name}: autostop: {what} failed: {(res.stderr or res.stdout).strip()[:200]}")
@@ -65,7 +72,7 @@ def install_autostop(host, autostop_s: Optional[float], remote_home_dir: str = "
     if systemd:
         stop_old = f"{sudo}systemctl disable --now {UNIT} >/dev/null 2>&1; {stop_old}"
     if cron:
-        stop_old += f"; (crontab -l 2>/dev/null | grep -v -F {shlex.quote(CRON_MARK)}) | crontab - 2>/dev/null; true"
+        stop_old += f"; {_crontab_update()} 2>/dev/null; true"
     _check(host, host.exec(stop_old, timeout=60), "stopping the previous watcher")
     if autostop_s is None:
         if systemd:
@@ -93,9 +100,8 @@ def install_autostop(host, autostop_s: Optional[float], remote_home_dir: str = "
     if cron:
         envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         line = (f"@reboot cd {shlex.quote(d)} && {'env ' + envs + ' ' if envs else ''}setsid nohup {shlex.join(argv)} "
-                f">> {shlex.quote(log)} 2>&1 < /dev/null {CRON_MARK}")
-        res = host.exec(f"(crontab -l 2>/dev/null | grep -v -F {shlex.quote(CRON_MARK)}; echo {shlex.quote(line)}) | crontab -",
-                        timeout=60)
+                f">> {shlex.quote(log)} 2>&1 < /dev/null & {CRON_MARK}")
+        res = host.exec(_crontab_update(line), timeout=60)
         _check(host, res, "adding the @reboot crontab line")
     pid = host.spawn(argv, cwd=d, log=log, env=env)
     host.write_text(pid_file, f"{pid}\n")

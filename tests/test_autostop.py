@@ -320,3 +320,54 @@ def test_status_reads_jobs_and_the_watcher_state_from_one_answer():
     assert jobs == [] and stale["stale"] and stale["idle_seconds"] is None
     assert parse_activity(f"r1\n{STATE_MARK}\n1010\n") == (["r1"], None)  # no watcher
     assert parse_activity(f"{STATE_MARK}\n1010\n{{half") == ([], None)
+
+
+@pytest.fixture
+def cron_sshd(tmp_path_factory):
+    """An sshd whose sessions find a `crontab` (a stand-in keeping the table in a file) first on PATH."""
+    from tests.sshd_fixture import start_sshd, stop_sshd
+
+    root = tmp_path_factory.mktemp("cron_sshd")
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    table = root / "crontab.txt"
+    (bin_dir / "crontab").write_text(
+        f'#!/bin/sh\nif [ "$1" = "-l" ]; then cat {table} 2>/dev/null || {{ echo "no crontab" >&2; exit 1; }}; '
+        f'elif [ -f "$1" ]; then cp "$1" {table}; else exit 2; fi\n')
+    (bin_dir / "crontab").chmod(0o755)
+    srv = start_sshd(root / "sshd", extra_config=(f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin",))
+    try:
+        yield srv, table
+    finally:
+        stop_sshd(srv)
+
+
+def test_fallback_survives_a_reboot_through_one_crontab_line(cron_sshd, tmp_path):
+    srv, table = cron_sshd
+    rhome = tmp_path / "rhome"
+    script = rhome / "autostop.py"
+    env = {"MNIST_LAUNCH_SHUTDOWN_CMD": f"touch {tmp_path / 'shutdown'}", "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1"}
+    table.write_text("0 3 * * * echo someone else's job\n")
+    try:
+        with SSHHost(Endpoint(srv.user, srv.host, srv.port), srv.client_key, known_hosts=tmp_path / "kh") as host:
+            for _ in range(2):  # `up` twice: one line, one watcher
+                how = install_autostop(host, 600, remote_home_dir=str(rhome), jobs_dirs=[str(tmp_path / "jobs")],
+                                       python=sys.executable, env=env, poll_s=0.2)
+                assert how == "cron"
+            lines = table.read_text().splitlines()
+            assert lines[0] == "0 3 * * * echo someone else's job"
+            [line] = [ln for ln in lines if "mnist-launch-autostop" in ln]
+            assert line.startswith("@reboot ") and str(script) in line
+            assert wait_for(lambda: len(watchers(script)) == 1)
+
+            # a reboot: every process gone, then cron runs the line
+            kill_all(script)
+            assert wait_for(lambda: watchers(script) == [])
+            subprocess.run(["sh", "-c", line[len("@reboot "):]], check=True, timeout=30)
+            assert wait_for(lambda: len(watchers(script)) == 1)
+
+            assert install_autostop(host, None, remote_home_dir=str(rhome)) == "off"
+            assert table.read_text().splitlines() == ["0 3 * * * echo someone else's job"]
+            assert wait_for(lambda: watchers(script) == [])
+    finally:
+        kill_all(script)
