@@ -47,6 +47,17 @@ def _crontab_update(line: str = "") -> str:
             f"crontab \"$t\"; rc=$?; rm -f \"$t\"; [ $rc = 0 ]; }}")
 
 
+def systemd_unit(argv: Sequence[str], env: dict[str, str], log: str) -> str:
+    """The unit file: runs as root (so the shutdown needs no sudo), restarted if it fails, started at boot."""
+    exe = argv[0] if argv[0].startswith("/") else f"/usr/bin/env {argv[0]}"
+    lines = ["[Unit]", "Description=mnist-launch autostop: shut down after the instance is idle",
+             "After=network.target", "", "[Service]",
+             *(f"Environment={shlex.quote(f'{k}={v}')}" for k, v in env.items()),
+             f"ExecStart={exe} {shlex.join(argv[1:])}", f"StandardOutput=append:{log}", f"StandardError=append:{log}",
+             "Restart=on-failure", "RestartSec=60", "", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
 def _check(host, res, what: str) -> None:
     if res.returncode != 0:
         raise SSHError(f"{host.name}: autostop: {what} failed: {(res.stderr or res.stdout).strip()[:200]}")
@@ -86,15 +97,9 @@ def install_autostop(host, autostop_s: Optional[float], remote_home_dir: str = "
         argv += ["--jobs-dir", _abs(j, home)]
     env = dict(env or {})
     if systemd:
-        exe = argv[0] if argv[0].startswith("/") else f"/usr/bin/env {argv[0]}"
-        lines = ["[Unit]", "Description=mnist-launch autostop: shut down after the instance is idle",
-                 "After=network.target", "", "[Service]",
-                 *(f"Environment={shlex.quote(f'{k}={v}')}" for k, v in env.items()),
-                 f"ExecStart={exe} {shlex.join(argv[1:])}", f"StandardOutput=append:{log}", f"StandardError=append:{log}",
-                 "Restart=on-failure", "RestartSec=60", "", "[Install]", "WantedBy=multi-user.target", ""]
         res = host.exec(f"{sudo}tee /etc/systemd/system/{UNIT} >/dev/null && {sudo}systemctl daemon-reload && "
                         f"{sudo}systemctl enable {UNIT} >/dev/null 2>&1 && {sudo}systemctl restart {UNIT}",
-                        stdin=io.BytesIO("\n".join(lines).encode()), timeout=120)
+                        stdin=io.BytesIO(systemd_unit(argv, env, log).encode()), timeout=120)
         _check(host, res, "installing the systemd unit")
         return "systemd"
     if cron:

@@ -371,3 +371,16 @@ def test_fallback_survives_a_reboot_through_one_crontab_line(cron_sshd, tmp_path
             assert wait_for(lambda: watchers(script) == [])
     finally:
         kill_all(script)
+
+
+def test_the_systemd_unit_starts_the_watcher_at_boot_as_root():
+    from infra.autostop_setup import systemd_unit
+
+    argv = ["python3", "/home/ubuntu/.mnist-launch/autostop.py", "--idle", "1800", "--jobs-dir", "/home/ubuntu/mnist-launch/jobs"]
+    unit = systemd_unit(argv, {"MNIST_LAUNCH_SHUTDOWN_CMD": "touch /tmp/x y"}, "/home/ubuntu/.mnist-launch/autostop.log")
+    lines = unit.splitlines()
+    assert "ExecStart=/usr/bin/env python3 /home/ubuntu/.mnist-launch/autostop.py --idle 1800 " \
+           "--jobs-dir /home/ubuntu/mnist-launch/jobs" in lines
+    assert "Environment='MNIST_LAUNCH_SHUTDOWN_CMD=touch /tmp/x y'" in lines
+    assert "WantedBy=multi-user.target" in lines and "Restart=on-failure" in lines
+    assert not any(ln.startswith("User=") for ln in lines)  # root: `shutdown` needs no sudo
