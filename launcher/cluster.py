@@ -301,6 +301,8 @@ def autostop_home() -> str:
 def setup_autostop(inst: InstanceInfo, key: Path, autostop_s: Optional[float], launch: LaunchConfig,
                    console: Console) -> Optional[str]:
     """Install (or, for 'off', remove) the idle watcher on the instance; a failure is one warning line."""
+    import paramiko
+
     from infra.autostop_setup import install_autostop
 
     again = f"run `mnist-launch up --name {inst.name}` again"
@@ -308,12 +310,12 @@ def setup_autostop(inst: InstanceInfo, key: Path, autostop_s: Optional[float], l
         console.print(f"[yellow]warning:[/] autostop watcher not installed on {inst.id} ({AUTOSTOP_INSTALL_ENV}=0)")
         return None
     env = {k: os.environ[k] for k in AUTOSTOP_FORWARD_ENV if os.environ.get(k)}
-    poll = float(env.pop("MNIST_LAUNCH_AUTOSTOP_POLL", 30))
     jobs = sorted({"~/mnist-launch/jobs", f"{launch.remote_dir.rstrip('/')}/jobs"})
     try:
+        poll = float(env.pop("MNIST_LAUNCH_AUTOSTOP_POLL", 30))
         with SSHHost(endpoint_for(inst.public_ip, inst.user), key, alias=inst.id) as host:
             how = install_autostop(host, autostop_s, remote_home_dir=autostop_home(), jobs_dirs=jobs, env=env, poll_s=poll)
-    except (LaunchError, OSError) as err:
+    except (LaunchError, OSError, EOFError, ValueError, paramiko.SSHException) as err:
         console.print(f"[yellow]warning:[/] the autostop watcher could not be installed on {inst.id} ({err}) — "
                       f"it will NOT stop itself when idle; {again}")
         return None
