@@ -20,7 +20,7 @@ import time
 import urllib.request
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Optional
 
@@ -41,7 +41,8 @@ from infra.prices import hourly_price
 TAG_MANAGED = "mnist-launch:managed"
 TAG_CLUSTER = "mnist-launch:cluster"
 TAG_USER = "mnist-launch:user"  # the login user of the image, so `ssh` needs no local state
-TAG_AUTOSTOP = "mnist-launch:autostop"  # recorded now, enforced by the agent later
+TAG_AUTOSTOP = "mnist-launch:autostop"  # the idle limit the watcher on the instance enforces ('30m', 'off')
+TAG_AUTOSTOP_ACTION = "mnist-launch:autostop-action"  # what its OS shutdown does: 'stop' or 'terminate'
 
 # The AWS Deep Learning AMI (PyTorch, GPU, Ubuntu 22.04), resolved per region; logs in as ubuntu.
 DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.7-ubuntu-22.04/latest/ami-id"
@@ -79,6 +80,11 @@ class ClusterSpec:
     ami: Optional[str] = None  # None: the region's Deep Learning AMI from SSM
     store: Optional[str] = None  # s3://bucket/prefix the instance profile may read/write
     autostop: str = "60m"
+    autostop_terminate: bool = False  # the watcher's shutdown terminates (always so for spot)
+
+    @property
+    def shutdown_behavior(self) -> str:
+        return "terminate" if self.spot or self.autostop_terminate else "stop"
 
     @property
     def type_or_default(self) -> str:
@@ -103,6 +109,7 @@ class InstanceInfo:
     key_name: Optional[str]
     user: str
     autostop: Optional[str] = None
+    autostop_action: Optional[str] = None
 
     def uptime_seconds(self, now: Optional[datetime] = None) -> float:
         if self.state != "running" or self.launch_time is None:
@@ -377,6 +384,7 @@ class AWSProvider:
             key_name=inst.get("KeyName"),
             user=tags.get(TAG_USER, DLAMI_USER),
             autostop=tags.get(TAG_AUTOSTOP),
+            autostop_action=tags.get(TAG_AUTOSTOP_ACTION),
         )
 
     def find_instances(self, name: Optional[str] = None, states: Optional[list[str]] = None) -> list[InstanceInfo]:
@@ -593,6 +601,10 @@ class AWSProvider:
             steps.append(Step("security group", "update", f"{sg['GroupId']}: allow tcp/22 from {spec.ssh_cidr}"))
         if inst.state == "stopping":
             inst = self.wait_state(inst.id, "stopped", timeout_s=600)
+        if (inst.autostop, inst.autostop_action) != (spec.autostop, spec.shutdown_behavior):
+            self.set_autostop(inst.id, spec)
+            steps.append(Step("instance", "update", f"{inst.id}: autostop {spec.autostop}, then {spec.shutdown_behavior}"))
+            inst = replace(inst, autostop=spec.autostop, autostop_action=spec.shutdown_behavior)
         if inst.state == "stopped":
             self.clients.ec2.start_instances(InstanceIds=[inst.id])
             steps.insert(0, Step("instance", "start", f"{inst.id} ({inst.instance_type})"))
@@ -600,6 +612,14 @@ class AWSProvider:
         else:
             steps.insert(0, Step("instance", "reuse", f"{inst.id} ({inst.instance_type}, {inst.state})"))
         return UpOutcome(inst, steps)
+
+    def set_autostop(self, instance_id: str, spec: ClusterSpec) -> None:
+        """What an OS shutdown (the autostop watcher's) does to the instance, and the tags `status` shows."""
+        # the Attribute/Value form of ModifyInstanceAttribute (moto knows only this one for this attribute)
+        self.clients.ec2.modify_instance_attribute(
+            InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior", Value=spec.shutdown_behavior)
+        self.clients.ec2.create_tags(Resources=[instance_id], Tags=[
+            {"Key": TAG_AUTOSTOP, "Value": spec.autostop}, {"Key": TAG_AUTOSTOP_ACTION, "Value": spec.shutdown_behavior}])
 
     def _authorize_ssh(self, group_id: str, cidr: str) -> None:
         self.clients.ec2.authorize_security_group_ingress(
@@ -675,7 +695,8 @@ class AWSProvider:
     def _run_instance(self, spec: ClusterSpec, image_id: str, root_device: str, user: str, key_name: str,
                       group_id: str, profile: Optional[str], profile_is_new: bool,
                       subnets: list[tuple[str, str]], created: list[Created]) -> InstanceInfo:
-        extra = {TAG_USER: user, TAG_AUTOSTOP: spec.autostop, "Name": f"mnist-launch-{spec.name}"}
+        extra = {TAG_USER: user, TAG_AUTOSTOP: spec.autostop, TAG_AUTOSTOP_ACTION: spec.shutdown_behavior,
+                 "Name": f"mnist-launch-{spec.name}"}
         params: dict[str, Any] = dict(
             ImageId=image_id, InstanceType=spec.type_or_default, MinCount=1, MaxCount=1,
             KeyName=key_name, SecurityGroupIds=[group_id],
@@ -686,8 +707,9 @@ class AWSProvider:
                 {"ResourceType": "instance", "Tags": self.tags(spec.name, extra)},
                 {"ResourceType": "volume", "Tags": self.tags(spec.name)},
             ],
-            # autostop shuts the OS down; on-demand then stops (keeps the disk), one-time spot must terminate
-            InstanceInitiatedShutdownBehavior="terminate" if spec.spot else "stop",
+            # autostop shuts the OS down; on-demand then stops (keeps the disk) unless --autostop-terminate,
+            # one-time spot must terminate
+            InstanceInitiatedShutdownBehavior=spec.shutdown_behavior,
         )
         if profile:
             params["IamInstanceProfile"] = {"Name": profile}

@@ -24,6 +24,8 @@ def up(
     identity: Optional[str] = typer.Option(None, "--identity", help="your private key [default: one generated under MNIST_LAUNCH_HOME]"),
     ssh_cidr: Optional[str] = typer.Option(None, "--ssh-cidr", help="who may reach SSH [default: your public IP /32]"),
     autostop: Optional[str] = typer.Option(None, "--autostop", help="idle time before the instance stops itself, e.g. 30m, or off"),
+    autostop_terminate: Optional[bool] = typer.Option(None, "--autostop-terminate/--autostop-stop",
+                                                      help="when idle, terminate the instance instead of stopping it"),
     timeout: Optional[str] = typer.Option(None, "--timeout", help="how long to wait for the instance and SSH, e.g. 15m"),
     store: Optional[str] = typer.Option(None, "--store", help="s3://bucket/prefix the instance may read and write"),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="take defaults from this config's launch: section"),
@@ -35,7 +37,7 @@ def up(
     """Provision or reuse a GPU instance: find it by its tags, start it, or create it."""
     launch, store_uri, explicit = cluster.launch_settings(config, dict(
         instance=instance, name=name, region=region, spot=spot, disk_gb=disk_gb, ami=ami, identity=identity,
-        ssh_cidr=ssh_cidr, autostop=autostop, timeout=timeout, store=store,
+        ssh_cidr=ssh_cidr, autostop=autostop, autostop_terminate=autostop_terminate, timeout=timeout, store=store,
     ))
     cluster.up(cluster.UpRequest(launch=launch, store=store_uri, explicit_type=explicit, dry_run=dry_run,
                                  yes=yes, force=force, status_checks=status_checks))

@@ -45,6 +45,12 @@ from launcher.errors import AWSError, ConfigError, LaunchError, SSHError
 from trainer.config import LaunchConfig, _format_error, read_yaml
 
 SSH_CIDR_ENV = "MNIST_LAUNCH_SSH_CIDR"  # like --ssh-cidr, for CI and machines without internet
+# where the autostop watcher lives on the instance; tests point it into a temporary folder
+AUTOSTOP_HOME_ENV = "MNIST_LAUNCH_AUTOSTOP_HOME"
+# "0": `up` does not install the watcher (tests whose "instance" is this very machine)
+AUTOSTOP_INSTALL_ENV = "MNIST_LAUNCH_AUTOSTOP_INSTALL"
+# passed on to the watcher when set here: tests replace its shutdown and let it ignore their SSH sessions
+AUTOSTOP_FORWARD_ENV = ("MNIST_LAUNCH_SHUTDOWN_CMD", "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH", "MNIST_LAUNCH_AUTOSTOP_POLL")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 
 
@@ -225,7 +231,7 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
     name = check_name(launch.name)
     region = default_region(launch.region)
     timeout_s = parse_duration(launch.timeout, "--timeout") or 900.0
-    parse_duration(launch.autostop, "--autostop")
+    autostop_s = parse_duration(launch.autostop, "--autostop")
     cidr = validate_cidr(launch.ssh_cidr or os.environ.get(SSH_CIDR_ENV) or caller_cidr())
     # a cluster made with --identity keeps using that key when the flag is left out later
     identity = launch.identity or home.read_cluster_cache(name).get("identity")
@@ -234,8 +240,10 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
         name=name, region=region, public_key=public_key_of(key) if key else "", ssh_cidr=cidr,
         instance_type=launch.instance if req.explicit_type else None, spot=launch.spot,
         disk_gb=launch.disk_gb, ami=launch.ami, store=req.store if (req.store or "").startswith("s3://") else None,
-        autostop=launch.autostop,
+        autostop="off" if autostop_s is None else launch.autostop, autostop_terminate=launch.autostop_terminate,
     )
+    if autostop_s is None:
+        warn_autostop_off(spec.type_or_default, console)
     provider = AWSProvider(Clients.create(region), log=lambda m: console.print(f"  {m}"), poll_s=req.poll_s)
     with aws_errors():
         if req.dry_run:
@@ -271,11 +279,52 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
             raise
     home.write_cluster_cache(name, {"region": region, "instance_id": inst.id,
                                     "identity": str(Path(identity).expanduser().resolve()) if identity else None})
+    setup_autostop(inst, key, autostop_s, launch, console)
     price = hourly_price(inst.instance_type)
     console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, ssh {endpoint_for(inst.public_ip, inst.user)}"
                   + (f", ~${price:.3f}/h" if price is not None else "")
                   + f" — `mnist-launch ssh {name}`, `mnist-launch down {name}`")
     return UpResult(inst, None, outcome.steps)
+
+
+def warn_autostop_off(instance_type: str, console: Console) -> None:
+    price = hourly_price(instance_type)
+    cost = f"~${price * 24:.2f} per day ({instance_type} on-demand)" if price is not None else f"{instance_type} by the hour"
+    console.print(f"[yellow]warning:[/] --autostop off: the instance runs until you stop it — an idle one costs {cost}; "
+                  "`mnist-launch down` when done")
+
+
+def autostop_home() -> str:
+    return os.environ.get(AUTOSTOP_HOME_ENV) or "~/.mnist-launch"
+
+
+def setup_autostop(inst: InstanceInfo, key: Path, autostop_s: Optional[float], launch: LaunchConfig,
+                   console: Console) -> Optional[str]:
+    """Install (or, for 'off', remove) the idle watcher on the instance; a failure is one warning line."""
+    import paramiko
+
+    from infra.autostop_setup import install_autostop
+
+    again = f"run `mnist-launch up --name {inst.name}` again"
+    if os.environ.get(AUTOSTOP_INSTALL_ENV) == "0":
+        console.print(f"[yellow]warning:[/] autostop watcher not installed on {inst.id} ({AUTOSTOP_INSTALL_ENV}=0)")
+        return None
+    env = {k: os.environ[k] for k in AUTOSTOP_FORWARD_ENV if os.environ.get(k)}
+    jobs = sorted({"~/mnist-launch/jobs", f"{launch.remote_dir.rstrip('/')}/jobs"})
+    try:
+        poll = float(env.pop("MNIST_LAUNCH_AUTOSTOP_POLL", 30))
+        with SSHHost(endpoint_for(inst.public_ip, inst.user), key, alias=inst.id) as host:
+            how = install_autostop(host, autostop_s, remote_home_dir=autostop_home(), jobs_dirs=jobs, env=env, poll_s=poll)
+    except (LaunchError, OSError, EOFError, ValueError, paramiko.SSHException) as err:
+        console.print(f"[yellow]warning:[/] the autostop watcher could not be installed on {inst.id} ({err}) — "
+                      f"it will NOT stop itself when idle; {again}")
+        return None
+    if how == "off":
+        console.print(f"  autostop off on {inst.id}")
+    else:
+        action = "terminates" if launch.autostop_terminate or launch.spot else "stops"
+        console.print(f"  autostop: {inst.id} {action} itself after {launch.autostop} idle (watcher: {how})")
+    return how
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,38 +344,89 @@ def status_rows(regions: list[str], now: Optional[datetime] = None, jobs: bool =
                     "uptime_s": round(up_s), "hourly_usd": hourly_price(inst.instance_type),
                     # spot is billed at the spot price: the on-demand figure is an upper bound
                     "cost_usd": cost_so_far(inst.instance_type, up_s), "public_ip": inst.public_ip,
-                    "user": inst.user, "autostop": inst.autostop,
+                    "user": inst.user, "autostop": inst.autostop, "autostop_action": inst.autostop_action,
                     "launch_time": inst.launch_time.isoformat() if inst.launch_time else None,
                     "jobs": inst if jobs and inst.state == "running" else None,
                 })
     # one SSH command per running instance, all at once: an unreachable one costs its timeout, not more
     asked = [r for r in rows if r["jobs"] is not None]
+    for r in rows:
+        r["idle_s"], r["autostop_watcher"] = None, None
     if asked:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(8, len(asked))) as pool:
-            for r, found in zip(asked, pool.map(lambda r: active_jobs(r["jobs"]), asked)):
+            for r, (found, watcher) in zip(asked, pool.map(lambda r: instance_activity(r["jobs"]), asked)):
                 r["jobs"] = found
+                r["idle_s"] = None if watcher is None else watcher.get("idle_seconds")
+                r["autostop_watcher"] = None if watcher is None else "stale" if watcher.get("stale") else "running"
     return rows
+
+
+STATE_MARK = "--mnist-launch-autostop-state--"
+
+
+def instance_activity(inst: InstanceInfo) -> tuple[Optional[list[str]], Optional[dict]]:
+    """(run ids whose agent is alive, the autostop watcher's state) on ``inst`` in one SSH command;
+    None for what cannot be asked (unreachable, no watcher)."""
+    from infra.autostop_setup import STATE_FILE
+    from launcher.remote import jobs_command
+
+    dirs = {"~/mnist-launch", *home.remote_dirs_of(inst.id)}
+    state = f"{autostop_home().rstrip('/')}/{STATE_FILE}"
+    state = '"$HOME"/' + shlex.quote(state[2:]) if state.startswith("~/") else shlex.quote(state)
+    try:
+        with cluster_host(inst, inst.name, None) as host:
+            host.connect_timeout = 5.0
+            res = host.exec("; ".join(jobs_command(d) for d in sorted(dirs))
+                            + f"; echo {STATE_MARK}; date +%s; cat {state} 2>/dev/null; true", timeout=15)
+    except LaunchError:
+        return None, None
+    if res.returncode != 0:
+        return None, None
+    return parse_activity(res.stdout)
+
+
+def parse_activity(stdout: str) -> tuple[list[str], Optional[dict]]:
+    """The answer of instance_activity's command: run ids, then the mark, the host's clock and the
+    watcher's state JSON. A state not rewritten for several polls is a dead watcher: no idle time."""
+    jobs_out, _, rest = stdout.partition(STATE_MARK)
+    clock, _, state_out = rest.strip().partition("\n")
+    try:
+        watcher = json.loads(state_out) if state_out.strip() else None
+        if not isinstance(watcher, dict):
+            watcher = None
+        elif float(clock) - float(watcher.get("updated_at", 0)) > 3 * float(watcher.get("poll_s", 30)) + 60:
+            watcher = {**watcher, "idle_seconds": None, "stale": True}
+    except (ValueError, TypeError):
+        watcher = None
+    return sorted(set(jobs_out.split())), watcher
 
 
 def active_jobs(inst: InstanceInfo) -> Optional[list[str]]:
     """Run ids whose agent is alive on ``inst`` (one SSH command); None when it cannot be asked."""
-    from launcher.remote import jobs_command
-
-    dirs = {"~/mnist-launch", *home.remote_dirs_of(inst.id)}
-    try:
-        with cluster_host(inst, inst.name, None) as host:
-            host.connect_timeout = 5.0
-            res = host.exec("; ".join(jobs_command(d) for d in sorted(dirs)), timeout=15)
-    except LaunchError:
-        return None
-    return sorted(set(res.stdout.split())) if res.returncode == 0 else None
+    return instance_activity(inst)[0]
 
 
 def _hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _autostop_cell(row: dict) -> str:
+    setting = row.get("autostop") or "?"
+    if setting == "off" or not row.get("autostop_action"):
+        return setting
+    return f"{setting}, {row['autostop_action']}"
+
+
+def _idle_cell(row: dict) -> str:
+    if row.get("autostop_watcher") == "stale":
+        return "watcher not running — run `up` again"
+    if row["state"] == "running" and row.get("autostop") not in (None, "off") and row.get("autostop_watcher") is None \
+            and row.get("jobs") is not None:
+        return "no watcher — run `up` again"
+    return "-" if row.get("idle_s") is None else _hms(row["idle_s"])
 
 
 def status(regions: list[str], as_json: bool) -> list[dict]:
@@ -339,12 +439,14 @@ def status(regions: list[str], as_json: bool) -> list[dict]:
     if not rows:
         out.print(f"no mnist-launch instances in {', '.join(regions)}")
         return rows
-    table = Table("name", "id", "region", "type", "state", "market", "uptime", "$/h", "cost so far", "jobs")
+    table = Table("name", "id", "region", "type", "state", "market", "uptime", "$/h", "cost so far", "jobs",
+                  "autostop", "idle")
     for r in rows:
         table.add_row(r["name"], r["id"], r["region"], r["type"], r["state"], r["market"], _hms(r["uptime_s"]),
                       "?" if r["hourly_usd"] is None else f"{r['hourly_usd']:.3f}",
                       "?" if r["cost_usd"] is None else f"{r['cost_usd']:.2f}",
-                      "-" if r["state"] != "running" else "?" if r["jobs"] is None else ", ".join(r["jobs"]) or "idle")
+                      "-" if r["state"] != "running" else "?" if r["jobs"] is None else ", ".join(r["jobs"]) or "idle",
+                      _autostop_cell(r), _idle_cell(r))
     out.print(table)
     out.print(f"prices: approximate on-demand list prices ({PRICES_REGION}, {PRICES_DATE}); spot costs less")
     return rows

@@ -29,6 +29,9 @@ def fake_aws_env(monkeypatch: pytest.MonkeyPatch, home) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "no-aws-credentials"))
     monkeypatch.setenv("MNIST_LAUNCH_HOME", str(home))
+    # the "instance" these tests reach over SSH is this machine: `up` must not leave a watcher running on it
+    # (tests/test_autostop.py installs one on purpose, in a temporary folder, and kills it)
+    monkeypatch.setenv("MNIST_LAUNCH_AUTOSTOP_INSTALL", "0")
 
 
 def ubuntu_ami(region: str = "us-east-1") -> str:

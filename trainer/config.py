@@ -144,6 +144,7 @@ class LaunchConfig(_Section):
     disk_gb: int = Field(100, ge=30)  # root volume (the DLAMI needs ~75 GB)
     ami: Optional[str] = None  # image id; default: the region's PyTorch Deep Learning AMI
     autostop: str = "60m"  # idle time before the instance stops itself ('off' to disable)
+    autostop_terminate: bool = False  # autostop terminates the instance instead of stopping it (spot always terminates)
     gpus: Optional[int] = Field(None, ge=1)  # processes to launch; default: every GPU
     python: Optional[str] = None  # interpreter on the instance; default: the image's PyTorch env
     setup: Literal["auto", "skip"] = "auto"  # build the venv when its inputs change, or never
