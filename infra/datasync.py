@@ -30,8 +30,14 @@ class DataReport:
     bytes_sent: int
     files_total: int
     seconds: float
+    source: str = ""  # s3://... when the host fetched the files itself
 
     def summary(self) -> str:
+        if self.source:  # fetched by the host itself
+            if not self.files_sent:
+                return f"data: {self.files_total} MNIST files already on the host (unchanged in {self.source}) in {self.seconds:.2f}s"
+            return (f"data: the host fetched {self.files_sent} of {self.files_total} MNIST files ({_human(self.bytes_sent)}) "
+                    f"from {self.source} in {self.seconds:.2f}s")
         if not self.files_sent:
             return f"data: {self.files_total} MNIST files already on the host (sha256 verified) in {self.seconds:.2f}s"
         return (f"data: sent {self.files_sent} of {self.files_total} MNIST files ({_human(self.bytes_sent)}), "
@@ -89,4 +95,69 @@ def ship_mnist(host: Host, data_dir: Path, remote_dir: str, python: str = "pytho
                       seconds=time.monotonic() - start)
 
 
-__all__ = ["DataReport", "local_data", "ship_mnist"]
+# Runs on the host with its own role (never our credentials): the four files from s3://bucket/prefix
+# into the data folder, each fetched only when its ETag differs from the one recorded last time.
+_FETCH = r"""
+import json, os, sys
+uri, dest, names = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+try:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+except ImportError:
+    print("boto3 is not installed for " + sys.executable); sys.exit(3)
+bucket, _, prefix = uri[len("s3://"):].partition("/")
+prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+os.makedirs(dest, exist_ok=True)
+stamp_path = os.path.join(dest, ".s3-etags.json")
+try:
+    stamps = json.load(open(stamp_path))
+except (OSError, ValueError):
+    stamps = {}
+s3 = boto3.client("s3")
+sent = size = 0
+try:
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            found[o["Key"].rsplit("/", 1)[-1]] = o
+    for base in names:
+        obj = found.get(base + ".gz") or found.get(base)
+        if obj is None:
+            print("no " + base + "[.gz] under " + uri); sys.exit(4)
+        name = obj["Key"].rsplit("/", 1)[-1]
+        target = os.path.join(dest, name)
+        for other in (base, base + ".gz"):  # a copy under the other name would shadow this one
+            if other != name and os.path.exists(os.path.join(dest, other)):
+                os.remove(os.path.join(dest, other))
+        if stamps.get(name) == obj["ETag"] and os.path.isfile(target) and os.path.getsize(target) == obj["Size"]:
+            continue
+        s3.download_file(bucket, obj["Key"], target + ".part")
+        os.replace(target + ".part", target)
+        stamps[name] = obj["ETag"]
+        sent += 1
+        size += obj["Size"]
+except (BotoCoreError, ClientError) as err:
+    print(str(err).splitlines()[0][:300]); sys.exit(5)
+json.dump(stamps, open(stamp_path, "w"))
+print(json.dumps({"sent": sent, "bytes": size, "total": len(names)}))
+"""
+
+
+def fetch_mnist(host: Host, uri: str, remote_dir: str, python: str = "python3") -> DataReport:
+    """The instance fetches the MNIST files from ``uri`` (s3://bucket/prefix) itself, with its own role;
+    the launcher's credentials never travel. Files whose ETag is unchanged are not fetched again."""
+    import json
+
+    start = time.monotonic()
+    names = [FILES[k][0] for k in ("train_images", "train_labels", "test_images", "test_labels")]
+    res = host.run([python, "-c", _FETCH, uri, remote_dir, json.dumps(names)], timeout=1800)
+    if res.returncode != 0:
+        why = (res.stdout.strip() or res.stderr.strip() or "no message").splitlines()[-1][:300]
+        raise SyncError(f"{host.name}: fetching MNIST from {uri} failed ({why}) — put the four IDX files under that "
+                        "prefix, inside the store `up --store` gave the instance access to")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return DataReport(files_sent=out["sent"], bytes_sent=out["bytes"], files_total=out["total"],
+                      seconds=time.monotonic() - start, source=uri)
+
+
+__all__ = ["DataReport", "fetch_mnist", "local_data", "ship_mnist"]

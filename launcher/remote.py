@@ -30,7 +30,7 @@ import paramiko
 from rich.console import Console
 
 from infra import home
-from infra.datasync import ship_mnist
+from infra.datasync import fetch_mnist, ship_mnist
 from infra.remote_setup import ensure_env
 from infra.ssh import HostKeyChangedError, KeyRefusedError, SSHHost
 from infra.store import HostRun, RunFiles, StoreRun, open_store
@@ -116,8 +116,10 @@ def start_remote_run(req: RemoteRequest, console: Console) -> RemoteRun:
     if not _valid_run_id(run_id):
         raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' only")
     _check_env(cfg.launch.env)
-    data_dir = resolve_data_dir(req.data_dir, cfg)
-    check_dir(data_dir)  # the local copy is what travels: a bad file fails here, by name
+    data_uri = req.data_dir if (req.data_dir or "").startswith("s3://") else None
+    data_dir = data_uri or resolve_data_dir(req.data_dir, cfg)
+    if not data_uri:
+        check_dir(data_dir)  # the local copy is what travels: a bad file fails here, by name
 
     timings: dict[str, float] = {}
     t = time.monotonic()
@@ -130,7 +132,8 @@ def start_remote_run(req: RemoteRequest, console: Console) -> RemoteRun:
     t = time.monotonic()
     sync, data, setup = _in_parallel(timings, [
         ("sync", lambda: sync_workdir(host, PROJECT_ROOT, paths["code"])),
-        ("data", lambda: ship_mnist(host, Path(data_dir), paths["data"])),
+        ("data", lambda: fetch_mnist(host, data_uri, paths["data"]) if data_uri
+                 else ship_mnist(host, Path(data_dir), paths["data"])),
         ("setup", lambda: ensure_env(host, paths["venv"], cfg.launch.python, cfg.launch.setup)),
     ])
     timings["prepare"] = time.monotonic() - t

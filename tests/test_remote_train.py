@@ -311,3 +311,28 @@ def test_an_agent_that_dies_at_once_fails_the_run_instead_of_hanging(cloud, smal
     assert p.returncode == 1
     assert "error: run deadagent failed: the agent stopped without finishing" in p.stderr
     assert json.loads((remote / "runs" / "deadagent" / "status.json").read_text())["state"] == "failed"
+
+
+def test_the_instance_fetches_mnist_from_s3_itself(cloud, small_mnist):
+    s3 = boto3.client("s3", region_name="us-east-1")
+    for f in small_mnist.iterdir():
+        s3.upload_file(str(f), BUCKET, f"mnist/data/{f.name}")
+    remote = cloud.tmp / "instance-h"
+
+    def args(run_id: str, data: str = f"{STORE}/data") -> list[str]:
+        return ["train", "configs/model3.yaml", "--store", STORE, "--data-dir", data, "--run-id", run_id,
+                "--set", "train.epochs=1", "--set", f"launch.remote_dir={remote}", "--set", "launch.setup=skip"]
+
+    p = cloud.cli(*args("s3data"))
+    assert p.returncode == 0, p.stderr
+    assert "data: the host fetched 4 of 4 MNIST files" in p.stdout and "finished" in p.stdout
+    assert sorted(f.name for f in (remote / "data").iterdir() if not f.name.startswith(".")) == sorted(
+        f.name for f in small_mnist.iterdir())
+    # a second run finds them there: nothing fetched again
+    p = cloud.cli(*args("s3data-2"))
+    assert p.returncode == 0, p.stderr
+    assert "data: 4 MNIST files already on the host (unchanged in" in p.stdout
+    # a prefix without the files: one line naming what is missing, and no run made
+    p = cloud.cli(*args("s3data-3", f"{STORE}/nothing-here"))
+    assert p.returncode != 0 and "no train-images-idx3-ubyte[.gz] under s3://" in p.stderr, p.stderr
+    assert not (remote / "runs" / "s3data-3").exists()
