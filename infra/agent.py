@@ -91,6 +91,9 @@ def failure_reason(log_path: Path, returncode: int) -> str:
     for line in reversed(lines):
         if line.startswith("error: "):
             return line[len("error: "):]
+    # a rank killed from outside (the kernel's OOM killer sends SIGKILL): the launcher's report says so
+    if any("SIGKILL" in line or "Signals.SIGKILL" in line or "Signal 9 " in line for line in lines[-40:]):
+        return "a training process was killed by SIGKILL — out of memory? (check `dmesg`; lower train.batch_size)"
     for line in reversed(lines):
         if "Error" in line or "error" in line:
             return line.strip()[:500]

@@ -106,6 +106,28 @@ def test_a_crashing_trainer_marks_the_run_failed_with_its_reason(small_mnist, tm
     assert "failed" in text
 
 
+def test_a_rank_killed_like_the_oom_killer_does_fails_the_run_with_that_reason(small_mnist, tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
+                                 overrides=["train.epochs=20"]))
+    deadline = time.monotonic() + 120
+    while '"type":"step"' not in ((run.run_dir / "events.jsonl").read_text() if (run.run_dir / "events.jsonl").exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    launcher_pid = read_status(run.run_dir)["trainer_pid"]
+    ranks = subprocess.run(["pgrep", "-P", str(launcher_pid)], capture_output=True, text=True).stdout.split()
+    assert ranks, "accelerate launch has no child rank"
+    for pid in ranks:
+        os.kill(int(pid), signal.SIGKILL)  # what the kernel's OOM killer does
+    end, text = run_to_end(run)
+    assert end["state"] == "failed"
+    status = read_status(run.run_dir)
+    assert status["state"] == "failed" and "killed by SIGKILL — out of memory?" in status["reason"], status
+
+
 def test_cancel_stops_every_process_and_keeps_the_run(small_mnist, tmp_path):
     run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
                                  processes=2, overrides=["train.epochs=50"]))
