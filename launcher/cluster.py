@@ -449,7 +449,32 @@ def status(regions: list[str], as_json: bool) -> list[dict]:
                       _autostop_cell(r), _idle_cell(r))
     out.print(table)
     out.print(f"prices: approximate on-demand list prices ({PRICES_REGION}, {PRICES_DATE}); spot costs less")
+    for line in orphan_warnings(rows):
+        err_console().print(f"[yellow]warning[/]: {line}")
     return rows
+
+
+WARN_IDLE_S = 30 * 60  # an instance idle this long is worth a line in `status`
+WARN_AGE_S = 12 * 3600  # and one up this long, busy or not
+
+
+def orphan_warnings(rows: list[dict], idle_s: float = WARN_IDLE_S, age_s: float = WARN_AGE_S) -> list[str]:
+    """One line per running instance that looks forgotten: idle, very old, or with autostop off."""
+    out = []
+    for r in rows:
+        if r.get("state") != "running":
+            continue
+        why = []
+        if (r.get("idle_s") or 0) >= idle_s:
+            why.append(f"idle {_hms(r['idle_s'])}")
+        if (r.get("uptime_s") or 0) >= age_s:
+            why.append(f"up {_hms(r['uptime_s'])}")
+        if (r.get("autostop") or "").lower() == "off":
+            why.append("autostop off")
+        if why:
+            cost = f", ~${r['cost_usd']:.2f} so far" if r.get("cost_usd") is not None else ""
+            out.append(f"{r['name']} ({r['id']}) {', '.join(why)}{cost} — `mnist-launch down {r['name']}` if you are done")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

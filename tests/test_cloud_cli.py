@@ -373,3 +373,21 @@ def test_status_covers_several_regions(aws, home):
     assert sorted((r["name"], r["region"], r["id"], r["market"]) for r in rows) == [
         ("east", "us-east-1", east, "on-demand"), ("west", "us-west-2", west.id, "spot")]
     assert [r["name"] for r in json.loads(cli("status", "--json").stdout)] == ["east"]  # default region only
+
+
+def test_status_warns_about_instances_that_look_forgotten():
+    from launcher.cluster import orphan_warnings
+
+    base = {"state": "running", "uptime_s": 600, "idle_s": 0, "autostop": "60m", "cost_usd": 0.09}
+    rows = [
+        {**base, "name": "busy", "id": "i-1"},
+        {**base, "name": "idle", "id": "i-2", "idle_s": 45 * 60, "cost_usd": 1.25},
+        {**base, "name": "old", "id": "i-3", "uptime_s": 13 * 3600 + 300, "cost_usd": 6.88},
+        {**base, "name": "nostop", "id": "i-4", "autostop": "off"},
+        {**base, "name": "stopped", "id": "i-5", "state": "stopped", "idle_s": 99999},
+    ]
+    assert orphan_warnings(rows) == [
+        "idle (i-2) idle 45m00s, ~$1.25 so far — `mnist-launch down idle` if you are done",
+        "old (i-3) up 13h05m, ~$6.88 so far — `mnist-launch down old` if you are done",
+        "nostop (i-4) autostop off, ~$0.09 so far — `mnist-launch down nostop` if you are done",
+    ]
