@@ -120,6 +120,27 @@ def log(msg):
     sys.stdout.flush()
 
 
+def run_agents(proc_root="/proc"):
+    """Pids of mnist-launch agents (``python -m infra.agent``) running here, wherever their run folder
+    is: a run under a launch.remote_dir the watcher was not told about still keeps the machine up."""
+    pids = []
+    try:
+        entries = os.listdir(proc_root)
+    except OSError:
+        return pids
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc_root, entry, "cmdline"), "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(a == b"-m" and b == b"infra.agent" for a, b in zip(argv, argv[1:])):
+            pids.append(int(entry))
+    return pids
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="shut this machine down after it has been idle")
     p.add_argument("--idle", type=float, required=True, help="seconds idle before shutting down")
@@ -138,10 +159,12 @@ def main(argv=None):
     while True:
         now = time.time()
         runs = active_runs(dirs)
+        agents = run_agents()
         sessions = 0 if ignore_ssh else ssh_sessions()
-        idle_since, idle_s, fire = decide(idle_since, bool(runs) or sessions > 0, now, args.idle)
+        idle_since, idle_s, fire = decide(idle_since, bool(runs) or bool(agents) or sessions > 0, now, args.idle)
         write_state(state_path, {"idle_since": idle_since, "idle_seconds": round(idle_s, 1), "autostop_s": args.idle,
-                                 "updated_at": now, "poll_s": args.poll, "active_runs": runs, "ssh_sessions": sessions})
+                                 "updated_at": now, "poll_s": args.poll, "active_runs": runs, "agents": len(agents),
+                                 "ssh_sessions": sessions})
         if fire:
             cmd = shutdown_command()
             log("idle for %.0fs (limit %.0fs): running %s" % (idle_s, args.idle, " ".join(cmd)))

@@ -83,6 +83,23 @@ def test_ssh_sessions_are_sshd_user_at_tty_titles(tmp_path):
     assert autostop.ssh_sessions(str(tmp_path)) == 3
 
 
+def test_any_running_agent_keeps_the_host_up_whatever_its_run_folder(tmp_path):
+    titles = {"11": b"/home/u/x/venv/bin/python\0-m\0infra.agent\0--run-dir\0runs/a\0",
+              "12": b"python3\0-c\0import infra.agent\0", "13": b"vim\0infra.agent\0", "14": b"python\0-m\0trainer\0"}
+    for pid, title in titles.items():
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cmdline").write_bytes(title)
+    assert autostop.run_agents(str(tmp_path)) == [11]
+    # and a real one: an agent process started here is found in /proc
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "infra.agent"])
+    try:
+        time.sleep(0.2)
+        assert proc.pid in autostop.run_agents()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_real_ssh_session_is_seen(module_sshd, tmp_path):
     srv = module_sshd
     code = f"import sys; sys.path.insert(0, {str(SCRIPT.parent)!r}); import autostop; print(autostop.ssh_sessions())"
