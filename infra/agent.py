@@ -232,6 +232,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--sync-every", type=float, default=5.0)
     parser.add_argument("--env-file", type=Path, default=None, help="KEY=VALUE lines for the trainer (deleted once read)")
     parser.add_argument("--jobs-dir", type=Path, default=None, help="keep a marker RUN_ID here while the run is active")
+    parser.add_argument("--restore", action="store_true",
+                        help="first fetch the run and its newest complete checkpoint from --store, then resume")
     args = parser.parse_args(argv)
     absolute_pythonpath()
     run_dir = args.run_dir.resolve()
@@ -263,6 +265,14 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
               sync: ArtifactSync, extra_env: dict[str, str]) -> int:
 
     try:
+        if args.restore:  # a fresh host: the run comes back from the store before it resumes
+            from infra.restore import restore_run
+
+            if sync.store is None:
+                raise RunError("--restore needs --store: the run is fetched from there")
+            ckpt = restore_run(sync.store, run_id, run_dir)
+            args.resume = True
+            events.emit("restored", checkpoint=ckpt["name"], epoch=ckpt["epoch"], store=sync.store.uri)
         cmd = accelerate_command(run_dir, args.processes, args.mixed_precision, args.resume)
     except LaunchError as err:  # e.g. fp16 on a host without a GPU: the run fails with that one line
         with open(log_path, "a") as log:

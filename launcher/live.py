@@ -78,6 +78,8 @@ class RunView:
             if self.progress is not None:
                 self.progress.update(self.epoch_task, completed=ev["epoch"])
                 self.progress.reset(self.step_task, description=f"epoch {ev['epoch'] + 1}")
+        elif kind == "restored":
+            self.print(f"[yellow]restored[/] from {ev.get('store')} at {ev.get('checkpoint')} (epoch {ev.get('epoch')})")
         elif kind == "finished":
             self.finished = ev
         elif kind == "run_end":

@@ -1,0 +1,81 @@
+"""Bring a run back onto a fresh host from its store: what `--resume` needs, nothing half-made.
+
+A replacement instance (spot reclaimed, instance gone) has none of the run's files. The agent,
+started with ``--restore``, calls ``restore_run`` before training: the run's config and history
+come from the store, and so does the newest checkpoint whose every file the store manifest vouches
+for (infra/store.py: ``latest_stored_checkpoint``). ``events.jsonl`` is cut back to that
+checkpoint, so the resumed attempt appends the epochs after it and a follower sees each once.
+
+    ckpt = restore_run(open_store("s3://bucket/mnist"), "model3-...", Path("runs/model3-..."))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from infra.store import CHECKPOINTS, MARKER, ArtifactStore, latest_stored_checkpoint
+from trainer.errors import RunError
+
+RUN_FILES = ("config.yaml", "meta.json", "events.jsonl", "train.log", "model.safetensors")
+
+
+def _fetch(store: ArtifactStore, run_id: str, name: str, dest: Path) -> bool:
+    """Copy one object of the run to ``dest`` through a .part file; False when the store has none."""
+    data = b""
+    offset = 0
+    while True:  # read_from is the one ranged read both stores have
+        chunk = store.read_from(run_id, name, offset, 8 << 20)
+        if not chunk:
+            break
+        data += chunk
+        offset += len(chunk)
+    if not data and store.size_of(run_id, name) is None:
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    part.write_bytes(data)
+    part.replace(dest)
+    return True
+
+
+def events_until(text: str, epoch: int) -> str:
+    """The events up to and including the checkpoint of ``epoch``: what the resumed attempt continues."""
+    lines = text.splitlines(keepends=True)
+    cut = 0
+    for i, line in enumerate(lines):
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a torn last line
+        if ev.get("type") == "checkpoint" and ev.get("epoch") == epoch:
+            cut = i + 1
+    return "".join(lines[:cut])
+
+
+def restore_run(store: ArtifactStore, run_id: str, run_dir: Path) -> dict:
+    """Fill ``run_dir`` from the store so the trainer can ``--resume``; returns the checkpoint used."""
+    ckpt = latest_stored_checkpoint(store, run_id)
+    if ckpt is None:
+        raise RunError(f"run '{run_id}' has no complete checkpoint in {store.uri} to resume from — start a new run")
+    if not _fetch(store, run_id, "config.yaml", run_dir / "config.yaml"):
+        raise RunError(f"run '{run_id}': config.yaml is missing from {store.uri} — start a new run")
+    for name in RUN_FILES[1:]:
+        _fetch(store, run_id, name, run_dir / name)
+    events = run_dir / "events.jsonl"
+    if events.is_file():
+        events.write_text(events_until(events.read_text(), ckpt["epoch"]))
+    folder = run_dir / CHECKPOINTS / ckpt["name"]
+    for rel, meta in ckpt["files"].items():
+        _fetch(store, run_id, f"{CHECKPOINTS}/{ckpt['name']}/{rel}", folder / rel)
+        if (folder / rel).stat().st_size != meta["size"]:
+            raise RunError(f"{CHECKPOINTS}/{ckpt['name']}/{rel} changed in {store.uri} while it was fetched — try again")
+    from infra.manifest import file_sha256
+
+    bad = [rel for rel, meta in ckpt["files"].items() if file_sha256(str(folder / rel)) != meta["sha256"]]
+    if bad:
+        raise RunError(f"checkpoint {ckpt['name']} of '{run_id}' fails its sha256 ({', '.join(bad)}) — "
+                       "it was changed in the store; resume from an older one or start again")
+    # the trainer's own marker, written last, as the trainer writes it
+    (folder / MARKER).write_text(json.dumps({"epoch": ckpt["epoch"], "files": sorted(ckpt["files"]), "best": False}))
+    return ckpt
