@@ -71,10 +71,18 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="cluster to run on [default: launch.name, mnist]"),
     instance: Optional[str] = typer.Option(None, "--instance", help="instance type if the cluster has to be created"),
     identity: Optional[str] = typer.Option(None, "--identity", help="private key for the cluster [default: the one it was made with]"),
+    spot: bool = typer.Option(False, "--spot", help="a spot instance if the cluster is created; implies --recover"),
+    recover: bool = typer.Option(False, "--recover", help="if the instance is lost, replace it and resume from the store"),
+    max_recoveries: int = typer.Option(3, "--max-recoveries", help="replacements before giving up"),
 ) -> None:
     """Train a recipe: on this machine with --local, else on the named EC2 cluster."""
     if not local:
-        _train_remote(config, list(set_), store, run_id, data_dir, processes, detach, resume, name, instance, identity)
+        if spot:
+            set_ = [*set_, "launch.spot=true"]
+        if (recover or spot) and detach:
+            raise ConfigError("--recover/--spot keep watching the run to replace a lost instance — drop --detach")
+        _train_remote(config, list(set_), store, run_id, data_dir, processes, detach, resume, name, instance, identity,
+                      recover=recover or spot, max_recoveries=max_recoveries)
         return
     from infra.store import HostRun
     from launcher.orchestrator import LocalRequest, start_run
@@ -96,7 +104,8 @@ def _note(message: str) -> None:
 
 def _train_remote(config: Optional[Path], overrides: list[str], store: Optional[str], run_id: Optional[str],
                   data_dir: Optional[str], processes: int, detach: bool, resume: Optional[str], name: Optional[str],
-                  instance: Optional[str], identity: Optional[str]) -> None:
+                  instance: Optional[str], identity: Optional[str], recover: bool = False,
+                  max_recoveries: int = 3) -> None:
     if resume:
         raise ConfigError("--resume continues --local runs in this version — add --local, or start a new cloud run")
     if processes != 1:
@@ -104,7 +113,10 @@ def _train_remote(config: Optional[Path], overrides: list[str], store: Optional[
     if not config:
         raise ConfigError("no config given — pass a recipe such as configs/model3.yaml (see `mnist-launch models`)")
     from launcher.remote import ReconnectingRun, RemoteRequest, start_remote_run
+    from trainer.config import load_config
 
+    if recover and not (store or load_config(str(config), overrides).store or "").startswith("s3://"):
+        raise ConfigError("--recover/--spot resume a lost run from its checkpoints in S3 — pass --store s3://bucket/prefix")
     t0 = time.monotonic()
     run = start_remote_run(RemoteRequest(config=str(config), overrides=overrides, store=store, run_id=run_id,
                                          data_dir=data_dir, name=name, instance=instance, identity=identity), console)
@@ -118,13 +130,35 @@ def _train_remote(config: Optional[Path], overrides: list[str], store: Optional[
         console.print(f"detached. Follow: mnist-launch logs {run.run_id} --follow · stop: mnist-launch cancel {run.run_id}")
         run.host.close()
         return
-    with run.host:
-        files = ReconnectingRun(run.host, run.run_dir, note=_note, spawn_pid=run.spawn_pid)
-        end = _follow(run.run_id, files)
-        if end and end.get("state") == "failed":
-            from launcher.remote import settle_status
+    from launcher.remote import HostGone, instance_gone, restored_offset, settle_status
 
-            settle_status(files, end)  # an agent that died unheard leaves no run saying "starting"
+    region = None
+    recoveries, offset = 0, 0
+    while True:
+        gone = (lambda r=run: instance_gone(r, region)) if recover else None
+        with run.host:
+            files = ReconnectingRun(run.host, run.run_dir, note=_note, spawn_pid=run.spawn_pid, gone=gone)
+            try:
+                end = _follow(run.run_id, files, offset=offset)
+            except HostGone:
+                end = {"state": "lost", "reason": f"instance {run.instance_id} is gone"}
+            if end and end.get("state") == "failed" and not (recover and instance_gone(run, region)):
+                settle_status(files, end)  # an agent that died unheard leaves no run saying "starting"
+        if not (recover and end and end.get("state") in ("failed", "lost", "preempted") and instance_gone(run, region)):
+            break
+        if recoveries >= max_recoveries:
+            raise LaunchError(f"run {run.run_id}: instance lost {recoveries + 1} times; gave up after --max-recoveries "
+                              f"{max_recoveries} — its checkpoints stay in the store: mnist-launch results {run.run_id} "
+                              f"--store {run.store}")
+        recoveries += 1
+        _note(f"{run.instance_id} is gone ({end.get('reason')}): recovery {recoveries}/{max_recoveries} on a "
+              "replacement instance, from the newest complete checkpoint in the store")
+        run = start_remote_run(RemoteRequest(config=str(config), overrides=overrides, store=run.store, run_id=run.run_id,
+                                             data_dir=data_dir, name=name, instance=run.instance_type or instance,
+                                             identity=identity, ami=run.image_id),
+                               console, recover=run.run_id)
+        with run.host:
+            offset = restored_offset(ReconnectingRun(run.host, run.run_dir, note=_note))
     if end and end.get("state") != "succeeded":
         raise LaunchError(f"run {run.run_id} {end.get('state')}: {end.get('reason')} — "
                           f"full log: mnist-launch logs {run.run_id} --raw")

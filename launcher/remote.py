@@ -54,6 +54,7 @@ class RemoteRequest:
     name: Optional[str] = None  # cluster; default launch.name
     instance: Optional[str] = None  # instance type when `up` has to create it
     identity: Optional[str] = None
+    ami: Optional[str] = None  # image when the cluster has to be created (a replacement keeps the lost one's)
 
 
 @dataclass
@@ -66,6 +67,8 @@ class RemoteRun:
     instance_id: str
     timings: dict = field(default_factory=dict)  # seconds per phase: sync, data, setup, start
     spawn_pid: Optional[int] = None  # the agent's pid, known before it writes status.json
+    image_id: Optional[str] = None
+    instance_type: Optional[str] = None
 
 
 def remote_layout(remote_dir: str, run_id: str) -> dict[str, str]:
@@ -100,19 +103,24 @@ def _cluster(req: RemoteRequest, cfg: Config, store: Optional[str], console: Con
         inst = cluster.running_instance(name, region)
     except cluster.NoInstanceError:  # bring it up with the config's launch: section (and the flags)
         launch = cfg.launch.model_copy(update={"name": name, **({"instance": req.instance} if req.instance else {}),
-                                               **({"identity": req.identity} if req.identity else {})})
+                                               **({"identity": req.identity} if req.identity else {}),
+                                               **({"ami": req.ami} if req.ami else {})})
         console.print(f"no running instance for cluster '{name}': starting it")
         inst = cluster.up(cluster.UpRequest(launch=launch, store=store, explicit_type=True), console=console).instance
     return inst, cluster.cluster_host(inst, name, req.identity)
 
 
-def start_remote_run(req: RemoteRequest, console: Console) -> RemoteRun:
+def start_remote_run(req: RemoteRequest, console: Console, recover: Optional[str] = None) -> RemoteRun:
+    """Start a run on the cluster; with ``recover=RUN_ID``, start that run again on the (replacement)
+    instance: its agent restores it from the store and resumes from the newest complete checkpoint."""
     cfg = load_config(req.config, req.overrides)
     store = req.store or cfg.store
     if store and not store.startswith("s3://"):
         raise ConfigError(f"--store {store}: a cloud run keeps its artifacts in S3 — pass --store s3://bucket/prefix, "
                           "or train with --local to keep them in a folder")
-    run_id = req.run_id or new_run_id(Path(req.config).stem)
+    run_id = recover or req.run_id or new_run_id(Path(req.config).stem)
+    if recover and not store:
+        raise ConfigError("recovering a run needs its store: pass --store s3://bucket/prefix")
     if not _valid_run_id(run_id):
         raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' only")
     _check_env(cfg.launch.env)
@@ -142,6 +150,8 @@ def start_remote_run(req: RemoteRequest, console: Console) -> RemoteRun:
 
     t = time.monotonic()
     run_dir = paths["run_dir"]
+    if recover:
+        return _spawn_agent(host, cfg, req, paths, run_id, store, name, inst, timings, t, ["--restore"], python=setup.python)
     if host.read_text(f"{run_dir}/config.yaml") is not None:
         raise RunError(f"run '{run_id}' already exists on {name} — pick another --run-id")
     local_data_dir = data_dir
@@ -154,7 +164,18 @@ def start_remote_run(req: RemoteRequest, console: Console) -> RemoteRun:
     host.write_text(f"{run_dir}/config.yaml", config_to_yaml(cfg))
     host.write_text(f"{run_dir}/meta.json", json.dumps(meta, indent=2) + "\n")
     host.write_text(f"{run_dir}/status.json", json.dumps({"state": "starting", "updated_at": time.time()}))
-    argv = [_relative(setup.python, paths["root"]), "-m", "infra.agent", "--run-dir", f"runs/{run_id}",
+    return _spawn_agent(host, cfg, req, paths, run_id, store, name, inst, timings, t, [],
+                        python=setup.python, created_at=meta["created_at"])
+
+
+def _spawn_agent(host: SSHHost, cfg: Config, req: RemoteRequest, paths: dict, run_id: str, store: Optional[str],
+                 name: str, inst, timings: dict, t: float, extra: list[str], python: Optional[str] = None,
+                 created_at: Optional[float] = None) -> RemoteRun:
+    run_dir = paths["run_dir"]
+    python = python or ensure_env(host, paths["venv"], cfg.launch.python, cfg.launch.setup).python  # stamp: cheap
+    where = {"cluster": name, "instance_id": inst.id, "region": inst.region,
+             "remote_dir": paths["root"], "run_dir": run_dir}
+    argv = [_relative(python, paths["root"]), "-m", "infra.agent", "--run-dir", f"runs/{run_id}",
             "--processes", str(cfg.launch.gpus or 0), "--mixed-precision", cfg.train.mixed_precision,
             "--jobs-dir", "jobs"]
     if store:
@@ -162,12 +183,13 @@ def start_remote_run(req: RemoteRequest, console: Console) -> RemoteRun:
     if cfg.launch.env:
         host.write_text(paths["env"], "".join(f"{k}={v}\n" for k, v in cfg.launch.env.items()), mode=0o600)
         argv += ["--env-file", _relative(paths["env"], paths["root"])]
-    record = {**where, "store": store, "identity": req.identity, "created_at": meta["created_at"]}
+    argv += extra
+    record = {**where, "store": store, "identity": req.identity, "created_at": created_at or round(time.time(), 3)}
     home.write_run_record(run_id, record)
     pid = host.spawn(argv, cwd=paths["root"], log=f"{run_dir}/agent.log", env={"PYTHONPATH": "code"})
     home.write_run_record(run_id, {**record, "spawn_pid": pid})  # an agent that dies before its first word is seen
     timings["start"] = time.monotonic() - t
-    return RemoteRun(run_id, host, run_dir, store, name, inst.id, timings, pid)
+    return RemoteRun(run_id, host, run_dir, store, name, inst.id, timings, pid, inst.image_id, inst.instance_type)
 
 
 def _in_parallel(timings: dict[str, float], jobs: list[tuple[str, Callable[[], object]]]) -> list:
@@ -201,6 +223,37 @@ def _argv() -> list[str]:
 TRANSPORT_ERRORS = (SSHError, paramiko.SSHException, EOFError, OSError)
 
 
+class HostGone(RunError):
+    """The run's instance is no longer running (terminated, stopped, reclaimed)."""
+
+
+def instance_gone(run: RemoteRun, region: Optional[str]) -> bool:
+    """Whether EC2 says the run's instance no longer runs (one DescribeInstances)."""
+    from infra.aws import AWSProvider, Clients
+    from launcher import cluster
+
+    provider = AWSProvider(Clients.create(cluster.default_region(region, run.cluster)))
+    live = [i for i in provider.find_instances(run.cluster) if i.id == run.instance_id]
+    return not any(i.state in ("pending", "running") for i in live)
+
+
+def restored_offset(files: RunFiles, timeout: float = 600.0) -> int:
+    """Byte offset of the ``restored`` event on a replacement host: what came before it was shown already."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = files.read_from("events.jsonl", 0, 64 << 20)
+        offset = 0
+        for line in data.splitlines(keepends=True):
+            if b'"type":"restored"' in line or b'"type": "restored"' in line:
+                return offset
+            offset += len(line)
+        status = json.loads(files.read_text("status.json") or "{}") if files.read_text("status.json") else {}
+        if status.get("state") in TERMINAL:
+            return 0  # it ended before restoring: show everything, with its reason
+        time.sleep(0.5)
+    return 0
+
+
 class ReconnectingRun:
     """A run folder on an SSHHost that survives dropped connections.
 
@@ -213,8 +266,9 @@ class ReconnectingRun:
     poll = (0.25, 1.0)
 
     def __init__(self, host: SSHHost, run_dir: str, note: Callable[[str], None] = lambda m: None,
-                 cap: float = 8.0, give_up_after: float = 600.0, spawn_pid: Optional[int] = None) -> None:
-        self.host, self.where, self.spawn_pid = host, run_dir, spawn_pid
+                 cap: float = 8.0, give_up_after: float = 600.0, spawn_pid: Optional[int] = None,
+                 gone: Optional[Callable[[], bool]] = None) -> None:
+        self.host, self.where, self.spawn_pid, self.gone = host, run_dir, spawn_pid, gone
         self.inner = HostRun(host, run_dir)
         self.note, self.cap, self.give_up_after = note, cap, give_up_after
         self.reconnects = 0
@@ -237,6 +291,8 @@ class ReconnectingRun:
                     since = now
                     self.reconnects += 1
                     self.note(f"connection to {self.host.name} lost ({str(err).split(' — ')[0][:120] or type(err).__name__}); reconnecting")
+                elif self.gone is not None and self.gone():
+                    raise HostGone(f"{self.host.name}: the instance is gone") from None
                 elif now - since > self.give_up_after:
                     raise SSHError(f"lost {self.host.name} for {self.give_up_after:.0f}s — the run goes on there; "
                                    "re-attach later with `mnist-launch logs RUN_ID --follow`") from None

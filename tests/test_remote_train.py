@@ -336,3 +336,38 @@ def test_the_instance_fetches_mnist_from_s3_itself(cloud, small_mnist):
     p = cloud.cli(*args("s3data-3", f"{STORE}/nothing-here"))
     assert p.returncode != 0 and "no train-images-idx3-ubyte[.gz] under s3://" in p.stderr, p.stderr
     assert not (remote / "runs" / "s3data-3").exists()
+
+
+def test_a_lost_instance_is_replaced_and_the_run_resumes_from_s3(cloud, small_mnist):
+    """--recover: EC2 terminates the instance mid-run (its processes and disk go with it); the launcher
+    brings up a replacement, the agent there restores the run from S3 and it ends with every epoch once."""
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    remote = cloud.tmp / "instance-r"
+    proc = cloud.popen(*train_args(cloud, small_mnist, "lostrun", str(remote), "--set", "train.epochs=3", "--recover"))
+    deadline = time.monotonic() + 300
+    while "checkpoints/epoch_001/checkpoint.json" not in cloud.objects("lostrun"):  # the agent uploaded it whole
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    [old] = [i["InstanceId"] for r in ec2.describe_instances(Filters=[
+        {"Name": "instance-state-name", "Values": ["running"]}])["Reservations"] for i in r["Instances"]]
+    ec2.terminate_instances(InstanceIds=[old])
+    status = json.loads((remote / "runs" / "lostrun" / "status.json").read_text())
+    for pid in (status["trainer_pid"], status["agent_pid"]):
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    import shutil
+
+    shutil.rmtree(remote / "runs" / "lostrun")  # the disk went with the instance
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err
+    assert f"{old} is gone" in out and "recovery 1/3" in out and "restored from" in out and "finished" in out
+    assert [int(e) for e in EPOCH_ROW.findall(out)] == [1, 2, 3]  # every epoch shown once, across both instances
+    evs = events_on_instance(remote, "lostrun")
+    assert [e["epoch"] for e in evs if e["type"] == "epoch"] == [1, 2, 3]
+    summary = json.loads(cloud.objects("lostrun")["summary.json"])
+    assert summary["epochs_completed"] == 3
+    [new] = [i["InstanceId"] for r in ec2.describe_instances(Filters=[
+        {"Name": "instance-state-name", "Values": ["running"]}])["Reservations"] for i in r["Instances"]]
+    assert new != old
