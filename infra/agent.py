@@ -208,6 +208,26 @@ class ArtifactSync:
         return sent
 
 
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (children, grandchildren...), from ``ps`` (Linux and macOS)."""
+    try:
+        out = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            if pid not in found:
+                found.append(pid)
+                todo.append(pid)
+    return found
+
+
 class SpotWatch:
     """Polls instance metadata every ``every`` seconds; gives up for good where none answers."""
 
@@ -234,16 +254,15 @@ class SpotWatch:
         return notice, rebalance
 
 
-def preempt_reason(notice: dict, run_dir: Path, notice_at_wall: float) -> str:
-    """'spot interruption notice: terminate at T; checkpoint NAME saved' (or the one resume falls back to)."""
+def preempt_reason(notice: dict, run_dir: Path) -> str:
+    """'spot interruption notice: terminate at T; resumes from checkpoint NAME'."""
     from trainer.train import latest_checkpoint
 
     what = f"spot interruption notice: {notice.get('action', '?')} at {notice.get('time', '?')}"
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         return what + "; no complete checkpoint to resume from"
-    fresh = (ckpt / MARKER).stat().st_mtime >= notice_at_wall - 1.0
-    return what + (f"; checkpoint {ckpt.name} saved" if fresh else f"; no new checkpoint, resume from {ckpt.name}")
+    return what + f"; resumes from checkpoint {ckpt.name}"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -333,7 +352,8 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
                                  start_new_session=True, env={**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"})
     write_status(run_dir, state="running", agent_pid=os.getpid(), trainer_pid=child.pid,
                  launch_env=sorted(extra_env),  # the names only: values may be secrets
-                 started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None)
+                 started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None,
+                 spot_notice=None, rebalance=None)  # a resumed attempt starts without the last one's notices
 
     cancelled = {"sig": None}
 
@@ -349,10 +369,16 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal or SSH session is not a cancel
 
     def signal_group(sig) -> None:
+        """The trainer's group and every process below it: torchrun starts each rank in a session of its own."""
         try:
             os.killpg(child.pid, sig)
         except ProcessLookupError:
             pass
+        for pid in descendants(child.pid):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     watch = SpotWatch(args.imds_poll)
     notice: Optional[dict] = None
@@ -399,7 +425,7 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
     elif rc == 0:  # finished before the notice mattered (or the notice came during the last step)
         state, reason = "succeeded", None
     elif notice is not None:
-        state, reason = "preempted", preempt_reason(notice, run_dir, notice_at_wall=time.time() - (time.monotonic() - notice_at))
+        state, reason = "preempted", preempt_reason(notice, run_dir)
     else:
         state, reason = "failed", failure_reason(log_path, rc)
     write_status(run_dir, state=state, exit_code=rc, reason=reason, finished_at=round(time.time(), 3))

@@ -159,7 +159,7 @@ def test_spot_notice_checkpoints_marks_preempted_and_resume_matches_an_uninterru
     assert end["state"] == "preempted", log
     status = read_status(run.run_dir)
     assert status["state"] == "preempted" and status["spot_notice"] == NOTICE
-    assert "terminate at 2026-11-23T13:00:00Z" in status["reason"] and "saved" in status["reason"], status["reason"]
+    assert "terminate at 2026-11-23T13:00:00Z" in status["reason"] and "resumes from" in status["reason"], status["reason"]
     assert status["rebalance"] == REBALANCE
     evs = events_of(run.run_dir)
     assert evs[-1]["type"] == "run_end" and evs[-1]["state"] == "preempted" and "terminate" in evs[-1]["reason"]
@@ -173,6 +173,8 @@ def test_spot_notice_checkpoints_marks_preempted_and_resume_matches_an_uninterru
     ckpt = latest_checkpoint(run.run_dir)
     assert ckpt is not None and (ckpt / "checkpoint.json").is_file()
     assert ckpt.name in status["reason"]
+    assert any(e["type"] == "checkpoint" and e.get("reason") == "preempt" and e["path"].endswith(ckpt.name) for e in evs) \
+        or "_step_" not in ckpt.name  # saved on the notice, mid-epoch (or the epoch's own, when it came at its end)
 
     # resume to the end: same epochs, and (checkpoints are exact) the same numbers as a straight run
     imds.action = imds.rebalance = None
@@ -192,3 +194,21 @@ def test_spot_notice_checkpoints_marks_preempted_and_resume_matches_an_uninterru
     assert b["final_test_accuracy"] == a["final_test_accuracy"]
     starts = [e for e in events_of(resumed.run_dir) if e["type"] == "start"]
     assert len(starts) == 2 and starts[1]["resumed"]
+
+
+def test_latest_checkpoint_orders_mid_epoch_ones_and_skips_another_world_size(tmp_path):
+    from trainer.train import latest_checkpoint
+
+    def ckpt(name, **marker):
+        d = tmp_path / "checkpoints" / name
+        d.mkdir(parents=True)
+        (d / "checkpoint.json").write_text(json.dumps({"files": [], **marker}))
+
+    ckpt("epoch_001", epoch=1)
+    ckpt("epoch_002_step_00003", epoch=1, step=3, processes=2)
+    (tmp_path / "checkpoints" / "epoch_002_step_00009").mkdir()  # no marker: incomplete, never picked
+    assert latest_checkpoint(tmp_path).name == "epoch_002_step_00003"
+    assert latest_checkpoint(tmp_path, processes=2).name == "epoch_002_step_00003"
+    assert latest_checkpoint(tmp_path, processes=1).name == "epoch_001"  # its shards would not line up
+    ckpt("epoch_002", epoch=2)
+    assert latest_checkpoint(tmp_path, processes=2).name == "epoch_002"

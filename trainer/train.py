@@ -129,12 +129,20 @@ def build_scheduler(cfg: Config, optimizer, steps: int):
     return None, "none"
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """Newest checkpoint whose marker was written (so every file of it is complete)."""
+def latest_checkpoint(run_dir: Path, processes: Optional[int] = None) -> Optional[Path]:
+    """Newest checkpoint whose marker was written (so every file of it is complete). With
+    ``processes``, mid-epoch checkpoints of another number of ranks are passed over: each rank's
+    shard of the epoch, hence the steps already taken, depend on it."""
     root = run_dir / CHECKPOINTS
     if not root.is_dir():
         return None
     done = [d for d in root.iterdir() if (d / MARKER).is_file()]
+    if processes is not None:
+        def usable(d: Path) -> bool:
+            marker = json.loads((d / MARKER).read_text())
+            return not marker.get("step") or marker.get("processes") == processes
+
+        done = [d for d in done if usable(d)]
 
     def position(d: Path) -> tuple[int, int]:
         marker = json.loads((d / MARKER).read_text())
@@ -237,9 +245,13 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     start_epoch = 1
     partial = None  # a mid-epoch checkpoint's per-rank running sums, to continue its epoch exactly
     if resume:
-        ckpt = latest_checkpoint(run_dir)
+        ckpt = latest_checkpoint(run_dir, accelerator.num_processes)
         if ckpt is None:
             raise RunError(f"{run_dir}: no complete checkpoint to resume from — start a new run instead")
+        newest = latest_checkpoint(run_dir)
+        if main and newest != ckpt:
+            print(f"trainer: {newest.name} was saved by another number of processes mid-epoch; "
+                  f"resuming from {ckpt.name}", flush=True)
         accelerator.load_state(str(ckpt))
         start_epoch = state.epoch + 1
         if state.step:
@@ -410,7 +422,8 @@ def save_mid_epoch(accelerator: Accelerator, run_dir: Path, state: TrainState, s
     rel = f"{CHECKPOINTS}/{path.name}"
     if accelerator.is_main_process:
         files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
-        write_json(path / MARKER, {"epoch": state.epoch, "step": step, "files": files, "best": False})
+        write_json(path / MARKER, {"epoch": state.epoch, "step": step, "processes": accelerator.num_processes,
+                                   "files": files, "best": False})
         events.emit("checkpoint", epoch=state.epoch, step=step, path=rel, best=False, reason=why)
     accelerator.wait_for_everyone()
     return rel
