@@ -194,6 +194,7 @@ class ArtifactSync:
                 continue  # pruned by the trainer meanwhile: its partial upload is removed below
             manifest = folder / (MARKER + ".store.tmp")
             manifest.write_text(json.dumps({"epoch": marker.get("epoch"), "step": marker.get("step", 0),
+                                        "processes": marker.get("processes"),  # a resume reads these too
                                         "best": marker.get("best"), "files": files}))
             try:
                 self.store.put_file(self.run_id, f"{CHECKPOINTS}/{name}/{MARKER}", manifest)

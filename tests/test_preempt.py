@@ -212,3 +212,37 @@ def test_latest_checkpoint_orders_mid_epoch_ones_and_skips_another_world_size(tm
     assert latest_checkpoint(tmp_path, processes=1).name == "epoch_001"  # its shards would not line up
     ckpt("epoch_002", epoch=2)
     assert latest_checkpoint(tmp_path, processes=2).name == "epoch_002"
+
+
+def test_a_mid_epoch_checkpoint_goes_up_with_its_step_and_is_the_one_resumed_from_the_store(tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from infra.agent import ArtifactSync
+    from infra.s3 import S3Store
+    from infra.store import latest_stored_checkpoint
+    from tests.aws_helpers import fake_aws_env
+
+    fake_aws_env(monkeypatch, tmp_path / "home")
+    run = tmp_path / "run"
+    for name, marker in (("epoch_001", {"epoch": 1}), ("epoch_002_step_00003", {"epoch": 1, "step": 3, "processes": 1})):
+        d = run / "checkpoints" / name
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"w" * 100)
+        (d / "checkpoint.json").write_text(json.dumps({**marker, "files": ["model.safetensors"], "best": False}))
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="spot-bucket")
+        store = S3Store("s3://spot-bucket/p")
+        sync = ArtifactSync(run, None, "r1")
+        sync.store = store
+        sync.sync()
+        assert sync.error is None
+        manifest = json.loads(store.read_text("r1", "checkpoints/epoch_002_step_00003/checkpoint.json"))
+        assert manifest["epoch"] == 1 and manifest["step"] == 3 and manifest["processes"] == 1
+        from trainer.train import latest_checkpoint
+
+        # the store's manifest replaces the trainer's marker in a download: a resume must still take it
+        (run / "checkpoints" / "epoch_002_step_00003" / "checkpoint.json").write_text(json.dumps(manifest))
+        assert latest_checkpoint(run, processes=1).name == "epoch_002_step_00003"
+        latest = latest_stored_checkpoint(store, "r1")
+        assert latest["name"] == "epoch_002_step_00003" and (latest["epoch"], latest["step"]) == (1, 3)
