@@ -10,6 +10,13 @@ new artifacts to the store as they appear, forwards SIGTERM/SIGINT to the traine
 On an instance the launcher adds ``--processes 0`` (one per GPU), ``--env-file`` (``launch.env``,
 a 0600 file read once and deleted, so secrets never sit on a command line or in the store) and
 ``--jobs-dir`` (a marker per running job: what `status` and the autostop watcher look at).
+
+Spot instances: every ``--imds-poll`` seconds the agent asks the instance metadata service
+(IMDSv2) for a spot interruption notice and a rebalance recommendation. A notice: SIGUSR1 to the
+trainer's group (every rank checkpoints at the next step boundary and exits), a last upload, and
+the run ends ``preempted`` with the notice as its reason; ``--resume`` continues it exactly. A
+rebalance recommendation: recorded (an event, ``status.json``'s ``rebalance``) and one checkpoint
+(SIGUSR2), training goes on. Where no metadata service answers (a laptop) polling stops at once.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ from trainer.precision import cuda_capability, resolve_mixed_precision
 TERMINAL = ("succeeded", "failed", "cancelled", "preempted")
 STATUS_FILE = "status.json"
 LOG_FILE = "train.log"
+
+
+PREEMPT_SIGNAL = signal.SIGUSR1  # trainer: checkpoint at the next step boundary, then exit
+CHECKPOINT_SIGNAL = signal.SIGUSR2  # trainer: checkpoint at the next step boundary, keep training
 
 
 def write_status(run_dir: Path, **fields) -> dict:
@@ -185,7 +196,9 @@ class ArtifactSync:
             except FileNotFoundError:
                 continue  # pruned by the trainer meanwhile: its partial upload is removed below
             manifest = folder / (MARKER + ".store.tmp")
-            manifest.write_text(json.dumps({"epoch": marker.get("epoch"), "best": marker.get("best"), "files": files}))
+            manifest.write_text(json.dumps({"epoch": marker.get("epoch"), "step": marker.get("step", 0),
+                                        "processes": marker.get("processes"),  # a resume reads these too
+                                        "best": marker.get("best"), "files": files}))
             try:
                 self.store.put_file(self.run_id, f"{CHECKPOINTS}/{name}/{MARKER}", manifest)
             finally:
@@ -197,6 +210,63 @@ class ArtifactSync:
             self.checkpoints_done.discard(name)
             self.checkpoints_started.discard(name)
         return sent
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (children, grandchildren...), from ``ps`` (Linux and macOS)."""
+    try:
+        out = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            if pid not in found:
+                found.append(pid)
+                todo.append(pid)
+    return found
+
+
+class SpotWatch:
+    """Polls instance metadata every ``every`` seconds; gives up for good where none answers."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.imds = None
+        self.next_at = 0.0
+        self.rebalance_seen = False
+        if every > 0:
+            from infra.imds import IMDS
+
+            self.imds = IMDS()
+
+    def poll(self) -> tuple[Optional[dict], Optional[dict]]:
+        """(spot instance-action notice or None, a rebalance recommendation seen for the first time or None)."""
+        if self.imds is None or self.imds.disabled or time.monotonic() < self.next_at:
+            return None, None
+        self.next_at = time.monotonic() + self.every
+        notice = self.imds.instance_action()
+        rebalance = None
+        if notice is None and not self.rebalance_seen and not self.imds.disabled:
+            rebalance = self.imds.rebalance()
+            self.rebalance_seen = rebalance is not None
+        return notice, rebalance
+
+
+def preempt_reason(notice: dict, run_dir: Path) -> str:
+    """'spot interruption notice: terminate at T; resumes from checkpoint NAME'."""
+    from trainer.train import latest_checkpoint
+
+    what = f"spot interruption notice: {notice.get('action', '?')} at {notice.get('time', '?')}"
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return what + "; no complete checkpoint to resume from"
+    return what + f"; resumes from checkpoint {ckpt.name}"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -234,6 +304,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--jobs-dir", type=Path, default=None, help="keep a marker RUN_ID here while the run is active")
     parser.add_argument("--restore", action="store_true",
                         help="first fetch the run and its newest complete checkpoint from --store, then resume")
+    parser.add_argument("--imds-poll", type=float, default=float(os.environ.get("MNIST_LAUNCH_IMDS_POLL", "2")),
+                        help="seconds between spot interruption / rebalance checks (instance metadata); 0: off "
+                             "(default 2, or $MNIST_LAUNCH_IMDS_POLL)")
+    parser.add_argument("--preempt-grace", type=float, default=90.0,
+                        help="seconds the trainer gets to checkpoint after a spot notice before it is stopped")
     args = parser.parse_args(argv)
     absolute_pythonpath()
     run_dir = args.run_dir.resolve()
@@ -282,12 +357,17 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
         events.emit("run_end", state="failed", exit_code=err.exit_code, reason=str(err))
         sync.sync()
         return 1
+    # Inherited as "ignored" by accelerate launch / torchrun, so signalling the whole group reaches
+    # the ranks (which install their own handlers) without killing the launchers between.
+    signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)
+    signal.signal(CHECKPOINT_SIGNAL, signal.SIG_IGN)
     with open(log_path, "ab") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True, env={**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"})
     write_status(run_dir, state="running", agent_pid=os.getpid(), trainer_pid=child.pid,
                  launch_env=sorted(extra_env),  # the names only: values may be secrets
-                 started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None)
+                 started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None,
+                 spot_notice=None, rebalance=None)  # a resumed attempt starts without the last one's notices
 
     cancelled = {"sig": None}
 
@@ -302,6 +382,21 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal or SSH session is not a cancel
 
+    def signal_group(sig) -> None:
+        """The trainer's group and every process below it: torchrun starts each rank in a session of its own."""
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            pass
+        for pid in descendants(child.pid):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    watch = SpotWatch(args.imds_poll)
+    notice: Optional[dict] = None
+    notice_at = last_signal = 0.0
     last_sync = 0.0
     while True:
         try:
@@ -309,7 +404,27 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
             break
         except subprocess.TimeoutExpired:
             pass
-        if time.monotonic() - last_sync >= args.sync_every:
+        now = time.monotonic()
+        if notice is None and cancelled["sig"] is None:
+            found, rebalance = watch.poll()
+            if rebalance is not None:
+                write_status(run_dir, rebalance=rebalance)
+                events.emit("rebalance_recommendation", notice=rebalance)
+                signal_group(CHECKPOINT_SIGNAL)
+            if found is not None:
+                notice, notice_at = found, now
+                write_status(run_dir, spot_notice=notice)
+                events.emit("spot_interruption", action=notice.get("action"), notice=notice)
+                print(f"agent: spot interruption notice {notice}: checkpointing", file=sys.stderr, flush=True)
+                signal_group(PREEMPT_SIGNAL)
+                last_signal = now
+        elif notice is not None:
+            if now - notice_at > args.preempt_grace:
+                signal_group(signal.SIGTERM)  # out of time: the last complete checkpoint is what resumes
+            elif now - last_signal >= 5.0:  # a rank still starting up (handler not yet installed) gets it again
+                signal_group(PREEMPT_SIGNAL)
+                last_signal = now
+        if now - last_sync >= args.sync_every:
             sync.sync()
             last_sync = time.monotonic()
 
@@ -321,8 +436,10 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
 
     if cancelled["sig"] is not None:
         state, reason = "cancelled", f"cancelled by signal {signal.Signals(cancelled['sig']).name}"
-    elif rc == 0:
+    elif rc == 0:  # finished before the notice mattered (or the notice came during the last step)
         state, reason = "succeeded", None
+    elif notice is not None:
+        state, reason = "preempted", preempt_reason(notice, run_dir)
     else:
         state, reason = "failed", failure_reason(log_path, rc)
     write_status(run_dir, state=state, exit_code=rc, reason=reason, finished_at=round(time.time(), 3))

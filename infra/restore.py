@@ -39,8 +39,9 @@ def _fetch(store: ArtifactStore, run_id: str, name: str, dest: Path) -> bool:
     return True
 
 
-def events_until(text: str, epoch: int) -> str:
-    """The events up to and including the checkpoint of ``epoch``: what the resumed attempt continues."""
+def events_until(text: str, epoch: int, step: int = 0) -> str:
+    """The events up to and including the checkpoint of ``epoch`` (at ``step`` for a mid-epoch one):
+    what the resumed attempt continues."""
     lines = text.splitlines(keepends=True)
     cut = 0
     for i, line in enumerate(lines):
@@ -48,7 +49,7 @@ def events_until(text: str, epoch: int) -> str:
             ev = json.loads(line)
         except json.JSONDecodeError:
             break  # a torn last line
-        if ev.get("type") == "checkpoint" and ev.get("epoch") == epoch:
+        if ev.get("type") == "checkpoint" and ev.get("epoch") == epoch and (ev.get("step") or 0) == step:
             cut = i + 1
     return "".join(lines[:cut])
 
@@ -64,7 +65,7 @@ def restore_run(store: ArtifactStore, run_id: str, run_dir: Path) -> dict:
         _fetch(store, run_id, name, run_dir / name)
     events = run_dir / "events.jsonl"
     if events.is_file():
-        events.write_text(events_until(events.read_text(), ckpt["epoch"]))
+        events.write_text(events_until(events.read_text(), ckpt["epoch"], ckpt.get("step") or 0))
     folder = run_dir / CHECKPOINTS / ckpt["name"]
     for rel, meta in ckpt["files"].items():
         _fetch(store, run_id, f"{CHECKPOINTS}/{ckpt['name']}/{rel}", folder / rel)
@@ -77,5 +78,8 @@ def restore_run(store: ArtifactStore, run_id: str, run_dir: Path) -> dict:
         raise RunError(f"checkpoint {ckpt['name']} of '{run_id}' fails its sha256 ({', '.join(bad)}) — "
                        "it was changed in the store; resume from an older one or start again")
     # the trainer's own marker, written last, as the trainer writes it
-    (folder / MARKER).write_text(json.dumps({"epoch": ckpt["epoch"], "files": sorted(ckpt["files"]), "best": False}))
+    marker = {"epoch": ckpt["epoch"], "files": sorted(ckpt["files"]), "best": False}
+    if ckpt.get("step"):
+        marker.update(step=ckpt["step"], processes=ckpt.get("processes"))
+    (folder / MARKER).write_text(json.dumps(marker))
     return ckpt

@@ -132,8 +132,10 @@ def latest_stored_checkpoint(store: "ArtifactStore", run_id: str) -> Optional[di
         if any(f"{folder}/{rel}" not in names or store.size_of(run_id, f"{folder}/{rel}") != meta.get("size")
                for rel, meta in files.items()):
             continue
-        if best is None or manifest.get("epoch", -1) > best["epoch"]:
-            best = {"name": folder.split("/", 1)[1], "epoch": manifest.get("epoch", -1), "files": files}
+        position = (manifest.get("epoch", -1), manifest.get("step", 0))  # a mid-epoch one after its epoch's start
+        if best is None or position > (best["epoch"], best["step"]):
+            best = {"name": folder.split("/", 1)[1], "epoch": position[0], "step": position[1], "files": files,
+                    "processes": manifest.get("processes")}
     return best
 
 

@@ -16,10 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path, help="folder holding config.yaml; artifacts go here")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     args = parser.parse_args(argv)
-    from trainer.train import train
+    from trainer.train import PREEMPTED_EXIT, Preempted, train
 
     try:
         train(args.run_dir, resume=args.resume)
+    except Preempted as err:  # SIGUSR1: checkpointed at a step boundary; the agent records why
+        print(f"trainer: {err}", file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT
     except LaunchError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return err.exit_code

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,6 +33,50 @@ from trainer.precision import cuda_capability, resolve_mixed_precision
 
 CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"  # written last: a checkpoint without it is incomplete and never resumed
+PREEMPTED_EXIT = 75  # the trainer saved a checkpoint on request (SIGUSR1) and stopped: resume continues it
+CHECK_EVERY_MULTI = 10  # with several ranks, the signal flags are agreed on (all-reduced) every N steps
+
+
+class Preempted(Exception):
+    """SIGUSR1 asked for a checkpoint and a stop; the checkpoint is saved."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"stopped on request after saving {path}")
+        self.path = path
+
+
+class Interrupts:
+    """SIGUSR1: checkpoint at the next step boundary, then stop (a spot interruption notice).
+    SIGUSR2: checkpoint at the next step boundary and keep training (a rebalance recommendation).
+
+    The agent signals the trainer's whole process group, so every rank sets its own flag; ranks
+    agree (an all-reduce) before acting, so they all save at the same step."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.save = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGUSR1, self._on_stop)
+        signal.signal(signal.SIGUSR2, self._on_save)
+
+    def _on_stop(self, _signum, _frame) -> None:
+        self.stop = True
+
+    def _on_save(self, _signum, _frame) -> None:
+        self.save = True
+
+    def due(self, step: int, accelerator: Accelerator) -> bool:
+        """Whether to look at the flags after this step (the same answer on every rank)."""
+        return accelerator.num_processes == 1 or step % CHECK_EVERY_MULTI == 0
+
+    def agreed(self, accelerator: Accelerator) -> tuple[bool, bool]:
+        """(stop, save) as any rank saw them: a collective when there are several ranks."""
+        if accelerator.num_processes == 1:
+            return self.stop, self.save
+        flags = torch.tensor([float(self.stop), float(self.save)], device=accelerator.device)
+        flags = accelerator.reduce(flags, reduction="sum")
+        return bool(flags[0].item() > 0), bool(flags[1].item() > 0)
 
 
 class TrainState:
@@ -44,6 +89,7 @@ class TrainState:
         self.history: list[dict] = []
         self.train_seconds = 0.0
         self.images_seen = 0
+        self.step = 0  # >0 in a mid-epoch checkpoint: steps of epoch ``epoch + 1`` already taken
 
     def state_dict(self) -> dict:
         return dict(self.__dict__)
@@ -83,13 +129,26 @@ def build_scheduler(cfg: Config, optimizer, steps: int):
     return None, "none"
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """Newest checkpoint whose marker was written (so every file of it is complete)."""
+def latest_checkpoint(run_dir: Path, processes: Optional[int] = None) -> Optional[Path]:
+    """Newest checkpoint whose marker was written (so every file of it is complete). With
+    ``processes``, mid-epoch checkpoints of another number of ranks are passed over: each rank's
+    shard of the epoch, hence the steps already taken, depend on it."""
     root = run_dir / CHECKPOINTS
     if not root.is_dir():
         return None
     done = [d for d in root.iterdir() if (d / MARKER).is_file()]
-    return max(done, key=lambda d: json.loads((d / MARKER).read_text())["epoch"], default=None)
+    if processes is not None:
+        def usable(d: Path) -> bool:
+            marker = json.loads((d / MARKER).read_text())
+            return not marker.get("step") or marker.get("processes") == processes
+
+        done = [d for d in done if usable(d)]
+
+    def position(d: Path) -> tuple[int, int]:
+        marker = json.loads((d / MARKER).read_text())
+        return marker["epoch"], marker.get("step", 0)  # a mid-epoch one comes after its epoch's start
+
+    return max(done, key=position, default=None)
 
 
 def prune_checkpoints(run_dir: Path, keep: int, best_epoch: int) -> None:
@@ -184,12 +243,21 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         accelerator.register_for_checkpointing(scheduler)
 
     start_epoch = 1
+    partial = None  # a mid-epoch checkpoint's per-rank running sums, to continue its epoch exactly
     if resume:
-        ckpt = latest_checkpoint(run_dir)
+        ckpt = latest_checkpoint(run_dir, accelerator.num_processes)
         if ckpt is None:
             raise RunError(f"{run_dir}: no complete checkpoint to resume from — start a new run instead")
+        newest = latest_checkpoint(run_dir)
+        if main and newest != ckpt:
+            print(f"trainer: {newest.name} was saved by another number of processes mid-epoch; "
+                  f"resuming from {ckpt.name}", flush=True)
         accelerator.load_state(str(ckpt))
         start_epoch = state.epoch + 1
+        if state.step:
+            partial = torch.load(ckpt / f"partial_{accelerator.process_index}.pt", weights_only=True)
+    interrupts = Interrupts()
+    interrupts.install()
     if main:
         accelerator.init_trackers("tensorboard", config={"model": cfg.model, "seed": tc.seed, "batch_size": tc.batch_size,
                                                          "lr": cfg.optimizer.lr, "epochs": tc.epochs})
@@ -212,8 +280,21 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        for step, idx in enumerate(epoch_batches(len(data.train_images), tc.batch_size, epoch, tc.seed,
-                                                 accelerator.process_index, accelerator.num_processes, device), 1):
+        skip = 0
+        if partial is not None:  # continue the epoch a mid-epoch checkpoint stopped in, from its next step
+            skip = state.step
+            loss_sum = partial["loss_sum"].to(device)
+            correct = partial["correct"].to(device)
+            seen = int(partial["seen"])
+            t0 -= float(partial["seconds"])
+            if "aug_gen" in partial:
+                aug_gen.set_state(partial["aug_gen"].to(aug_gen.get_state().device))
+            state.step, partial = 0, None
+        batches = epoch_batches(len(data.train_images), tc.batch_size, epoch, tc.seed,
+                                accelerator.process_index, accelerator.num_processes, device)
+        for step, idx in enumerate(batches, 1):
+            if step <= skip:
+                continue
             x = augment(data.train_images[idx], aug_gen) if augment else normalize(data.train_images[idx])
             y = data.train_labels[idx]
             if tc.channels_last:
@@ -234,6 +315,19 @@ def train(run_dir: Path, resume: bool = False) -> dict:
                 events.emit("step", epoch=epoch, step=step, steps=steps, loss=round(loss.item(), 5),
                             lr=optimizer.param_groups[0]["lr"],
                             images_per_second=round(seen * accelerator.num_processes / max(elapsed, 1e-9), 1))
+            if step < steps and interrupts.due(step, accelerator):
+                stop, save = interrupts.agreed(accelerator)
+                if stop or save:
+                    interrupts.stop = interrupts.save = False
+                    sums = {"loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu(), "seen": seen,
+                            "seconds": time.perf_counter() - t0}
+                    if augment:
+                        sums["aug_gen"] = aug_gen.get_state()
+                    path = save_mid_epoch(accelerator, run_dir, state, step, sums, events,
+                                          "preempt" if stop else "rebalance")
+                    if stop:
+                        accelerator.end_training()
+                        raise Preempted(path)
         if accelerator.num_processes > 1:
             totals = accelerator.reduce(torch.stack([loss_sum, correct.float()]), reduction="sum")
             loss_sum, correct = totals[0], totals[1]
@@ -263,6 +357,11 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         save_checkpoint(accelerator, model, run_dir, state, is_best, tc.keep_checkpoints, events)
         if main:
             write_curves(state.history, run_dir / "curves.png")
+        stop, _ = interrupts.agreed(accelerator)  # a stop during the last step: the checkpoint above is the one
+        interrupts.stop = False  # (a pending save-and-continue is served at the next step boundary)
+        if stop and epoch < tc.epochs:
+            accelerator.end_training()
+            raise Preempted(f"{CHECKPOINTS}/epoch_{state.epoch:03d}")
         if tc.target_accuracy is not None and test_acc >= tc.target_accuracy:
             stop_reason = "target_accuracy"
             break
@@ -304,6 +403,30 @@ def save_checkpoint(accelerator: Accelerator, model, run_dir: Path, state: Train
         prune_checkpoints(run_dir, keep, state.best_epoch)
         events.emit("checkpoint", epoch=state.epoch, path=f"{CHECKPOINTS}/{path.name}", best=is_best)
     accelerator.wait_for_everyone()
+
+
+def save_mid_epoch(accelerator: Accelerator, run_dir: Path, state: TrainState, step: int, sums: dict,
+                   events: EventWriter, why: str) -> str:
+    """A checkpoint after ``step`` steps of epoch ``state.epoch + 1``: save_state (model, optimizer,
+    scheduler, RNG, TrainState with ``step``) plus each rank's running sums and augmentation
+    generator, marker last. Resuming from it continues that epoch at step ``step + 1`` exactly."""
+    epoch = state.epoch + 1
+    path = run_dir / CHECKPOINTS / f"epoch_{epoch:03d}_step_{step:05d}"
+    state.step = step
+    try:
+        accelerator.save_state(str(path))
+    finally:
+        state.step = 0
+    torch.save(sums, path / f"partial_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    rel = f"{CHECKPOINTS}/{path.name}"
+    if accelerator.is_main_process:
+        files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+        write_json(path / MARKER, {"epoch": state.epoch, "step": step, "processes": accelerator.num_processes,
+                                   "files": files, "best": False})
+        events.emit("checkpoint", epoch=state.epoch, step=step, path=rel, best=False, reason=why)
+    accelerator.wait_for_everyone()
+    return rel
 
 
 def device_name(device: torch.device) -> str:
