@@ -106,14 +106,15 @@ def main() -> None:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             t0 = time.monotonic()
             cuts = 0
-            kill_at = rng.uniform(8, 25) if kill else None
+            kill_at = rng.uniform(2, 15) if kill else None  # seconds after start, once the run has begun
             while proc.poll() is None:
                 now = time.monotonic() - t0
                 if cut_times and now >= cut_times[0]:
                     cut_times.pop(0)
                     proxy.cut()
                     cuts += 1
-                if kill_at is not None and now >= kill_at:
+                started_run = (remote / "runs" / run_id / "events.jsonl").exists()  # kill mid-run, not mid-setup
+                if kill_at is not None and now >= kill_at and started_run:
                     proc.send_signal(signal.SIGKILL)
                     break
                 time.sleep(0.1)
@@ -126,7 +127,8 @@ def main() -> None:
                 rc = proc.returncode
             epochs = [int(e) for e in EPOCH_ROW.findall(out)]
             ok_follow = rc == 0 and epochs == list(range(1, args.epochs + 1)) and "finished" in out
-            evs = [json.loads(x) for x in (remote / "runs" / run_id / "events.jsonl").read_text().splitlines()]
+            events_file = remote / "runs" / run_id / "events.jsonl"
+            evs = [json.loads(x) for x in events_file.read_text().splitlines()] if events_file.exists() else []
             ok_file = [e["epoch"] for e in evs if e["type"] == "epoch"] == list(range(1, args.epochs + 1))
             keys = {o["Key"].split(f"runs/{run_id}/", 1)[1]
                     for o in s3.list_objects_v2(Bucket="soak", Prefix=f"mnist/runs/{run_id}/").get("Contents", [])}

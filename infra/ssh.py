@@ -244,7 +244,7 @@ class SSHHost:
                     time.sleep(0.01)
             code = chan.recv_exit_status()
             if code == -1:  # the channel closed without an exit status: the connection dropped
-                raise SSHError(f"{self.name}: connection lost while running {command[:60]} — check the network, then retry")
+                raise SSHError(f"{self.name}: the connection dropped while a command ran — check the network, then retry")
             return Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
         finally:
             chan.close()

@@ -138,12 +138,12 @@ def start_remote_run(req: RemoteRequest, console: Console, recover: Optional[str
     paths = remote_layout(cfg.launch.remote_dir, run_id)
     # code, data and venv are independent: checked at once, each over its own channel of one connection
     t = time.monotonic()
-    sync, data, setup = _in_parallel(timings, [
+    sync, data, setup = _retrying(host, console, lambda: _in_parallel(timings, [
         ("sync", lambda: sync_workdir(host, PROJECT_ROOT, paths["code"])),
         ("data", lambda: fetch_mnist(host, data_uri, paths["data"]) if data_uri
                  else ship_mnist(host, Path(data_dir), paths["data"])),
         ("setup", lambda: ensure_env(host, paths["venv"], cfg.launch.python, cfg.launch.setup)),
-    ])
+    ]))
     timings["prepare"] = time.monotonic() - t
     for report in (sync, data, setup):
         console.print(f"[dim]{report.summary()}[/]")
@@ -161,9 +161,12 @@ def start_remote_run(req: RemoteRequest, console: Console, recover: Optional[str
     meta = {"run_id": run_id, "created_at": round(time.time(), 3), "host": str(host.name),
             "config_file": req.config, "code_revision": code_revision(), "argv": _argv(),
             "local_data_dir": local_data_dir, "cloud": where, "store": store}
-    host.write_text(f"{run_dir}/config.yaml", config_to_yaml(cfg))
-    host.write_text(f"{run_dir}/meta.json", json.dumps(meta, indent=2) + "\n")
-    host.write_text(f"{run_dir}/status.json", json.dumps({"state": "starting", "updated_at": time.time()}))
+    def write_files() -> None:
+        host.write_text(f"{run_dir}/config.yaml", config_to_yaml(cfg))
+        host.write_text(f"{run_dir}/meta.json", json.dumps(meta, indent=2) + "\n")
+        host.write_text(f"{run_dir}/status.json", json.dumps({"state": "starting", "updated_at": time.time()}))
+
+    _retrying(host, console, write_files)
     return _spawn_agent(host, cfg, req, paths, run_id, store, name, inst, timings, t, [],
                         python=setup.python, created_at=meta["created_at"])
 
@@ -186,10 +189,58 @@ def _spawn_agent(host: SSHHost, cfg: Config, req: RemoteRequest, paths: dict, ru
     argv += extra
     record = {**where, "store": store, "identity": req.identity, "created_at": created_at or round(time.time(), 3)}
     home.write_run_record(run_id, record)
-    pid = host.spawn(argv, cwd=paths["root"], log=f"{run_dir}/agent.log", env={"PYTHONPATH": "code"})
+    pid = _spawn_once(host, argv, paths["root"], run_dir, tag="restore" if "--restore" in extra else "start")
     home.write_run_record(run_id, {**record, "spawn_pid": pid})  # an agent that dies before its first word is seen
     timings["start"] = time.monotonic() - t
     return RemoteRun(run_id, host, run_dir, store, name, inst.id, timings, pid, inst.image_id, inst.instance_type)
+
+
+def _spawn_once(host: SSHHost, argv: list[str], root: str, run_dir: str, tag: str) -> int:
+    """Start the agent exactly once, even when the connection drops around the spawn: an atomic
+    mkdir on the host claims the start; a retry that finds it claimed takes the running agent's pid."""
+    guard = f"{run_dir}/.agent-{tag}"
+    for tries in range(5):
+        try:
+            claim = host.exec(f"mkdir {_rq_path(guard)} 2>/dev/null && echo claimed || echo taken", timeout=60)
+            if claim.stdout.strip().endswith("claimed"):
+                return host.spawn(argv, cwd=root, log=f"{run_dir}/agent.log", env={"PYTHONPATH": "code"})
+            deadline = time.monotonic() + 30  # another attempt started it: wait for its pid
+            while time.monotonic() < deadline:
+                pid = json.loads(host.read_text(f"{run_dir}/status.json") or "{}").get("agent_pid")
+                if pid:
+                    return int(pid)
+                time.sleep(0.5)
+            raise RunError(f"the agent of {run_dir} was started but never reported — see its agent.log")
+        except (HostKeyChangedError, KeyRefusedError):
+            raise
+        except (SSHError, paramiko.SSHException, EOFError, ConnectionError):
+            if tries == 4:
+                raise
+            host.close()
+            time.sleep(1.0 + tries)
+    raise AssertionError("unreachable")
+
+
+def _rq_path(path: str) -> str:
+    return shlex.quote(path) if not path.startswith("~/") else '"$HOME"/' + shlex.quote(path[2:])
+
+
+def _retrying(host: SSHHost, console: Console, step: Callable[[], object], attempts: int = 5):
+    """Run an idempotent step (sync, data, setup all are), again after a dropped connection."""
+    delay = 1.0
+    for attempt in range(1, attempts + 1):
+        try:
+            return step()
+        except (HostKeyChangedError, KeyRefusedError):
+            raise
+        except (SSHError, paramiko.SSHException, EOFError, ConnectionError) as err:
+            if attempt == attempts:
+                raise
+            console.print(f"[yellow]connection to {host.name} dropped ({str(err).split(' — ')[0][:100]}); "
+                          f"retrying in {delay:.0f}s[/]")
+            host.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 def _in_parallel(timings: dict[str, float], jobs: list[tuple[str, Callable[[], object]]]) -> list:
