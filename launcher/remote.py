@@ -201,7 +201,8 @@ def _spawn_once(host: SSHHost, argv: list[str], root: str, run_dir: str, tag: st
     guard = f"{run_dir}/.agent-{tag}"
     for tries in range(5):
         try:
-            claim = host.exec(f"mkdir {_rq_path(guard)} 2>/dev/null && echo claimed || echo taken", timeout=60)
+            claim = host.exec(f"mkdir -p {_rq_path(run_dir)} && {{ mkdir {_rq_path(guard)} 2>/dev/null && echo claimed "
+                              "|| echo taken; }", timeout=60)
             if claim.stdout.strip().endswith("claimed"):
                 return host.spawn(argv, cwd=root, log=f"{run_dir}/agent.log", env={"PYTHONPATH": "code"})
             deadline = time.monotonic() + 30  # another attempt started it: wait for its pid
