@@ -804,6 +804,30 @@ class AWSProvider:
                 removed.append(f"key pair {key}")
         return removed
 
+    def leftovers(self, name: str) -> list[str]:
+        """What `down` must not leave behind, still found for cluster ``name``: instances not yet
+        terminated, volumes tagged with the cluster, its security group, role and instance profile,
+        and its key pairs that no live instance uses. [] when the cluster is gone without a trace."""
+        ec2, iam = self.clients.ec2, self.clients.iam
+        left = [f"instance {i.id} ({i.state})"
+                for i in self.find_instances(name, states=["pending", "running", "stopping", "stopped", "shutting-down"])]
+        vols = ec2.describe_volumes(Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [name]},
+                                             {"Name": "status", "Values": ["creating", "available", "in-use"]}])["Volumes"]
+        left += [f"volume {v['VolumeId']} ({v['State']})" for v in vols]
+        sg = self._find_sg(name)
+        if sg is not None and {"Key": TAG_MANAGED, "Value": "true"} in sg.get("Tags", []):
+            left.append(f"security group {sg['GroupId']}")
+        role = self.role_name(name)
+        if self._iam_get(iam.get_instance_profile, InstanceProfileName=role) is not None:
+            left.append(f"instance profile {role}")
+        if self._iam_get(iam.get_role, RoleName=role) is not None:
+            left.append(f"role {role}")
+        in_use = {i.key_name for i in self.find_instances(states=["pending", "running", "stopping", "stopped", "shutting-down"])}
+        for kp in ec2.describe_key_pairs(Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [name]}])["KeyPairs"]:
+            if kp["KeyName"] not in in_use:
+                left.append(f"key pair {kp['KeyName']}")
+        return left
+
     def _key_is_ours(self, key: str) -> bool:
         try:
             kps = self.clients.ec2.describe_key_pairs(KeyNames=[key])["KeyPairs"]

@@ -516,9 +516,17 @@ def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = Fal
                     done += [f"stopped instance {i.id}" for i in provider.stop(n)]
                 else:
                     ids = [i.id for i in provider.find_instances(n, states=["pending", "running", "stopping", "stopped", "shutting-down"])]
-                    done += provider.remove(n)
+                    removed = provider.remove(n)
+                    done += removed
                     _forget_host_keys(ids)
                     home.drop_cluster_cache(n)
+                    left = provider.leftovers(n)  # verified, not assumed
+                    if left:
+                        raise AWSError(f"down {n}: still there after removal: {', '.join(left)} — run `mnist-launch "
+                                       f"down {n} --yes` again; if it stays, delete it in the EC2/IAM console")
+                    if removed:
+                        done.append(f"verified: nothing of {n} remains (instances, volumes, security group, "
+                                    "role, instance profile, key pair)")
     for item in done:
         console.print(f"  {item}")
     if not done:

@@ -391,3 +391,22 @@ def test_status_warns_about_instances_that_look_forgotten():
         "old (i-3) up 13h05m, ~$6.88 so far — `mnist-launch down old` if you are done",
         "nostop (i-4) autostop off, ~$0.09 so far — `mnist-launch down nostop` if you are done",
     ]
+
+
+def test_down_verifies_nothing_of_the_cluster_remains(aws, home):
+    from infra.aws import TAG_CLUSTER
+
+    make_clusters("tidy", "leaky")
+    out = cli("down", "tidy", "--yes")
+    assert out.code == 0, out.stderr
+    assert "verified: nothing of tidy remains" in out.stderr
+    # a volume tagged with the cluster that outlives its instance (detached, say) is found and named
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    vol = ec2.create_volume(AvailabilityZone="us-east-1a", Size=10, TagSpecifications=[
+        {"ResourceType": "volume", "Tags": [{"Key": TAG_CLUSTER, "Value": "leaky"}, {"Key": TAG_MANAGED, "Value": "true"}]}])
+    out = cli("down", "leaky", "--yes")
+    assert out.code != 0
+    assert f"still there after removal: volume {vol['VolumeId']} (available)" in out.stderr
+    ec2.delete_volume(VolumeId=vol["VolumeId"])
+    out = cli("down", "leaky", "--yes")
+    assert out.code == 0 and "nothing to terminate" in out.stderr
