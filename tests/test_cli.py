@@ -61,7 +61,7 @@ def test_local_train_end_to_end_writes_every_artifact(small_mnist, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_stopping_the_launcher_does_not_stop_the_run(small_mnist, tmp_path, sig):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MNIST_LAUNCH_STEP_DELAY": "0.1"}  # running when signalled
     proc = subprocess.Popen([sys.executable, "-m", "launcher", "train", "configs/model3.yaml", "--local",
                              "--data-dir", str(small_mnist), "--store", str(tmp_path), "--run-id", "orphan",
                              "--set", "train.epochs=3"], cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -91,3 +91,17 @@ def test_mixed_precision_defaults_to_auto_and_rejects_unknown_names(tmp_path):
     for bad in ("fp8", "half", "true"):
         with pytest.raises(ConfigError, match=r"train\.mixed_precision: Input should be 'auto', 'no', 'fp16' or 'bf16'"):
             load_config(p, [f"train.mixed_precision={bad}"])
+
+
+def test_launch_env_values_become_strings_and_a_bad_one_is_named_not_shown(tmp_path):
+    p = write(tmp_path, "model: model3\nlaunch:\n  env: {DEBUG: true, NAME: x}\n")
+    cfg = load_config(p, ["launch.env.RETRIES=3", "launch.env.PIN=007", "launch.env.LIST=[a]"])
+    # --set values are taken as written (a shell's export), YAML scalars become strings
+    assert cfg.launch.env == {"DEBUG": "true", "NAME": "x", "RETRIES": "3", "PIN": "007", "LIST": "[a]"}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "model: model3\nlaunch:\n  env: {TOKEN: [hunter2]}\n"))
+    assert "launch.env: TOKEN must be a string, number or boolean, not list" in str(err.value)
+    assert "hunter2" not in str(err.value)
+    with pytest.raises(ConfigError) as err:  # a failing override elsewhere: the env values are not echoed either
+        load_config(write(tmp_path, "model: model3\n"), ["launch.env.TOKEN=hunter2", "train.epochs=many"])
+    assert "train.epochs" in str(err.value) and "hunter2" not in str(err.value)

@@ -134,6 +134,8 @@ COMMON = ["train.epochs=2", "train.batch_size=32", "data.train_limit=400", "trai
 def test_spot_notice_checkpoints_marks_preempted_and_resume_matches_an_uninterrupted_run(imds, small_mnist, tmp_path,
                                                                                          monkeypatch):
     monkeypatch.setenv("MNIST_LAUNCH_IMDS_POLL", "0.3")  # the agent's poll (2 s by default), for a short test
+    # 13 steps an epoch at >= 0.3 s each: the notices land mid-run on any machine, however fast
+    monkeypatch.setenv("MNIST_LAUNCH_STEP_DELAY", "0.3")
     store = str(tmp_path)
     run = start_run(LocalRequest(config="configs/model3.yaml", store=store, data_dir=str(small_mnist),
                                  run_id="spot", overrides=COMMON))
@@ -178,6 +180,7 @@ def test_spot_notice_checkpoints_marks_preempted_and_resume_matches_an_uninterru
 
     # resume to the end: same epochs, and (checkpoints are exact) the same numbers as a straight run
     imds.action = imds.rebalance = None
+    monkeypatch.delenv("MNIST_LAUNCH_STEP_DELAY")
     resumed = start_run(LocalRequest(store=store, data_dir=str(small_mnist), resume="spot"))
     assert run_to_end(resumed)[0]["state"] == "succeeded", (run.run_dir / "train.log").read_text()[-3000:]
     straight = start_run(LocalRequest(config="configs/model3.yaml", store=store, data_dir=str(small_mnist),

@@ -92,6 +92,11 @@ def cloud(tmp_path_factory):
         mp.undo()
 
 
+# the trainer sleeps this long after each step (0.3 s x 16 steps: about 5 s an epoch at least), so a test that
+# interrupts a run mid-way finds it still running on any machine, however fast
+SLOW = "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=0.3"
+
+
 def train_args(cloud: Cloud, small_mnist: Path, run_id: str, remote: str, *extra: str) -> list[str]:
     return ["train", "configs/model3.yaml", "--store", STORE, "--data-dir", str(small_mnist), "--run-id", run_id,
             "--set", "train.epochs=2", "--set", f"launch.remote_dir={remote}", *extra]
@@ -145,7 +150,7 @@ def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, sm
 
 def test_the_launcher_killed_mid_run_loses_nothing(cloud, small_mnist):
     remote = cloud.tmp / "instance-b"
-    proc = cloud.popen(*train_args(cloud, small_mnist, "killed", str(remote), "--set", "train.epochs=3"))
+    proc = cloud.popen(*train_args(cloud, small_mnist, "killed", str(remote), "--set", "train.epochs=3", SLOW))
     events = remote / "runs" / "killed" / "events.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and '"type":"epoch"' not in (events.read_text() if events.exists() else ""):
@@ -228,7 +233,7 @@ def test_a_cut_connection_resumes_the_follow_without_gaps_or_repeats(cloud, smal
     from launcher.remote import ReconnectingRun
 
     remote = cloud.tmp / "instance-c"
-    p = cloud.cli(*train_args(cloud, small_mnist, "cut", str(remote), "--detach", "--set", "train.epochs=3"))
+    p = cloud.cli(*train_args(cloud, small_mnist, "cut", str(remote), "--detach", "--set", "train.epochs=3", SLOW))
     assert p.returncode == 0, p.stderr
 
     class Recording(RunView):
@@ -269,7 +274,7 @@ def test_a_cut_connection_resumes_the_follow_without_gaps_or_repeats(cloud, smal
 
 def test_cancel_stops_a_cloud_run_through_its_instance(cloud, small_mnist):
     remote = cloud.tmp / "instance-d"
-    p = cloud.cli(*train_args(cloud, small_mnist, "stopme", str(remote), "--detach", "--set", "train.epochs=20"))
+    p = cloud.cli(*train_args(cloud, small_mnist, "stopme", str(remote), "--detach", "--set", "train.epochs=20", SLOW))
     assert p.returncode == 0, p.stderr
     marker = remote / "jobs" / "stopme"
     deadline = time.monotonic() + 60
@@ -343,7 +348,8 @@ def test_a_lost_instance_is_replaced_and_the_run_resumes_from_s3(cloud, small_mn
     brings up a replacement, the agent there restores the run from S3 and it ends with every epoch once."""
     ec2 = boto3.client("ec2", region_name="us-east-1")
     remote = cloud.tmp / "instance-r"
-    proc = cloud.popen(*train_args(cloud, small_mnist, "lostrun", str(remote), "--set", "train.epochs=3", "--recover"))
+    proc = cloud.popen(*train_args(cloud, small_mnist, "lostrun", str(remote), "--set", "train.epochs=3", "--recover",
+                                  SLOW))
     deadline = time.monotonic() + 300
     while "checkpoints/epoch_001/checkpoint.json" not in cloud.objects("lostrun"):  # the agent uploaded it whole
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

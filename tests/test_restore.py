@@ -33,7 +33,7 @@ def wait_for_checkpoint(path: Path, epoch: int, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-def test_a_run_lost_with_its_host_resumes_from_the_store_and_ends_the_same(small_mnist, tmp_path):
+def test_a_run_lost_with_its_host_resumes_from_the_store_and_ends_the_same(small_mnist, tmp_path, monkeypatch):
     overrides = ["train.epochs=3", "train.seed=7"]
     straight = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path / "a"),
                                       data_dir=str(small_mnist), overrides=overrides))
@@ -41,6 +41,7 @@ def test_a_run_lost_with_its_host_resumes_from_the_store_and_ends_the_same(small
     assert end["state"] == "succeeded"
     want = json.loads((straight.run_dir / "summary.json").read_text())
 
+    monkeypatch.setenv("MNIST_LAUNCH_STEP_DELAY", "0.3")  # still running when the test pulls the plug, however fast
     lost = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path / "b"), data_dir=str(small_mnist),
                                   overrides=overrides, run_id="lost"))
     wait_for_checkpoint(lost.run_dir / "events.jsonl", 1)
@@ -53,6 +54,7 @@ def test_a_run_lost_with_its_host_resumes_from_the_store_and_ends_the_same(small
     sync.sync()
     assert sync.error is None
     shutil.rmtree(lost.run_dir)  # a fresh host has none of it
+    monkeypatch.delenv("MNIST_LAUNCH_STEP_DELAY")
 
     fresh = tmp_path / "fresh" / "runs" / "lost"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}

@@ -156,3 +156,16 @@ def test_compare_puts_runs_side_by_side_with_an_overlay_plot(small_mnist, tmp_pa
     assert [c["settings"]["optimizer.lr"] for c in columns] == [0.05, 0.01]
     assert all(len(c["history"]) == 2 and c["results"]["final_test_accuracy"] is not None for c in columns)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_step_throttle_is_read_from_the_environment(monkeypatch):
+    from trainer.errors import RunError
+    from trainer.train import step_delay
+
+    monkeypatch.delenv("MNIST_LAUNCH_STEP_DELAY", raising=False)
+    assert step_delay() == 0.0
+    monkeypatch.setenv("MNIST_LAUNCH_STEP_DELAY", "0.25")
+    assert step_delay() == 0.25
+    monkeypatch.setenv("MNIST_LAUNCH_STEP_DELAY", "soon")
+    with pytest.raises(RunError, match="MNIST_LAUNCH_STEP_DELAY='soon' is not a number of seconds"):
+        step_delay()

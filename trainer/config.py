@@ -155,6 +155,25 @@ class LaunchConfig(_Section):
     identity: Optional[str] = None  # private key to log in with (only its public half goes to AWS); default: one generated under MNIST_LAUNCH_HOME
     timeout: str = "15m"  # how long `up` waits for running, status checks and SSH (e.g. 90s, 15m)
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_as_strings(cls, value: Any) -> Any:
+        """Numbers and booleans become strings (`--set launch.env.RETRIES=3`, YAML `DEBUG: true`), as a shell
+        would export them; anything else is refused by name, never by echoing a value that may be a secret."""
+        if not isinstance(value, dict):
+            raise ValueError("expected a mapping of NAME: value")
+        out = {}
+        for key, val in value.items():
+            if isinstance(val, bool):
+                val = "true" if val else "false"
+            elif isinstance(val, (int, float)):
+                val = str(val)
+            elif not isinstance(val, str):
+                raise ValueError(f"{key} must be a string, number or boolean, "
+                                 f"not {'empty' if val is None else type(val).__name__}")
+            out[str(key)] = val
+        return out
+
 
 class Config(_Section):
     model: str  # a name from `mnist-launch models`
@@ -209,6 +228,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not sep or not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3")
+    if key.startswith("launch.env."):  # an environment value is taken as written: 007 stays 007, as in a shell
+        return key.split("."), raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -226,7 +247,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item}: '{'.'.join(path[: i + 1])}' is not a section")
+                raise ConfigError(f"--set {redact_argv([item])[0]}: '{'.'.join(path[: i + 1])}' is not a section")
             node = child
         node[path[-1]] = value
     return data
@@ -253,7 +274,7 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     data = read_yaml(path)
     validate_config(data, str(path))
     if overrides:
-        return validate_config(apply_overrides(data, overrides), f"{path} with --set {' '.join(overrides)}")
+        return validate_config(apply_overrides(data, overrides), f"{path} with --set {' '.join(redact_argv(overrides))}")
     return validate_config(data, str(path))
 
 

@@ -35,6 +35,20 @@ CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"  # written last: a checkpoint without it is incomplete and never resumed
 PREEMPTED_EXIT = 75  # the trainer saved a checkpoint on request (SIGUSR1) and stopped: resume continues it
 CHECK_EVERY_MULTI = 10  # with several ranks, the signal flags are agreed on (all-reduced) every N steps
+STEP_DELAY_ENV = "MNIST_LAUNCH_STEP_DELAY"  # seconds slept after each step: a throttle for tests and demos
+
+
+def step_delay() -> float:
+    """The throttle from MNIST_LAUNCH_STEP_DELAY (0 when unset): it lets a test interrupt a short run
+    at a known point on any machine, however fast, instead of racing it."""
+    raw = os.environ.get(STEP_DELAY_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        delay = float(raw)
+    except ValueError:
+        raise RunError(f"{STEP_DELAY_ENV}={raw!r} is not a number of seconds — unset it or give e.g. 0.2") from None
+    return max(delay, 0.0)
 
 
 class Preempted(Exception):
@@ -258,6 +272,10 @@ def train(run_dir: Path, resume: bool = False) -> dict:
             partial = torch.load(ckpt / f"partial_{accelerator.process_index}.pt", weights_only=True)
     interrupts = Interrupts()
     interrupts.install()
+    delay = step_delay()
+    if main and delay:
+        print(f"trainer: {STEP_DELAY_ENV}={delay:g}: sleeping {delay:g}s after every step (a throttle for tests)",
+              flush=True)
     if main:
         accelerator.init_trackers("tensorboard", config={"model": cfg.model, "seed": tc.seed, "batch_size": tc.batch_size,
                                                          "lr": cfg.optimizer.lr, "epochs": tc.epochs})
@@ -310,6 +328,8 @@ def train(run_dir: Path, resume: bool = False) -> dict:
             loss_sum += loss.detach() * len(idx)
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(idx)
+            if delay:
+                time.sleep(delay)
             if main and (step % tc.log_every == 0 or step == steps):
                 elapsed = time.perf_counter() - t0
                 events.emit("step", epoch=epoch, step=step, steps=steps, loss=round(loss.item(), 5),
