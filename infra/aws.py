@@ -81,6 +81,7 @@ class ClusterSpec:
     store: Optional[str] = None  # s3://bucket/prefix the instance profile may read/write
     autostop: str = "60m"
     autostop_terminate: bool = False  # the watcher's shutdown terminates (always so for spot)
+    avoid_az: Optional[str] = None  # tried last: a replacement for an instance lost there (spot capacity went first)
 
     @property
     def shutdown_behavior(self) -> str:
@@ -446,8 +447,9 @@ class AWSProvider:
             )
         return vpcs[0]["VpcId"]
 
-    def _subnets_by_az(self, vpc_id: str, instance_type: str) -> list[tuple[str, str]]:
-        """(az, subnet) of the default subnets in AZs that offer the type (all of them if AWS doesn't say)."""
+    def _subnets_by_az(self, vpc_id: str, instance_type: str, avoid: Optional[str] = None) -> list[tuple[str, str]]:
+        """(az, subnet) of the default subnets in AZs that offer the type (all of them if AWS doesn't say),
+        in name order but with ``avoid`` (where a lost instance was) last."""
         ec2 = self.clients.ec2
         subnets = ec2.describe_subnets(Filters=[
             {"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "default-for-az", "Values": ["true"]},
@@ -465,7 +467,7 @@ class AWSProvider:
             raise AWSError(f"{instance_type} is not offered in {self.region} — pick another --instance type or --region")
         if not pairs:
             raise AWSError(f"the default VPC in {self.region} has no default subnets — create them or pick another --region")
-        return pairs
+        return sorted(pairs, key=lambda pair: pair[0] == avoid)  # stable
 
     def _find_sg(self, cluster: str, vpc_id: Optional[str] = None) -> Optional[dict]:
         filters = [{"Name": "group-name", "Values": [self.sg_name(cluster)]}]
@@ -536,7 +538,7 @@ class AWSProvider:
             steps.append(Step("instance profile", "reuse" if have else "create", f"{role}: read/write {spec.store} only"))
         else:
             steps.append(Step("instance profile", "none", "no s3:// store configured: the instance gets no AWS access"))
-        subnets = self._subnets_by_az(vpc, spec.type_or_default)
+        subnets = self._subnets_by_az(vpc, spec.type_or_default, spec.avoid_az)
         market = "spot" if spec.spot else "on-demand"
         steps.append(Step("instance", "create", f"{spec.type_or_default} {market} in {subnets[0][0]} "
                           f"(then {', '.join(az for az, _ in subnets[1:]) or 'no other AZ'}), {spec.disk_gb} GB gp3 encrypted, IMDSv2"))
@@ -635,7 +637,7 @@ class AWSProvider:
         image_id, root_device, user = self.resolve_image(spec.ami)
         steps.append(Step("image", "reuse", f"{image_id} (login user {user})"))
         vpc = self._default_vpc()
-        subnets = self._subnets_by_az(vpc, spec.type_or_default)
+        subnets = self._subnets_by_az(vpc, spec.type_or_default, spec.avoid_az)
         if spec.store:
             parse_s3_uri(spec.store)
 

@@ -152,10 +152,10 @@ def _train_remote(config: Optional[Path], overrides: list[str], store: Optional[
                               f"--store {run.store}")
         recoveries += 1
         _note(f"{run.instance_id} is gone ({end.get('reason')}): recovery {recoveries}/{max_recoveries} on a "
-              "replacement instance, from the newest complete checkpoint in the store")
+              "replacement instance" + (f" outside {run.az}" if run.az else "") + ", from the newest complete checkpoint in the store")
         run = start_remote_run(RemoteRequest(config=str(config), overrides=overrides, store=run.store, run_id=run.run_id,
                                              data_dir=data_dir, name=name, instance=run.instance_type or instance,
-                                             identity=identity, ami=run.image_id),
+                                             identity=identity, ami=run.image_id, avoid_az=run.az),
                                console, recover=run.run_id)
         with run.host:
             offset = restored_offset(ReconnectingRun(run.host, run.run_dir, note=_note))

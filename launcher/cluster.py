@@ -134,6 +134,7 @@ class UpRequest:
     force: bool = False
     status_checks: bool = True
     poll_s: float = 3.0
+    avoid_az: Optional[str] = None  # the AZ a lost instance was in: a replacement tries the others first
 
 
 @dataclass
@@ -241,6 +242,7 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
         instance_type=launch.instance if req.explicit_type else None, spot=launch.spot,
         disk_gb=launch.disk_gb, ami=launch.ami, store=req.store if (req.store or "").startswith("s3://") else None,
         autostop="off" if autostop_s is None else launch.autostop, autostop_terminate=launch.autostop_terminate,
+        avoid_az=req.avoid_az,
     )
     if autostop_s is None:
         warn_autostop_off(spec.type_or_default, console)

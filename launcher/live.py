@@ -150,6 +150,9 @@ def agent_gone(files: RunFiles) -> Optional[dict]:
     # before the agent writes its pid, the pid it was spawned with (a launcher that knows it) stands in
     pid = status.get("agent_pid") or getattr(files, "spawn_pid", None)
     if pid and files.is_alive(int(pid)) is False:
+        lost = getattr(files, "instance_lost", None)  # a cloud run's source can ask EC2 why
+        if lost is not None and lost():
+            return {"type": "run_end", "state": "lost", "reason": "the instance is gone, and its agent with it"}
         return {"type": "run_end", "state": "failed", "reason": "the agent stopped without finishing (killed?)"}
     return None
 

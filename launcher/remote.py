@@ -55,6 +55,7 @@ class RemoteRequest:
     instance: Optional[str] = None  # instance type when `up` has to create it
     identity: Optional[str] = None
     ami: Optional[str] = None  # image when the cluster has to be created (a replacement keeps the lost one's)
+    avoid_az: Optional[str] = None  # a replacement tries the other AZs before the lost instance's
 
 
 @dataclass
@@ -69,6 +70,7 @@ class RemoteRun:
     spawn_pid: Optional[int] = None  # the agent's pid, known before it writes status.json
     image_id: Optional[str] = None
     instance_type: Optional[str] = None
+    az: Optional[str] = None
 
 
 def remote_layout(remote_dir: str, run_id: str) -> dict[str, str]:
@@ -106,7 +108,8 @@ def _cluster(req: RemoteRequest, cfg: Config, store: Optional[str], console: Con
                                                **({"identity": req.identity} if req.identity else {}),
                                                **({"ami": req.ami} if req.ami else {})})
         console.print(f"no running instance for cluster '{name}': starting it")
-        inst = cluster.up(cluster.UpRequest(launch=launch, store=store, explicit_type=True), console=console).instance
+        inst = cluster.up(cluster.UpRequest(launch=launch, store=store, explicit_type=True, avoid_az=req.avoid_az),
+                          console=console).instance
     return inst, cluster.cluster_host(inst, name, req.identity)
 
 
@@ -192,7 +195,8 @@ def _spawn_agent(host: SSHHost, cfg: Config, req: RemoteRequest, paths: dict, ru
     pid = _spawn_once(host, argv, paths["root"], run_dir, tag="restore" if "--restore" in extra else "start")
     home.write_run_record(run_id, {**record, "spawn_pid": pid})  # an agent that dies before its first word is seen
     timings["start"] = time.monotonic() - t
-    return RemoteRun(run_id, host, run_dir, store, name, inst.id, timings, pid, inst.image_id, inst.instance_type)
+    return RemoteRun(run_id, host, run_dir, store, name, inst.id, timings, pid, inst.image_id, inst.instance_type,
+                     inst.az)
 
 
 def _spawn_once(host: SSHHost, argv: list[str], root: str, run_dir: str, tag: str) -> int:
@@ -360,6 +364,10 @@ class ReconnectingRun:
 
     def is_alive(self, pid: int) -> Optional[bool]:
         return self._retry(lambda: self.inner.is_alive(pid))
+
+    def instance_lost(self) -> bool:
+        """Whether EC2 says the instance is gone (asked when the agent died): the run is lost, not failed."""
+        return bool(self.gone is not None and self.gone())
 
 
 def settle_status(files: ReconnectingRun, end: dict) -> None:

@@ -218,6 +218,16 @@ def test_capacity_error_in_first_az_moves_to_the_next(spec, monkeypatch):
     assert len(live_instances()) == 1
 
 
+def test_a_replacement_tries_the_lost_instances_az_last(spec, monkeypatch):
+    from dataclasses import replace
+
+    p = provider()
+    tried = inject_run_instances_error(monkeypatch, p, "InsufficientInstanceCapacity", {"us-east-1b"})
+    out = p.ensure(replace(spec, avoid_az="us-east-1a"))
+    assert tried[:2] == ["us-east-1b", "us-east-1c"]  # 1a, where the spot capacity went, only after the others
+    assert out.instance.az == "us-east-1c"
+
+
 def test_no_capacity_anywhere_is_one_line_and_rolls_back(spec, monkeypatch):
     p = provider()
     tried = inject_run_instances_error(monkeypatch, p, "InsufficientInstanceCapacity", {"*"})

@@ -369,6 +369,7 @@ def test_a_lost_instance_is_replaced_and_the_run_resumes_from_s3(cloud, small_mn
     out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err
     assert f"{old} is gone" in out and "recovery 1/3" in out and "restored from" in out and "finished" in out
+    assert "lost: the instance is gone" in out and "failed" not in out  # lost with its instance, not a failure
     assert [int(e) for e in EPOCH_ROW.findall(out)] == [1, 2, 3]  # every epoch shown once, across both instances
     evs = events_on_instance(remote, "lostrun")
     assert [e["epoch"] for e in evs if e["type"] == "epoch"] == [1, 2, 3]
