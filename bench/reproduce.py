@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ORDER = ["model3", "one_epoch", "record", "gap_19k", "fc_baseline", "fc_baseline_onecycle", "fc_dropout",
-         "fc_dropout_onecycle", "model1", "model2", "model4"]
+         "fc_dropout_onecycle", "model1", "model1_onecycle", "model2", "model4"]
 
 
 def run_one(config: str, seed: int, store: str, data_dir: str) -> dict | None:
