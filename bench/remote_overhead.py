@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from tests.aws_helpers import FAKE_ENV  # noqa: E402
-from tests.sshd_fixture import start_sshd, stop_sshd  # noqa: E402
+from tests.aws_helpers import FAKE_ENV, instance_sshd, start_moto_server  # noqa: E402
+from tests.sshd_fixture import stop_sshd  # noqa: E402
 
 PHASES = ["connect", "sync", "data", "setup", "prepare", "start"]
 
@@ -53,22 +52,13 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     args = ap.parse_args()
 
-    from moto.server import ThreadedMotoServer
-
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     os.environ.update(FAKE_ENV)
     os.environ.update(MNIST_LAUNCH_HOME=str(tmp / "home"), AWS_CONFIG_FILE=str(tmp / "none"),
                       AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"), MNIST_LAUNCH_SSH_CIDR="203.0.113.7/32")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_moto_server()
     os.environ["AWS_ENDPOINT_URL"] = url
-    srv = start_sshd(tmp / "sshd", extra_config=(
-        f"SetEnv AWS_ENDPOINT_URL={url} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
-        "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true",))
+    srv = instance_sshd(tmp / "sshd", url)
     os.environ["MNIST_LAUNCH_SSH_ENDPOINT"] = srv.endpoint
     console = Console(file=open(os.devnull, "w"))
     try:

@@ -19,7 +19,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
 
-from tests.aws_helpers import FAKE_ENV, ubuntu_ami  # noqa: E402
-from tests.sshd_fixture import start_sshd, stop_sshd  # noqa: E402
+from tests.aws_helpers import FAKE_ENV, instance_sshd, start_moto_server, ubuntu_ami  # noqa: E402
+from tests.sshd_fixture import stop_sshd  # noqa: E402
 from tests.test_remote_train import EPOCH_ROW, CuttableProxy  # noqa: E402
 
 
@@ -59,23 +58,14 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(args.seed)
 
-    from moto.server import ThreadedMotoServer
-
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     os.environ.update(FAKE_ENV)
     os.environ.update(MNIST_LAUNCH_HOME=str(tmp / "home"), AWS_CONFIG_FILE=str(tmp / "none"),
                       AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"), MNIST_LAUNCH_SSH_CIDR="203.0.113.7/32",
                       MNIST_LAUNCH_AUTOSTOP_INSTALL="0", COLUMNS="160")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_moto_server()
     os.environ["AWS_ENDPOINT_URL"] = url
-    srv = start_sshd(tmp / "sshd", extra_config=(
-        f"SetEnv AWS_ENDPOINT_URL={url} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
-        "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true",))
+    srv = instance_sshd(tmp / "sshd", url)
     proxy = CuttableProxy((srv.host, srv.port))
     os.environ["MNIST_LAUNCH_SSH_ENDPOINT"] = f"{srv.user}@127.0.0.1:{proxy.port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

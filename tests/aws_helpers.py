@@ -34,6 +34,31 @@ def fake_aws_env(monkeypatch: pytest.MonkeyPatch, home) -> None:
     monkeypatch.setenv("MNIST_LAUNCH_AUTOSTOP_INSTALL", "0")
 
 
+def start_moto_server():
+    """moto's ThreadedMotoServer on a free 127.0.0.1 port, for other processes (an agent behind sshd):
+    (server, url). Stop it with ``server.stop()``."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server, f"http://127.0.0.1:{port}"
+
+
+def instance_sshd(where, url: str):
+    """A real sshd playing an instance: its sessions reach moto at ``url`` with fake credentials, as an
+    instance's role would. Stop it with ``tests.sshd_fixture.stop_sshd``."""
+    from tests.sshd_fixture import start_sshd
+
+    return start_sshd(where, extra_config=(
+        f"SetEnv AWS_ENDPOINT_URL={url} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
+        "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true",))
+
+
 def ubuntu_ami(region: str = "us-east-1") -> str:
     images = boto3.client("ec2", region_name=region).describe_images(
         Owners=["amazon"], Filters=[{"Name": "name", "Values": ["ubuntu/images/*"]}])["Images"]

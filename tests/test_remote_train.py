@@ -24,9 +24,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.aws_helpers import fake_aws_env, ubuntu_ami
+from tests.aws_helpers import fake_aws_env, instance_sshd, start_moto_server, ubuntu_ami
 from tests.conftest import ROOT
-from tests.sshd_fixture import SSHD, start_sshd, stop_sshd
+from tests.sshd_fixture import SSHD, stop_sshd
 
 BUCKET = "runs-bucket"
 STORE = f"s3://{BUCKET}/mnist"
@@ -61,21 +61,12 @@ class Cloud:
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
-    from moto.server import ThreadedMotoServer
-
     mp = pytest.MonkeyPatch()
     tmp = tmp_path_factory.mktemp("cloud")
     fake_aws_env(mp, tmp / "home")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_moto_server()
     mp.setenv("AWS_ENDPOINT_URL", url)
-    srv = start_sshd(tmp / "sshd", extra_config=(
-        f"SetEnv AWS_ENDPOINT_URL={url} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
-        "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true",))
+    srv = instance_sshd(tmp / "sshd", url)
     mp.setenv("MNIST_LAUNCH_SSH_ENDPOINT", srv.endpoint)
     mp.setenv("MNIST_LAUNCH_SSH_CIDR", CIDR)
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
