@@ -452,7 +452,8 @@ def save_mid_epoch(accelerator: Accelerator, run_dir: Path, state: TrainState, s
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"{device.type} ({n} thread{'s' if n != 1 else ''})"
 
 
 def print_summary(name: str, rows: list[dict], params: int) -> None:
