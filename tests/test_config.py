@@ -84,6 +84,15 @@ def test_augment_ranges_are_validated(tmp_path):
         load_config(p)
 
 
+def test_null_turns_an_augmentation_off_as_none_does_in_torchvision(tmp_path):
+    p = write(tmp_path, "model: model3\naugment: {rotation: 10, translate: [0.1, 0.1], scale: [0.9, 1.1], shear: 5}\n")
+    cfg = load_config(p, ["augment.translate=null", "augment.scale=null", "augment.rotation=null", "augment.shear=null"])
+    assert cfg.augment.translate == (0.0, 0.0) and cfg.augment.scale == (1.0, 1.0)
+    assert cfg.augment.rotation_range == (0.0, 0.0) and cfg.augment.shear_range == (0.0, 0.0)
+    assert not cfg.augment.active
+    assert load_config(p, ["augment.rotation=null"]).augment.active  # the others are still on
+
+
 def test_mixed_precision_defaults_to_auto_and_rejects_unknown_names(tmp_path):
     p = write(tmp_path, "model: model3\n")
     assert load_config(p).train.mixed_precision == "auto"

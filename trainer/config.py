@@ -44,6 +44,14 @@ class AugmentConfig(_Section):
     contrast: float = Field(0.0, ge=0, lt=1)  # ColorJitter(contrast=c): blend with the image mean, factor in [1-c, 1+c]
     fill: float = Field(0.0, ge=0, le=255)  # pixel value (0-255, like fill= on a PIL image) for uncovered areas
 
+    @field_validator("rotation", "translate", "scale", "shear", mode="before")
+    @classmethod
+    def _none_is_off(cls, v: Any, info: Any) -> Any:
+        """null means "off", as ``translate=None`` / ``scale=None`` do in torchvision's RandomAffine."""
+        if v is None:
+            return (1.0, 1.0) if info.field_name == "scale" else 0.0 if info.field_name in ("rotation", "shear") else (0.0, 0.0)
+        return v
+
     @field_validator("rotation", "shear")
     @classmethod
     def _symmetric(cls, v: Any) -> Any:
