@@ -48,9 +48,7 @@ class AugmentConfig(_Section):
     @classmethod
     def _none_is_off(cls, v: Any, info: Any) -> Any:
         """null means "off", as ``translate=None`` / ``scale=None`` do in torchvision's RandomAffine."""
-        if v is None:
-            return (1.0, 1.0) if info.field_name == "scale" else 0.0 if info.field_name in ("rotation", "shear") else (0.0, 0.0)
-        return v
+        return cls.model_fields[info.field_name].default if v is None else v
 
     @field_validator("rotation", "shear")
     @classmethod
