@@ -45,8 +45,17 @@ TAG_AUTOSTOP = "mnist-launch:autostop"  # the idle limit the watcher on the inst
 TAG_AUTOSTOP_ACTION = "mnist-launch:autostop-action"  # what its OS shutdown does: 'stop' or 'terminate'
 
 # The AWS Deep Learning AMI (PyTorch, GPU, Ubuntu 22.04), resolved per region; logs in as ubuntu.
+# Another parameter: launch.ami_parameter; another image: --ami.
 DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.7-ubuntu-22.04/latest/ami-id"
 DLAMI_USER = "ubuntu"
+# Where the parameter is missing (a region it is not published in, a retired version): the newest image
+# Amazon publishes under the same family's name, e.g.
+# "Deep Learning OSS Nvidia Driver AMI GPU PyTorch 2.7 (Ubuntu 22.04) 20250602".
+DLAMI_OWNER = "amazon"
+DLAMI_NAME_PATTERN = "Deep Learning OSS Nvidia Driver AMI GPU PyTorch * (Ubuntu 22.04) *"
+# What `up` writes on the ingress rules it adds, so that it replaces its own rule (and only its own)
+# when the caller's address changes.
+SSH_RULE_DESCRIPTION = "mnist-launch: ssh from the launcher"
 DEFAULT_REGION = "us-east-1"
 
 # Errors where another AZ may have what this one lacks.
@@ -78,6 +87,7 @@ class ClusterSpec:
     spot: bool = False
     disk_gb: int = 100
     ami: Optional[str] = None  # None: the region's Deep Learning AMI from SSM
+    ami_parameter: Optional[str] = None  # the SSM parameter naming the default image; None: DLAMI_PARAMETER
     store: Optional[str] = None  # s3://bucket/prefix the instance profile may read/write
     autostop: str = "60m"
     autostop_terminate: bool = False  # the watcher's shutdown terminates (always so for spot)
@@ -123,12 +133,28 @@ class InstanceInfo:
         return d
 
 
+@dataclass(frozen=True)
+class Image:
+    """The image an instance boots from, as DescribeImages tells it."""
+
+    id: str
+    name: str
+    root_device: str  # e.g. /dev/sda1: the device the root volume's settings go to
+    root_gb: Optional[int]  # its root snapshot's size: a smaller root volume is refused by RunInstances
+    user: str  # the login user of its family
+    note: Optional[str] = None  # how it was found when not the usual way (a fallback by name)
+
+    def root_volume_gb(self, asked: int) -> int:
+        """The root volume's size: what was asked, but never below the image's own snapshot."""
+        return max(asked, self.root_gb or 0)
+
+
 @dataclass
 class Step:
     """One line of a plan: what happens to one resource."""
 
-    resource: str  # "key pair", "security group", "instance profile", "instance", "image"
-    action: str  # "create", "reuse", "start", "update", "none"
+    resource: str  # "key pair", "security group", "instance profile", "instance", "image", "root volume"
+    action: str  # "create", "reuse", "start", "update", "none"; "find" and "raise": notes on the image
     detail: str
 
     def __str__(self) -> str:
@@ -326,16 +352,21 @@ def key_pair_name(public_key: str) -> str:
     return "mnist-launch-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def user_for_image(name: str) -> str:
-    """The login user follows the image."""
-    n = name.lower()
-    if "ubuntu" in n or "deep learning" in n:
+def _user_of_family(text: str) -> Optional[str]:
+    n = text.lower()
+    if "ubuntu" in n:
         return "ubuntu"
     if "debian" in n:
         return "admin"
     if "amzn" in n or "amazon linux" in n or "al2023" in n:
         return "ec2-user"
-    return DLAMI_USER
+    return None
+
+
+def user_for_image(name: str, description: str = "") -> str:
+    """The login user follows the image's family: its name first (a Deep Learning AMI's name says
+    "(Ubuntu 22.04)" or "(Amazon Linux 2023)"), then its description; an unknown family: ubuntu."""
+    return _user_of_family(name) or _user_of_family(description) or DLAMI_USER
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,18 +445,28 @@ class AWSProvider:
         s = st[0]
         return s.get("InstanceStatus", {}).get("Status") == "ok" and s.get("SystemStatus", {}).get("Status") == "ok"
 
-    def resolve_image(self, ami: Optional[str]) -> tuple[str, str, str]:
-        """(image id, root device name, login user); --ami overrides the SSM parameter."""
+    def resolve_image(self, ami: Optional[str], parameter: Optional[str] = None) -> Image:
+        """The image to boot: ``ami`` (--ami) if given, else the one the SSM ``parameter`` names (default
+        ``self.image_parameter``, the Deep Learning AMI's), else, where that parameter is missing, the
+        newest image Amazon publishes under the Deep Learning AMI's name (with a note saying so)."""
         ec2 = self.clients.ec2
         if not ami:
+            parameter = parameter or self.image_parameter
             try:
-                ami = self.clients.ssm.get_parameter(Name=self.image_parameter)["Parameter"]["Value"]
+                ami = self.clients.ssm.get_parameter(Name=parameter)["Parameter"]["Value"]
             except ClientError as err:
-                if error_code(err) == "ParameterNotFound":
+                if error_code(err) != "ParameterNotFound":
+                    raise
+                img = self._newest_dlami()
+                if img is None:
                     raise AWSError(
-                        f"no PyTorch Deep Learning AMI published in {self.region} ({self.image_parameter}) — pass --ami AMI_ID or another --region"
+                        f"no PyTorch Deep Learning AMI in {self.region}: SSM parameter {parameter} not found and no "
+                        f"image named '{DLAMI_NAME_PATTERN}' owned by {DLAMI_OWNER} — pass --ami AMI_ID, set "
+                        "launch.ami_parameter, or pick another --region"
                     ) from None
-                raise
+                return self._image(img, note=(
+                    f"SSM parameter {parameter} not found in {self.region}: using the newest image named like the "
+                    f"Deep Learning AMI, {img['ImageId']} ({img.get('Name', '?')}, created {img.get('CreationDate', '?')})"))
         try:
             images = ec2.describe_images(ImageIds=[ami])["Images"]
         except ClientError as err:
@@ -435,9 +476,25 @@ class AWSProvider:
                 raise
         if not images:
             raise AWSError(f"image {ami} not found in {self.region} — check --ami (images are per region)")
-        img = images[0]
-        name = f"{img.get('Name', '')} {img.get('Description', '')}"
-        return ami, img.get("RootDeviceName", "/dev/sda1"), user_for_image(name)
+        return self._image(images[0])
+
+    def _newest_dlami(self) -> Optional[dict]:
+        images = self.clients.ec2.describe_images(Owners=[DLAMI_OWNER], Filters=[
+            {"Name": "name", "Values": [DLAMI_NAME_PATTERN]},
+            {"Name": "architecture", "Values": ["x86_64"]},
+            {"Name": "state", "Values": ["available"]},
+        ])["Images"]
+        # ISO 8601 times in one format sort as text; the name (it ends in a date) breaks ties
+        return max(images, key=lambda i: (i.get("CreationDate", ""), i.get("Name", "")), default=None)
+
+    @staticmethod
+    def _image(img: dict, note: Optional[str] = None) -> Image:
+        root = img.get("RootDeviceName", "/dev/sda1")
+        size = next((m.get("Ebs", {}).get("VolumeSize") for m in img.get("BlockDeviceMappings", [])
+                     if m.get("DeviceName") == root), None)
+        return Image(id=img["ImageId"], name=img.get("Name", ""), root_device=root,
+                     root_gb=int(size) if size else None,
+                     user=user_for_image(img.get("Name", ""), img.get("Description", "")), note=note)
 
     def _default_vpc(self) -> str:
         vpcs = self.clients.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
@@ -493,6 +550,33 @@ class AWSProvider:
             raise
 
     @staticmethod
+    def _stale_ssh_rules(sg: dict, cidr: str) -> list[str]:
+        """The sources of the tcp/22 rules `up` added for an earlier caller address (they carry our
+        description), other than ``cidr``; rules anyone else added are not ours to touch."""
+        return sorted({r["CidrIp"] for perm in sg.get("IpPermissions", [])
+                       if perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == 22 and perm.get("ToPort") == 22
+                       for r in perm.get("IpRanges", [])
+                       if r.get("Description") == SSH_RULE_DESCRIPTION and r.get("CidrIp") != cidr})
+
+    def _update_ssh(self, sg: dict, cidr: str, apply: bool = True) -> Optional[Step]:
+        """Let ``cidr`` reach SSH and revoke the rule an earlier `up` added for another address (the
+        caller moved: one rule, not one more per address ever used). None: nothing to change."""
+        group_id = sg["GroupId"]
+        have = self._has_ingress(sg, cidr)
+        stale = self._stale_ssh_rules(sg, cidr)
+        if have and not stale:
+            return None
+        if apply:
+            if not have:
+                self._authorize_ssh(group_id, cidr)  # first: never a moment with no rule for the caller
+            if stale:
+                self.clients.ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=[
+                    {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": c} for c in stale]}])
+        what = [] if have else [f"allow tcp/22 from {cidr}"]
+        what += [f"revoke the launcher's earlier rule for {', '.join(stale)}"] if stale else []
+        return Step("security group", "update", f"{group_id}: {'; '.join(what)}")
+
+    @staticmethod
     def _has_ingress(sg: dict, cidr: str) -> bool:
         for perm in sg.get("IpPermissions", []):
             if perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == 22 and perm.get("ToPort") == 22:
@@ -510,15 +594,18 @@ class AWSProvider:
             action = "reuse" if existing.state in ("running", "pending") else "start"
             steps = [Step("instance", action, f"{existing.id} ({existing.instance_type}, {existing.state})")]
             sg = self._find_sg(spec.name)
-            if sg is not None and not self._has_ingress(sg, spec.ssh_cidr):
-                steps.append(Step("security group", "update", f"{sg['GroupId']}: allow tcp/22 from {spec.ssh_cidr}"))
+            sg_step = self._update_ssh(sg, spec.ssh_cidr, apply=False) if sg is not None else None
+            if sg_step is not None:
+                steps.append(sg_step)
             if spec.store and self._policy_is_current(self.role_name(spec.name), spec.store) is False:
                 steps.append(Step("instance profile", "update", f"{self.role_name(spec.name)}: read/write {spec.store} only"))
             return Plan(self.region, steps, existing.instance_type, existing.image_id, existing.user,
                         existing.spot, hourly_price(existing.instance_type), existing)
-        image_id, _root, user = self.resolve_image(spec.ami)
+        image = self.resolve_image(spec.ami, spec.ami_parameter)
+        image_id, user = image.id, image.user
         vpc = self._default_vpc()
-        steps = [Step("image", "reuse", f"{image_id} (login user {user})")]
+        steps = self._image_steps(spec, image)
+        spec = replace(spec, disk_gb=image.root_volume_gb(spec.disk_gb))
         if spec.public_key:
             key_name = key_pair_name(spec.public_key)
             steps.append(Step("key pair", "reuse" if self._key_exists(key_name) else "create", key_name))
@@ -527,10 +614,9 @@ class AWSProvider:
         sg = self._find_sg(spec.name, vpc)
         if sg is None:
             steps.append(Step("security group", "create", f"{self.sg_name(spec.name)} in {vpc}: tcp/22 from {spec.ssh_cidr} only"))
-        elif not self._has_ingress(sg, spec.ssh_cidr):
-            steps.append(Step("security group", "update", f"{sg['GroupId']}: allow tcp/22 from {spec.ssh_cidr}"))
         else:
-            steps.append(Step("security group", "reuse", f"{sg['GroupId']}: tcp/22 from {spec.ssh_cidr}"))
+            steps.append(self._update_ssh(sg, spec.ssh_cidr, apply=False)
+                         or Step("security group", "reuse", f"{sg['GroupId']}: tcp/22 from {spec.ssh_cidr}"))
         if spec.store:
             parse_s3_uri(spec.store)
             role = self.role_name(spec.name)
@@ -544,6 +630,19 @@ class AWSProvider:
                           f"(then {', '.join(az for az, _ in subnets[1:]) or 'no other AZ'}), {spec.disk_gb} GB gp3 encrypted, IMDSv2"))
         self._dry_run_instance(spec, image_id, subnets[0][1])
         return Plan(self.region, steps, spec.type_or_default, image_id, user, spec.spot, hourly_price(spec.type_or_default))
+
+    @staticmethod
+    def _image_steps(spec: ClusterSpec, image: Image) -> list[Step]:
+        """The plan's lines about the image: which one (and how it was found), and the root volume
+        when the image's own snapshot is larger than --disk-gb (RunInstances refuses a smaller one)."""
+        steps = [Step("image", "reuse", f"{image.id} ({image.name or 'no name'}), login user {image.user}")]
+        if image.note:
+            steps.append(Step("image", "find", image.note))
+        disk = image.root_volume_gb(spec.disk_gb)
+        if disk != spec.disk_gb:
+            steps.append(Step("root volume", "raise", f"{disk} GB, not {spec.disk_gb}: the image's root snapshot is "
+                              f"{image.root_gb} GB (--disk-gb / launch.disk_gb {spec.disk_gb} raised to it)"))
+        return steps
 
     def _dry_run_instance(self, spec: ClusterSpec, image_id: str, subnet: str) -> None:
         """AWS's own DryRun: permissions, type and image are checked without launching anything."""
@@ -598,9 +697,9 @@ class AWSProvider:
                                              PolicyDocument=json.dumps(store_policy(spec.store)))
             steps.append(Step("instance profile", "update", f"{self.role_name(spec.name)}: read/write {spec.store} only"))
         sg = self._find_sg(spec.name)
-        if sg is not None and not self._has_ingress(sg, spec.ssh_cidr):
-            self._authorize_ssh(sg["GroupId"], spec.ssh_cidr)
-            steps.append(Step("security group", "update", f"{sg['GroupId']}: allow tcp/22 from {spec.ssh_cidr}"))
+        sg_step = self._update_ssh(sg, spec.ssh_cidr) if sg is not None else None
+        if sg_step is not None:
+            steps.append(sg_step)
         if inst.state == "stopping":
             inst = self.wait_state(inst.id, "stopped", timeout_s=600)
         if (inst.autostop, inst.autostop_action) != (spec.autostop, spec.shutdown_behavior):
@@ -627,15 +726,17 @@ class AWSProvider:
         self.clients.ec2.authorize_security_group_ingress(
             GroupId=group_id,
             IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-                            "IpRanges": [{"CidrIp": cidr, "Description": "mnist-launch: ssh from the launcher"}]}],
+                            "IpRanges": [{"CidrIp": cidr, "Description": SSH_RULE_DESCRIPTION}]}],
         )
 
     def _create(self, spec: ClusterSpec, created: list[Created]) -> UpOutcome:
         ec2, iam = self.clients.ec2, self.clients.iam
         steps: list[Step] = []
         # everything that can fail without side effects comes first
-        image_id, root_device, user = self.resolve_image(spec.ami)
-        steps.append(Step("image", "reuse", f"{image_id} (login user {user})"))
+        image = self.resolve_image(spec.ami, spec.ami_parameter)
+        image_id, root_device, user = image.id, image.root_device, image.user
+        steps += self._image_steps(spec, image)
+        spec = replace(spec, disk_gb=image.root_volume_gb(spec.disk_gb))
         vpc = self._default_vpc()
         subnets = self._subnets_by_az(vpc, spec.type_or_default, spec.avoid_az)
         if spec.store:
@@ -662,11 +763,7 @@ class AWSProvider:
             steps.append(Step("security group", "create", f"{group_id}: tcp/22 from {spec.ssh_cidr} only"))
         else:
             group_id = sg["GroupId"]
-            if not self._has_ingress(sg, spec.ssh_cidr):
-                self._authorize_ssh(group_id, spec.ssh_cidr)
-                steps.append(Step("security group", "update", f"{group_id}: allow tcp/22 from {spec.ssh_cidr}"))
-            else:
-                steps.append(Step("security group", "reuse", group_id))
+            steps.append(self._update_ssh(sg, spec.ssh_cidr) or Step("security group", "reuse", group_id))
 
         profile = None
         profile_is_new = False
@@ -702,7 +799,9 @@ class AWSProvider:
         params: dict[str, Any] = dict(
             ImageId=image_id, InstanceType=spec.type_or_default, MinCount=1, MaxCount=1,
             KeyName=key_name, SecurityGroupIds=[group_id],
-            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
+            # IMDSv2 only, one hop: the agent runs on the host itself. 2 is what a container behind a
+            # bridge needs to reach IMDS; nothing of ours runs in one, and 1 keeps any container out.
+            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             BlockDeviceMappings=[{"DeviceName": root_device, "Ebs": {
                 "VolumeSize": spec.disk_gb, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}}],
             TagSpecifications=[

@@ -21,6 +21,8 @@ def up(
     spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="request a spot instance"),
     disk_gb: Optional[int] = typer.Option(None, "--disk-gb", help="root volume size in GB (encrypted gp3)"),
     ami: Optional[str] = typer.Option(None, "--ami", help="image id [default: the region's PyTorch Deep Learning AMI]"),
+    ami_parameter: Optional[str] = typer.Option(None, "--ami-parameter",
+                                                help="SSM parameter naming the default image [default: the PyTorch DLAMI's]"),
     identity: Optional[str] = typer.Option(None, "--identity", help="your private key [default: one generated under MNIST_LAUNCH_HOME]"),
     ssh_cidr: Optional[str] = typer.Option(None, "--ssh-cidr", help="who may reach SSH [default: your public IP /32]"),
     autostop: Optional[str] = typer.Option(None, "--autostop", help="idle time before the instance stops itself, e.g. 30m, or off"),
@@ -36,8 +38,8 @@ def up(
 ) -> None:
     """Provision or reuse a GPU instance: find it by its tags, start it, or create it."""
     launch, store_uri, explicit = cluster.launch_settings(config, dict(
-        instance=instance, name=name, region=region, spot=spot, disk_gb=disk_gb, ami=ami, identity=identity,
-        ssh_cidr=ssh_cidr, autostop=autostop, autostop_terminate=autostop_terminate, timeout=timeout, store=store,
+        instance=instance, name=name, region=region, spot=spot, disk_gb=disk_gb, ami=ami, ami_parameter=ami_parameter,
+        identity=identity, ssh_cidr=ssh_cidr, autostop=autostop, autostop_terminate=autostop_terminate, timeout=timeout, store=store,
     ))
     cluster.up(cluster.UpRequest(launch=launch, store=store_uri, explicit_type=explicit, dry_run=dry_run,
                                  yes=yes, force=force, status_checks=status_checks))

@@ -240,7 +240,7 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
     spec = ClusterSpec(
         name=name, region=region, public_key=public_key_of(key) if key else "", ssh_cidr=cidr,
         instance_type=launch.instance if req.explicit_type else None, spot=launch.spot,
-        disk_gb=launch.disk_gb, ami=launch.ami, store=req.store if (req.store or "").startswith("s3://") else None,
+        disk_gb=launch.disk_gb, ami=launch.ami, ami_parameter=launch.ami_parameter, store=req.store if (req.store or "").startswith("s3://") else None,
         autostop="off" if autostop_s is None else launch.autostop, autostop_terminate=launch.autostop_terminate,
         avoid_az=req.avoid_az,
     )

@@ -102,3 +102,28 @@ def install_recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
     monkeypatch.setattr(infra.aws.Clients, "create", classmethod(create))
     return rec
+
+
+def published_image(name: str, root_gb: int, created: str, region: str = "us-east-1", device: str = "/dev/sda1") -> str:
+    """An image as Amazon publishes one, put into moto's backend (in this process): owner ``amazon``, a
+    root snapshot of ``root_gb`` (moto reports 15 GB for every image, where a Deep Learning AMI's is
+    tens of GB) and its own creation time (ISO 8601, e.g. '2025-06-02T10:00:00Z'). Its id."""
+    from datetime import datetime
+
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.amis import Ami
+
+    class PublishedAmi(Ami):
+        @property
+        def block_device_mappings(self) -> list[dict]:
+            return [{"DeviceName": self.root_device_name, "Ebs": {
+                "SnapshotId": self.ebs_snapshot.id, "VolumeSize": root_gb, "DeleteOnTermination": True,
+                "VolumeType": "gp3"}}]
+
+    ami = ec2_backends[DEFAULT_ACCOUNT_ID][region].register_image(name=name, description=name)
+    ami.__class__ = PublishedAmi
+    ami.owner_id, ami.owner_alias, ami.architecture = "898082745236", "amazon", "x86_64"
+    ami.root_device_name, ami.root_device_type = device, "ebs"
+    ami.creation_date = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return ami.id

@@ -14,16 +14,18 @@ from infra.aws import (
     TAG_MANAGED,
     AWSProvider,
     Clients,
+    SSH_RULE_DESCRIPTION,
     ClusterSpec,
     aws_errors,
     key_pair_name,
     store_policy,
+    user_for_image,
     validate_cidr,
 )
 from infra.home import ensure_default_key
 from infra.ssh import public_key_of
 from launcher.errors import AWSError, ConfigError
-from tests.aws_helpers import fake_aws_env, install_recorder, ubuntu_ami
+from tests.aws_helpers import fake_aws_env, install_recorder, published_image, ubuntu_ami
 
 REGION = "us-east-1"
 CIDR = "203.0.113.7/32"
@@ -135,6 +137,8 @@ def test_up_creates_exactly_the_resources_with_safe_settings(spec, rec):
     run = [c for c in rec.calls if c.operation == "RunInstances"][0].params
     assert run["BlockDeviceMappings"][0]["Ebs"] == {"VolumeSize": 120, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}
     assert "InstanceMarketOptions" not in run
+    # IMDSv2 only, and one hop: the agent runs on the host; a container behind a bridge (2 hops) gets nothing
+    assert run["MetadataOptions"] == {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1}
 
 
 def test_spot_goes_through_instance_market_options(spec, rec):
@@ -170,14 +174,34 @@ def test_reuse_with_another_type_is_refused(spec):
         provider().ensure(replace(spec, instance_type="g5.xlarge"))
 
 
-def test_reuse_from_a_new_address_opens_ssh_to_it(spec):
+def ssh_rules() -> dict[str, str]:
+    [sg] = our_groups()
+    return {r["CidrIp"]: r.get("Description", "") for p in sg["IpPermissions"]
+            if (p["IpProtocol"], p.get("FromPort"), p.get("ToPort")) == ("tcp", 22, 22) for r in p["IpRanges"]}
+
+
+def test_up_from_a_new_address_replaces_its_own_rule_and_leaves_others_alone(spec, rec):
     from dataclasses import replace
 
     provider().ensure(spec)
-    out = provider().ensure(replace(spec, ssh_cidr="198.51.100.9/32"))
-    assert ("security group", "update") in [(s.resource, s.action) for s in out.steps]
+    assert ssh_rules() == {CIDR: SSH_RULE_DESCRIPTION}
     [sg] = our_groups()
-    assert sorted(r["CidrIp"] for r in sg["IpPermissions"][0]["IpRanges"]) == sorted([CIDR, "198.51.100.9/32"])
+    # a rule someone added by hand (a bastion): not the launcher's to revoke
+    ec2().authorize_security_group_ingress(GroupId=sg["GroupId"], IpPermissions=[{
+        "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "192.0.2.50/32", "Description": "bastion"}]}])
+    moved = replace(spec, ssh_cidr="198.51.100.9/32")
+    rec.clear()
+    plan = provider().plan(moved)
+    assert rec.mutating() == []
+    [step] = [s for s in plan.steps if s.resource == "security group"]
+    assert (step.action, step.detail) == ("update", f"{sg['GroupId']}: allow tcp/22 from 198.51.100.9/32; "
+                                                    f"revoke the launcher's earlier rule for {CIDR}")
+    out = provider().ensure(moved)
+    assert [str(s) for s in out.steps if s.resource == "security group"] == [str(step)]
+    assert ssh_rules() == {"198.51.100.9/32": SSH_RULE_DESCRIPTION, "192.0.2.50/32": "bastion"}
+    # back home: still one rule of ours
+    provider().ensure(spec)
+    assert ssh_rules() == {CIDR: SSH_RULE_DESCRIPTION, "192.0.2.50/32": "bastion"}
 
 
 def test_stopped_instance_is_started(spec, rec):
@@ -311,7 +335,9 @@ def test_plan_makes_no_mutating_call(spec, rec):
 def test_image_errors_name_the_way_out(spec):
     from dataclasses import replace
 
-    with pytest.raises(AWSError, match=r"no PyTorch Deep Learning AMI published in us-east-1 .* — pass --ami AMI_ID"):
+    with pytest.raises(AWSError, match=r"no PyTorch Deep Learning AMI in us-east-1: SSM parameter /aws/service/\S+ not "
+                                       r"found and no image named .* owned by amazon — pass --ami AMI_ID, set "
+                                       r"launch.ami_parameter, or pick another --region"):
         provider().ensure(replace(spec, ami=None))
     with pytest.raises(AWSError, match=r"image ami-12345678 not found in us-east-1 — check --ami"):
         provider().ensure(replace(spec, ami="ami-12345678"))
@@ -371,10 +397,66 @@ def test_default_image_comes_from_the_ssm_parameter(aws):
     # moto refuses writes under /aws/ (reserved, like AWS): the same lookup under a name we may write
     boto3.client("ssm", region_name=REGION).put_parameter(Name="/mnist-launch-test/dlami", Value=amzn["ImageId"], Type="String")
     p = provider()
-    p.image_parameter = "/mnist-launch-test/dlami"
-    image, root, user = p.resolve_image(None)
-    assert (image, root, user) == (amzn["ImageId"], amzn["RootDeviceName"], "ec2-user")
-    assert p.resolve_image(ubuntu_ami())[2] == "ubuntu"  # --ami wins, and the user follows the image
+    image = p.resolve_image(None, "/mnist-launch-test/dlami")  # launch.ami_parameter
+    assert (image.id, image.root_device, image.user, image.note) == (amzn["ImageId"], amzn["RootDeviceName"], "ec2-user", None)
+    assert p.resolve_image(ubuntu_ami(), "/mnist-launch-test/dlami").user == "ubuntu"  # --ami wins, the user follows it
+
+
+DLAMI = "Deep Learning OSS Nvidia Driver AMI GPU PyTorch 2.7 ({os}) {date}"
+
+
+def test_a_missing_parameter_falls_back_to_the_newest_dlami_by_name_and_says_which(spec, rec):
+    from dataclasses import replace
+
+    published_image(DLAMI.format(os="Ubuntu 22.04", date="20250301"), 75, "2025-03-01T10:00:00Z")
+    newest = published_image(DLAMI.format(os="Ubuntu 22.04", date="20250602"), 75, "2025-06-02T10:00:00Z")
+    published_image(DLAMI.format(os="Amazon Linux 2023", date="20250701"), 75, "2025-07-01T10:00:00Z")  # another family
+    # an image anyone may register under the same name is not Amazon's: never picked
+    ec2().register_image(Name=DLAMI.format(os="Ubuntu 22.04", date="20991231"), RootDeviceName="/dev/sda1")
+    plan = provider().plan(replace(spec, ami=None, ami_parameter="/mnist-launch-test/retired"))
+    assert plan.image_id == newest and plan.user == "ubuntu"
+    [find] = [s for s in plan.steps if (s.resource, s.action) == ("image", "find")]
+    assert find.detail == (f"SSM parameter /mnist-launch-test/retired not found in us-east-1: using the newest image "
+                           f"named like the Deep Learning AMI, {newest} ({DLAMI.format(os='Ubuntu 22.04', date='20250602')}, "
+                           "created 2025-06-02T10:00:00.000Z)")
+    assert rec.mutating() == []
+    out = provider().ensure(replace(spec, ami=None, ami_parameter="/mnist-launch-test/retired"))
+    assert out.instance.image_id == newest and out.instance.user == "ubuntu"
+    assert ("image", "find") in [(s.resource, s.action) for s in out.steps]
+
+
+def test_the_login_user_follows_the_image_family(spec):
+    from dataclasses import replace
+
+    al = published_image(DLAMI.format(os="Amazon Linux 2023", date="20250701"), 75, "2025-07-01T10:00:00Z",
+                         device="/dev/xvda")
+    boto3.client("ssm", region_name=REGION).put_parameter(Name="/mnist-launch-test/al2023", Value=al, Type="String")
+    out = provider().ensure(replace(spec, ami=None, ami_parameter="/mnist-launch-test/al2023"))
+    assert out.instance.user == "ec2-user" and tags_of(live_instances()[0])["mnist-launch:user"] == "ec2-user"
+    assert user_for_image(DLAMI.format(os="Ubuntu 22.04", date="20250602")) == "ubuntu"
+    assert user_for_image("Deep Learning AMI GPU PyTorch 2.0.1 (Amazon Linux 2) 20230627") == "ec2-user"
+    assert user_for_image("my-image", "Deep Learning AMI on Ubuntu") == "ubuntu"
+
+
+def test_root_volume_is_at_least_the_images_own_snapshot(spec, rec):
+    from dataclasses import replace
+
+    big = published_image(DLAMI.format(os="Ubuntu 22.04", date="20250602"), 140, "2025-06-02T10:00:00Z")
+    # more than the snapshot: what was asked, and no note
+    plan = provider().plan(replace(spec, ami=big, disk_gb=200))
+    assert "root volume" not in [s.resource for s in plan.steps] and "200 GB gp3" in plan.steps[-1].detail
+    plan = provider().plan(replace(spec, ami=big, disk_gb=120))
+    [raised] = [s for s in plan.steps if s.resource == "root volume"]
+    assert str(raised) == ("raise   root volume       140 GB, not 120: the image's root snapshot is 140 GB "
+                           "(--disk-gb / launch.disk_gb 120 raised to it)")
+    assert "140 GB gp3 encrypted" in plan.steps[-1].detail
+    out = provider().ensure(replace(spec, ami=big, disk_gb=120))
+    assert ("root volume", "raise") in [(s.resource, s.action) for s in out.steps]
+    run = [c for c in rec.calls if c.operation == "RunInstances" and not c.params.get("DryRun")][0].params
+    assert run["BlockDeviceMappings"] == [{"DeviceName": "/dev/sda1", "Ebs": {
+        "VolumeSize": 140, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}}]
+    [vol] = ec2().describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [out.instance.id]}])["Volumes"]
+    assert vol["Size"] == 140
 
 
 def test_caller_address_lookup(tmp_path):

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from infra.aws import TAG_MANAGED, AWSProvider, Clients, ClusterSpec
 from launcher.cloud_cli import register
 from launcher.errors import LaunchError
-from tests.aws_helpers import fake_aws_env, install_recorder, ubuntu_ami
+from tests.aws_helpers import fake_aws_env, install_recorder, published_image, ubuntu_ami
 from tests.sshd_fixture import sshd  # noqa: F401
 
 CIDR = "203.0.113.7/32"
@@ -141,6 +141,7 @@ def test_up_rolls_back_when_ssh_never_answers(aws, home, monkeypatch):
     (["--autostop", "later"], "--autostop 'later': expected a duration"),
     (["--disk-gb", "10"], "disk_gb: Input should be greater than or equal to 30"),
     (["--identity", "/nonexistent/key"], "--identity /nonexistent/key: no such file"),
+    (["--ami-parameter", "/x; rm -rf ~"], "ami_parameter: String should match pattern"),
 ])
 def test_bad_input_is_one_line_and_creates_nothing(aws, monkeypatch, args, message):
     rec = install_recorder(monkeypatch)
@@ -149,6 +150,30 @@ def test_bad_input_is_one_line_and_creates_nothing(aws, monkeypatch, args, messa
     assert out.stderr.strip().splitlines()[-1].startswith("error: ")
     assert message in out.stderr
     assert rec.mutating() == []
+
+
+def test_plan_says_which_image_was_found_and_when_the_disk_was_raised(aws, tmp_path):
+    """The DLAMI's SSM parameter is configurable; where it is missing the newest DLAMI by name is taken
+    (one line says which), and a root volume below the image's own snapshot is raised (one line says so)."""
+    name = "Deep Learning OSS Nvidia Driver AMI GPU PyTorch 2.7 (Ubuntu 22.04) 20250602"
+    ami = published_image(name, 140, "2025-06-02T10:00:00Z")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: model3\nlaunch:\n  ami_parameter: /team/dlami\n  disk_gb: 100\n  ssh_cidr: {CIDR}\n")
+    out = cli("up", "--config", str(cfg), "--dry-run")
+    assert out.code == 0, out.stderr
+    text = " ".join(out.stderr.split())
+    assert f"image {ami} (user ubuntu)" in text
+    assert (f"find image SSM parameter /team/dlami not found in us-east-1: using the newest image named like the "
+            f"Deep Learning AMI, {ami} ({name}, created 2025-06-02T10:00:00.000Z)") in text
+    assert "raise root volume 140 GB, not 100: the image's root snapshot is 140 GB" in text
+    assert "140 GB gp3 encrypted" in text
+    # a parameter that exists wins, from the flag as from the file
+    other = published_image(name.replace("Ubuntu 22.04", "Amazon Linux 2023"), 60, "2025-05-01T10:00:00Z")
+    boto3.client("ssm", region_name="us-east-1").put_parameter(Name="/team/al2023", Value=other, Type="String")
+    out = cli("up", "--config", str(cfg), "--ami-parameter", "/team/al2023", "--dry-run")
+    assert out.code == 0, out.stderr
+    text = " ".join(out.stderr.split())
+    assert f"image {other} (user ec2-user)" in text and "find image" not in text and "raise root volume" not in text
 
 
 def test_settings_come_from_a_config_launch_section(aws, tmp_path):

@@ -148,7 +148,10 @@ class LaunchConfig(_Section):
     region: Optional[str] = None  # AWS region; default: the boto3 chain's
     spot: bool = False  # request a spot instance
     disk_gb: int = Field(100, ge=30)  # root volume (the DLAMI needs ~75 GB)
-    ami: Optional[str] = None  # image id; default: the region's PyTorch Deep Learning AMI
+    ami: Optional[str] = None  # image id; default: the image ami_parameter names
+    # SSM parameter naming the default image (the PyTorch Deep Learning AMI's; where it is missing, the
+    # newest image of that name is used); e.g. /aws/service/deeplearning/ami/x86_64/.../latest/ami-id
+    ami_parameter: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_./-]{1,2048}$")
     autostop: str = "60m"  # idle time before the instance stops itself ('off' to disable)
     autostop_terminate: bool = False  # autostop terminates the instance instead of stopping it (spot always terminates)
     gpus: Optional[int] = Field(None, ge=1)  # processes to launch; default: every GPU
