@@ -11,12 +11,14 @@ On an instance the launcher adds ``--processes 0`` (one per GPU), ``--env-file``
 a 0600 file read once and deleted, so secrets never sit on a command line or in the store) and
 ``--jobs-dir`` (a marker per running job: what `status` and the autostop watcher look at).
 
-Spot instances: every ``--imds-poll`` seconds the agent asks the instance metadata service
-(IMDSv2) for a spot interruption notice and a rebalance recommendation. A notice: SIGUSR1 to the
+Spot instances: with ``--spot-watch`` (the launcher passes it on EC2 instances, and only there) the
+agent asks the instance metadata service (IMDSv2) every ``--imds-poll`` seconds for a spot
+interruption notice and a rebalance recommendation. Without it (every local run) the agent sends
+the metadata service nothing: 169.254.169.254 is an EC2 host's own, not a laptop's. A notice: SIGUSR1 to the
 trainer's group (every rank checkpoints at the next step boundary and exits), a last upload, and
 the run ends ``preempted`` with the notice as its reason; ``--resume`` continues it exactly. A
 rebalance recommendation: recorded (an event, ``status.json``'s ``rebalance``) and one checkpoint
-(SIGUSR2), training goes on. Where no metadata service answers (a laptop) polling stops at once.
+(SIGUSR2), training goes on. Where no metadata service answers polling stops at once.
 """
 
 from __future__ import annotations
@@ -233,14 +235,15 @@ def descendants(root: int) -> list[int]:
 
 
 class SpotWatch:
-    """Polls instance metadata every ``every`` seconds; gives up for good where none answers."""
+    """Polls instance metadata every ``every`` seconds; gives up for good where none answers.
+    Off (``every`` 0, or not ``enabled``): never builds a client, never sends a request."""
 
-    def __init__(self, every: float) -> None:
+    def __init__(self, every: float, enabled: bool = True) -> None:
         self.every = every
         self.imds = None
         self.next_at = 0.0
         self.rebalance_seen = False
-        if every > 0:
+        if enabled and every > 0:
             from infra.imds import IMDS
 
             self.imds = IMDS()
@@ -304,9 +307,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--jobs-dir", type=Path, default=None, help="keep a marker RUN_ID here while the run is active")
     parser.add_argument("--restore", action="store_true",
                         help="first fetch the run and its newest complete checkpoint from --store, then resume")
+    parser.add_argument("--spot-watch", action="store_true",
+                        help="this host is an EC2 instance: watch its metadata service for spot interruption and "
+                             "rebalance notices (the launcher passes it for cloud runs; without it nothing is asked)")
     parser.add_argument("--imds-poll", type=float, default=float(os.environ.get("MNIST_LAUNCH_IMDS_POLL", "2")),
-                        help="seconds between spot interruption / rebalance checks (instance metadata); 0: off "
-                             "(default 2, or $MNIST_LAUNCH_IMDS_POLL)")
+                        help="with --spot-watch: seconds between checks; 0: off (default 2, or $MNIST_LAUNCH_IMDS_POLL)")
     parser.add_argument("--preempt-grace", type=float, default=90.0,
                         help="seconds the trainer gets to checkpoint after a spot notice before it is stopped")
     args = parser.parse_args(argv)
@@ -367,6 +372,7 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
     write_status(run_dir, state="running", agent_pid=os.getpid(), trainer_pid=child.pid,
                  launch_env=sorted(extra_env),  # the names only: values may be secrets
                  started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None,
+                 spot_watch=bool(args.spot_watch and args.imds_poll > 0),
                  spot_notice=None, rebalance=None)  # a resumed attempt starts without the last one's notices
 
     cancelled = {"sig": None}
@@ -394,7 +400,7 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
             except (ProcessLookupError, PermissionError):
                 pass
 
-    watch = SpotWatch(args.imds_poll)
+    watch = SpotWatch(args.imds_poll, enabled=args.spot_watch)
     notice: Optional[dict] = None
     notice_at = last_signal = 0.0
     last_sync = 0.0

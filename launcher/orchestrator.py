@@ -41,6 +41,9 @@ class LocalRequest:
     data_dir: Optional[str] = None
     processes: int = 1
     resume: Optional[str] = None  # run id to continue
+    # the agent watches instance metadata for spot notices: only for code that knows this host is an EC2
+    # instance; `train --local` never sets it (a laptop has no metadata service to ask)
+    spot_watch: bool = False
 
 
 @dataclass
@@ -147,6 +150,8 @@ def start_run(req: LocalRequest, host: Optional[Host] = None) -> Run:
             "--mixed-precision", cfg.train.mixed_precision]
     if req.resume:
         argv.append("--resume")
+    if req.spot_watch:
+        argv.append("--spot-watch")
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
     pid = host.spawn(argv, cwd=str(PROJECT_ROOT), log=str(run_dir / "agent.log"), env=env)
     return Run(run_id, run_dir, host, cfg, pid, offset)

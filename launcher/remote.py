@@ -183,7 +183,7 @@ def _spawn_agent(host: SSHHost, cfg: Config, req: RemoteRequest, paths: dict, ru
              "remote_dir": paths["root"], "run_dir": run_dir}
     argv = [_relative(python, paths["root"]), "-m", "infra.agent", "--run-dir", f"runs/{run_id}",
             "--processes", str(cfg.launch.gpus or 0), "--mixed-precision", cfg.train.mixed_precision,
-            "--jobs-dir", "jobs"]
+            "--jobs-dir", "jobs", "--spot-watch"]  # an EC2 instance: the only place that asks instance metadata
     if store:
         argv += ["--store", store, "--run-id", run_id]
     if cfg.launch.env:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,47 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Tests send traffic to 127.0.0.1 only. botocore's credential chain and our IMDS client would ask
+# 169.254.169.254: off for this process and every one it starts (CLI runs, local agents, trainers);
+# a test that exercises the spot watch points the endpoint at its own 127.0.0.1 server and turns this
+# back on for itself (tests/test_preempt.py). Were anything to ignore the switch, the endpoint still
+# names this machine (port 1: nothing listens there).
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = "http://127.0.0.1:1"
+
+# And in this process a connection anywhere else is refused and fails the test that tried it (an
+# address moto invented for an instance, the metadata service, the internet): see _loopback_only.
+_REFUSED: list[str] = []
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_guard(real):
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(str(address[0])):
+            _REFUSED.append(f"{address[0]}:{address[1]}")
+            raise ConnectionRefusedError(f"tests reach 127.0.0.1 only, not {address[0]}:{address[1]}")
+        return real(self, address)
+
+    return connect
+
+
+socket.socket.connect = _loopback_guard(socket.socket.connect)  # type: ignore[method-assign]
+socket.socket.connect_ex = _loopback_guard(socket.socket.connect_ex)  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only():
+    seen = len(_REFUSED)
+    yield
+    tried = _REFUSED[seen:]
+    assert not tried, f"this test tried to reach {', '.join(tried)}: tests send traffic to 127.0.0.1 only"
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 

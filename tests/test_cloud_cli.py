@@ -274,7 +274,17 @@ def make_clusters(*names: str) -> list[str]:
                                  instance_type="g4dn.xlarge", ami=ubuntu_ami())).instance.id for n in names]
 
 
-def test_status_table_and_down_stop_then_all(aws, home):
+@pytest.fixture
+def unreachable_instances(monkeypatch):
+    """`status` asks each running instance over SSH for its runs: here they answer nothing, from 127.0.0.1
+    (the addresses moto invents for instances are real ones on the internet, never to be dialled)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("MNIST_LAUNCH_SSH_ENDPOINT", f"root@127.0.0.1:{closed}")
+
+
+def test_status_table_and_down_stop_then_all(aws, home, unreachable_instances):
     a, b = make_clusters("a", "b")
     out = cli("status")
     assert out.code == 0
@@ -385,7 +395,7 @@ def test_end_to_end_through_the_real_entry_point(moto_server, sshd, home, tmp_pa
     assert_nothing_left()
 
 
-def test_status_covers_several_regions(aws, home):
+def test_status_covers_several_regions(aws, home, unreachable_instances):
     from infra.home import ensure_default_key
     from infra.ssh import public_key_of
 

@@ -137,8 +137,9 @@ def test_spot_notice_checkpoints_marks_preempted_and_resume_matches_an_uninterru
     # 13 steps an epoch at >= 0.3 s each: the notices land mid-run on any machine, however fast
     monkeypatch.setenv("MNIST_LAUNCH_STEP_DELAY", "0.3")
     store = str(tmp_path)
+    # what the launcher asks of an instance's agent (a local run never watches: see the test below)
     run = start_run(LocalRequest(config="configs/model3.yaml", store=store, data_dir=str(small_mnist),
-                                 run_id="spot", overrides=COMMON))
+                                 run_id="spot", overrides=COMMON, spot_watch=True))
     host = LocalHost()
     try:
         # a rebalance recommendation first: one checkpoint mid-epoch, training goes on
@@ -178,14 +179,18 @@ def test_spot_notice_checkpoints_marks_preempted_and_resume_matches_an_uninterru
     assert any(e["type"] == "checkpoint" and e.get("reason") == "preempt" and e["path"].endswith(ckpt.name) for e in evs) \
         or "_step_" not in ckpt.name  # saved on the notice, mid-epoch (or the epoch's own, when it came at its end)
 
-    # resume to the end: same epochs, and (checkpoints are exact) the same numbers as a straight run
-    imds.action = imds.rebalance = None
+    # resume to the end: same epochs, and (checkpoints are exact) the same numbers as a straight run.
+    # Both are local runs as `train --local` starts them (no --spot-watch): the notice still stands, and
+    # they must neither see it nor ask the metadata service anything at all
+    asked = len(imds.requests)
     monkeypatch.delenv("MNIST_LAUNCH_STEP_DELAY")
     resumed = start_run(LocalRequest(store=store, data_dir=str(small_mnist), resume="spot"))
     assert run_to_end(resumed)[0]["state"] == "succeeded", (run.run_dir / "train.log").read_text()[-3000:]
     straight = start_run(LocalRequest(config="configs/model3.yaml", store=store, data_dir=str(small_mnist),
                                       run_id="straight", overrides=COMMON))
     assert run_to_end(straight)[0]["state"] == "succeeded"
+    assert len(imds.requests) == asked, imds.requests[asked:]
+    assert read_status(straight.run_dir)["spot_watch"] is False and read_status(resumed.run_dir)["spot_watch"] is False
     a = json.loads((straight.run_dir / "summary.json").read_text())
     b = json.loads((resumed.run_dir / "summary.json").read_text())
     assert b["epochs_completed"] == a["epochs_completed"] == 2
@@ -197,6 +202,19 @@ def test_spot_notice_checkpoints_marks_preempted_and_resume_matches_an_uninterru
     assert b["final_test_accuracy"] == a["final_test_accuracy"]
     starts = [e for e in events_of(resumed.run_dir) if e["type"] == "start"]
     assert len(starts) == 2 and starts[1]["resumed"]
+
+
+def test_an_agent_without_the_flag_asks_instance_metadata_nothing(imds):
+    """The spot watch of an agent started without --spot-watch (every local run's; the run-level check is
+    in the test above) never builds a client nor sends a request, even where a server would answer."""
+    from infra.agent import SpotWatch
+
+    imds.action, imds.rebalance = NOTICE, REBALANCE
+    off = SpotWatch(0.01, enabled=False)
+    assert off.imds is None and [off.poll() for _ in range(3)] == [(None, None)] * 3
+    assert imds.requests == []
+    # the same watch with the flag does ask (so the zero above is not a server nobody could reach)
+    assert SpotWatch(0.01).poll() == (NOTICE, None) and ("PUT", "/latest/api/token") in imds.requests
 
 
 def test_latest_checkpoint_orders_mid_epoch_ones_and_skips_another_world_size(tmp_path):

@@ -123,6 +123,8 @@ def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, sm
     assert not (remote / "jobs" / "e2e-1").exists()  # the marker goes with the run
     # launch.env reached the trainer through a 0600 file the agent deleted; the value is nowhere else
     assert json.loads(objs["status.json"])["launch_env"] == ["MY_TOKEN"]
+    # an instance's agent watches for spot notices (this "instance" has AWS_EC2_METADATA_DISABLED: it asks nothing)
+    assert json.loads(objs["status.json"])["spot_watch"] is True
     assert not (remote / "env" / "e2e-1.env").exists()
     assert not any(secret.encode() in body for body in objs.values())
     assert not any(secret.encode() in f.read_bytes() for f in remote.rglob("*") if f.is_file())
