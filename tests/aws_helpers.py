@@ -56,7 +56,8 @@ def instance_sshd(where, url: str):
 
     return start_sshd(where, extra_config=(
         f"SetEnv AWS_ENDPOINT_URL={url} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
-        "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true",))
+        # the agent there watches for spot notices (--spot-watch): no metadata service, and were it asked, 127.0.0.1
+        "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:1",))
 
 
 def ubuntu_ami(region: str = "us-east-1") -> str:
