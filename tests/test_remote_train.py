@@ -42,7 +42,7 @@ class Cloud:
     moto_url: str
     sshd: SSHD
     tmp: Path
-    env: dict = field(default_factory=dict)  # the CLI's own AWS identity (the laptop user in the strict IAM world)
+    env: dict = field(default_factory=dict, repr=False)  # the CLI's own AWS identity (the laptop user in the strict IAM world)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k != "MNIST_LAUNCH_DEBUG"}
