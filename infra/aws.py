@@ -245,7 +245,8 @@ def aws_errors() -> Iterator[None]:
             ) from None
         if code in ACCESS_ERRORS:
             raise AWSError(
-                f"AWS denied {op} ({code}) — your IAM identity needs EC2, IAM (roles, instance profiles) and SSM read access"
+                f"AWS denied {op} ({code}) — your IAM identity needs the permissions in docs/laptop-policy.json "
+                "(EC2, IAM roles and instance profiles named mnist-launch-*, SSM read, the store read)"
             ) from None
         msg = _one_line(err.response.get("Error", {}).get("Message", ""))
         raise AWSError(f"AWS {op} failed: {code}: {msg} — fix the cause above and run again") from None

@@ -20,7 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from infra.aws import AWSProvider, Clients, ClusterSpec, policy_grants, store_policy
+from infra.aws import AWSProvider, Clients, ClusterSpec, aws_errors, policy_grants, store_policy
 from infra.home import ensure_default_key
 from infra.s3 import S3Store
 from infra.ssh import public_key_of
@@ -141,6 +141,10 @@ def test_the_laptop_policy_allows_only_mnist_launch_roles_and_reads_the_store(wo
     trust = json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
     denied(lambda: iam.create_role(RoleName="admin-role", AssumeRolePolicyDocument=trust))
+    with pytest.raises(AWSError, match=r"^AWS denied CreateRole \(AccessDenied\) — your IAM identity needs the "
+                                       r"permissions in docs/laptop-policy.json"):
+        with aws_errors():
+            iam.create_role(RoleName="admin-role", AssumeRolePolicyDocument=trust)
     denied(lambda: iam.create_instance_profile(InstanceProfileName="some-profile"))
     denied(lambda: iam.create_user(UserName="someone"))
     iam.create_role(RoleName="mnist-launch-x-us-east-1", AssumeRolePolicyDocument=trust)
