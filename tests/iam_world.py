@@ -17,9 +17,10 @@ The world holds three identities, made while checks are still off:
     Service principal), written to a credentials file the "instance" sshd sessions use.
 
 What moto checks and what it cannot (so the tests check only the former):
-  - actions, for every service; S3 resources (bucket and key ARNs, DeleteObjects key by key);
+  - actions, for every service; S3 resources (bucket and key ARNs; but a DeleteObjects against the
+    bucket's ARN, where AWS checks each key: the agent deletes key by key);
     IAM role and instance-profile ARNs (moto passes "*" for a role that does not exist yet and for
-    instance profiles; ``strict_iam_resources`` below names them as AWS does);
+    instance profiles; ``_iam_resource`` below names them as AWS does);
   - NOT condition keys: moto evaluates only StringEquals on keys a request supplies (sts:ExternalId),
     so ``s3:prefix`` (ListBucket), ``aws:ResourceTag/...`` and ``iam:PassedToService`` are treated as met;
   - NOT EC2 or SSM resource ARNs (moto passes "*"), and NOT iam:PassRole (RunInstances is not checked

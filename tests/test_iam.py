@@ -219,10 +219,11 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
         mp.setenv("MNIST_LAUNCH_SSH_CIDR", CIDR)
         admin_s3 = boto3.client("s3", region_name=REGION)
         admin_s3.create_bucket(Bucket=BUCKET)
-        # a bare cluster: `train --store` there is refused in one line before anything travels
-        p = cli(laptop, "up", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity", str(srv.client_key),
-                "--name", "bare", "--yes")
-        assert p.returncode == 0, p.stderr
+        # a bare cluster (made here, as `up` without --store makes it): `train --store` there is refused in one
+        # line before anything travels
+        admin = AWSProvider(Clients.create(REGION), poll_s=0.05)
+        admin.ensure(ClusterSpec(name="bare", region=REGION, public_key=public_key_of(srv.client_key),
+                                 ssh_cidr=CIDR, instance_type="g4dn.xlarge", ami=ubuntu_ami()))
         remote = tmp_path / "instance"
         train = ["train", "configs/model3.yaml", "--data-dir", str(small_mnist), "--set", "train.epochs=1",
                  "--set", f"launch.remote_dir={remote}", "--set", "launch.setup=skip",
@@ -231,7 +232,7 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
         assert p.returncode != 0 and p.stderr.count("\n") == 1, p.stderr
         assert p.stderr.startswith("error: cluster 'bare' (i-") and "has no instance role of ours" in p.stderr
         assert not remote.exists()
-        assert cli(laptop, "down", "bare", "--yes").returncode == 0
+        admin.remove("bare", timeout_s=60)
 
         p = cli(laptop, "up", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity", str(srv.client_key),
                 "--store", STORE, "--name", "mnist", "--yes")
@@ -252,14 +253,17 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
         assert [(r["run_id"], r["state"]) for r in rows] == [("least", "succeeded")]
         p = cli(laptop, "results", "least", "--store", other, "--dest", str(tmp_path / "results"))
         assert p.returncode == 0, p.stderr
+        p = cli(laptop, "logs", "least", "--store", other)
+        assert p.returncode == 0 and "finished" in p.stdout, p.stderr
+        p = cli(laptop, "status", "--json")
+        assert p.returncode == 0 and [r["name"] for r in json.loads(p.stdout)] == ["mnist"], p.stderr
 
         p = cli(laptop, "down", "mnist", "--yes")
         assert p.returncode == 0, p.stderr
         iam = boto3.client("iam", region_name=REGION)
         assert iam.list_roles()["Roles"] == [] and iam.list_instance_profiles()["InstanceProfiles"] == []
     finally:
-        for name in ("mnist", "bare"):
-            cli(laptop, "down", name, "--yes")
+        cli(laptop, "down", "mnist", "--yes")
         stop_sshd(srv)
         world.stop()
         server.stop()
