@@ -20,7 +20,14 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from infra.aws import AWSProvider, Clients, ClusterSpec, aws_errors, policy_grants, store_policy
+from infra.aws import (
+    AWSProvider,
+    Clients,
+    ClusterSpec,
+    aws_errors,
+    policy_grants,
+    store_policy,
+)
 from infra.home import ensure_default_key
 from infra.s3 import S3Store
 from infra.ssh import public_key_of
@@ -89,7 +96,7 @@ def test_the_instance_role_writes_only_under_runs_and_reads_only_its_data(world)
     role = session(world.assume_role(ROLE))
     store = S3Store(STORE, clients=Clients(role, REGION))
     # the agent's own calls: upload (plain and verified, read back), list, read, prune a checkpoint
-    f = world_file(store, "events.jsonl")
+    f = world_file("events.jsonl")
     store.put_file("r1", "events.jsonl", f)
     import hashlib
 
@@ -107,9 +114,9 @@ def test_the_instance_role_writes_only_under_runs_and_reads_only_its_data(world)
     # anything else in the bucket (the store's other keys, another prefix) or another bucket: refused
     for bucket, key in ((BUCKET, "mnist/config-of-someone-else.yaml"), (BUCKET, "elsewhere/data/x"),
                         ("other-bucket", "mnist/runs/r/x")):
-        denied(lambda: rs3.get_object(Bucket=bucket, Key=key))
-        denied(lambda: rs3.put_object(Bucket=bucket, Key=key, Body=b"x"))
-        denied(lambda: rs3.delete_object(Bucket=bucket, Key=key))
+        denied(lambda b=bucket, k=key: rs3.get_object(Bucket=b, Key=k))
+        denied(lambda b=bucket, k=key: rs3.put_object(Bucket=b, Key=k, Body=b"x"))
+        denied(lambda b=bucket, k=key: rs3.delete_object(Bucket=b, Key=k))
     denied(lambda: rs3.put_object(Bucket=BUCKET, Key="mnist/runs-not/x", Body=b"x"))
     denied(lambda: rs3.list_objects_v2(Bucket="other-bucket"))
     # the agent's prune of a key its role may not delete fails in one line instead of passing silently
@@ -127,7 +134,7 @@ def test_the_instance_role_writes_only_under_runs_and_reads_only_its_data(world)
                                                       PolicyDocument=json.dumps(iam_world.ADMIN_POLICY)))
 
 
-def world_file(store: S3Store, name: str) -> Path:
+def world_file(name: str) -> Path:
     import tempfile
 
     p = Path(tempfile.mkdtemp()) / name
@@ -184,7 +191,7 @@ def test_a_train_on_another_store_or_data_widens_the_role_before_the_run(world):
     # the role's credentials (already issued) reach the new store at once: IAM evaluates the current policy
     session(world.admin).client("s3").create_bucket(Bucket=BUCKET)
     role = S3Store(other, clients=Clients(session(world.assume_role(ROLE)), REGION))
-    role.put_file("r", "events.jsonl", world_file(role, "events.jsonl"))
+    role.put_file("r", "events.jsonl", world_file("events.jsonl"))
     assert role.list_names("r") == ["events.jsonl"]
 
 
