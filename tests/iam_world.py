@@ -97,7 +97,12 @@ def _iam_resource(self: Any) -> str:
 class IAMWorld:
     admin: Keys
     laptop: Keys
+    allowed: list[tuple[str, str, str]] = field(default_factory=list)  # (caller ARN, action, resource) moto let through
     _undo: list = field(default_factory=list)
+
+    def actions_of(self, caller: str) -> set[str]:
+        """The actions moto allowed to callers whose ARN contains ``caller`` (e.g. ':user/mnist-launch-test-laptop')."""
+        return {action for who, action, _ in self.allowed if caller in who}
 
     @classmethod
     def start(cls, policy: dict, endpoint: Optional[str] = None) -> "IAMWorld":
@@ -123,6 +128,16 @@ class IAMWorld:
         checks = enable_iam_authentication()
         checks.__enter__()
         world._undo.append(lambda: checks.__exit__(None, None, None))
+        from moto.iam.access_control import IAMRequestBase
+
+        check = IAMRequestBase.check_action_permitted
+
+        def recorded(self: Any, resource: str) -> None:
+            check(self, resource)  # raises when denied
+            world.allowed.append((self._access_key.arn, self._action, resource))
+
+        IAMRequestBase.check_action_permitted = recorded  # type: ignore[method-assign]
+        world._undo.append(lambda: setattr(IAMRequestBase, "check_action_permitted", check))
         original = IamResponse.__dict__.get("_determine_resource")
         IamResponse._determine_resource = _iam_resource  # type: ignore[method-assign]
         world._undo.append(lambda: setattr(IamResponse, "_determine_resource", original))

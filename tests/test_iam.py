@@ -269,6 +269,25 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
         assert p.returncode == 0, p.stderr
         iam = boto3.client("iam", region_name=REGION)
         assert iam.list_roles()["Roles"] == [] and iam.list_instance_profiles()["InstanceProfiles"] == []
+
+        # the policy holds nothing these commands did not use, but for what they do only in cases this test does
+        # not make, and what moto does not check (AWS asks for it on top of the call it authorizes)
+        used = world.actions_of(":user/mnist-launch-test-laptop")
+        policy = iam_world.laptop_policy(BUCKET)
+        granted = {a for st in policy["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+        assert used <= granted
+        elsewhere = {
+            "ssm:GetParameter",  # the default image (the tests pass --ami)
+            "ec2:StartInstances", "ec2:StopInstances",  # `up` on a stopped cluster, `down --stop`
+            "ec2:RevokeSecurityGroupIngress",  # `up` from a new address replaces the old rule
+            "ec2:ModifyInstanceAttribute", "ec2:CreateTags",  # `up` with another --autostop; AWS: tags on create
+            "iam:GetRolePolicy",  # read only when reusing a running cluster's role (`up`, `train` on it)
+            "iam:TagRole", "iam:TagInstanceProfile", "iam:PassRole",  # AWS only: tags on create, the role to EC2
+        }
+        assert granted - used <= elsewhere, sorted(granted - used - elsewhere)
+        # the instance's calls: S3 only, under the run's store and its data
+        assert {a for a in world.actions_of(f":assumed-role/{ROLE}/")} <= {"s3:GetObject", "s3:PutObject",
+                                                                          "s3:ListBucket", "s3:DeleteObject"}
     finally:
         cli(laptop, "down", "mnist", "--yes")
         stop_sshd(srv)
