@@ -22,7 +22,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -121,6 +121,7 @@ class InstanceInfo:
     user: str
     autostop: Optional[str] = None
     autostop_action: Optional[str] = None
+    profile_arn: Optional[str] = None  # the instance profile EC2 gives the instance's processes, if any
 
     def uptime_seconds(self, now: Optional[datetime] = None) -> float:
         if self.state != "running" or self.launch_time is None:
@@ -270,7 +271,8 @@ def aws_errors() -> Iterator[None]:
             ) from None
         if code in ACCESS_ERRORS:
             raise AWSError(
-                f"AWS denied {op} ({code}) — your IAM identity needs EC2, IAM (roles, instance profiles) and SSM read access"
+                f"AWS denied {op} ({code}) — your IAM identity needs the permissions in docs/laptop-policy.json "
+                "(EC2, IAM roles and instance profiles named mnist-launch-*, SSM read, the store read)"
             ) from None
         msg = _one_line(err.response.get("Error", {}).get("Message", ""))
         raise AWSError(f"AWS {op} failed: {code}: {msg} — fix the cause above and run again") from None
@@ -319,24 +321,64 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def store_policy(store: str) -> dict:
-    """Read/write on the store's bucket prefix only (and listing under it); nothing else."""
-    bucket, prefix = parse_s3_uri(store)
-    objects = f"arn:aws:s3:::{bucket}/{prefix}/*" if prefix else f"arn:aws:s3:::{bucket}/*"
-    listing: dict[str, Any] = {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}"}
-    if prefix:
-        listing["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
-                "Resource": objects,
-            },
-            listing,
-        ],
-    }
+def canonical_s3(uri: str) -> str:
+    """'s3://bucket/some/prefix/' -> 's3://bucket/some/prefix' (one spelling per prefix)."""
+    bucket, prefix = parse_s3_uri(uri)
+    return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+
+def _arn(bucket: str, *parts: str) -> str:
+    return "arn:aws:s3:::" + "/".join([bucket, *(p for p in parts if p)])
+
+
+STORE_POLICY_NAME = "mnist-launch-store"
+RUN_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+
+
+def store_policy(stores: Union[str, Sequence[str]], data: Sequence[str] = ()) -> dict:
+    """The instance role's only permissions: read, write and delete under each store's ``runs/`` (the
+    agent's uploads, checkpoint pruning, restore) and read each data prefix (`train --data-dir s3://...`),
+    listing limited to those prefixes. Nothing else in any bucket: not the store's other keys, not
+    its data prefix for writing.
+
+        store_policy("s3://b/mnist", ["s3://b/mnist/data"])
+    """
+    stores = [stores] if isinstance(stores, str) else list(stores)
+    runs = sorted({(b, "/".join(x for x in (p, "runs") if x)) for b, p in map(parse_s3_uri, stores)})
+    reads = sorted({parse_s3_uri(d) for d in data})
+    statements: list[dict[str, Any]] = []
+    if runs:
+        statements.append({"Sid": "RunsReadWrite", "Effect": "Allow", "Action": RUN_ACTIONS,
+                           "Resource": [_arn(b, p, "*") for b, p in runs]})
+    if reads:
+        statements.append({"Sid": "DataRead", "Effect": "Allow", "Action": ["s3:GetObject"],
+                           "Resource": [_arn(b, p, "*") for b, p in reads]})
+    for i, bucket in enumerate(sorted({b for b, _ in runs + reads})):
+        prefixes = sorted({p for b, p in runs + reads if b == bucket})
+        listing: dict[str, Any] = {"Sid": f"List{i}", "Effect": "Allow", "Action": ["s3:ListBucket"],
+                                   "Resource": _arn(bucket)}
+        if "" not in prefixes:  # a data prefix of a whole bucket lists all of it
+            listing["Condition"] = {"StringLike": {"s3:prefix": [x for p in prefixes for x in (p, f"{p}/*")]}}
+        statements.append(listing)
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def policy_grants(doc: dict) -> tuple[set[str], set[str]]:
+    """(stores, data prefixes) a ``store_policy`` document grants, as ``canonical_s3`` URIs; a document
+    of another shape grants nothing (it is rewritten)."""
+    stores: set[str] = set()
+    data: set[str] = set()
+    for st in doc.get("Statement", []):
+        res = st.get("Resource", [])
+        for arn in [res] if isinstance(res, str) else res:
+            if not (isinstance(arn, str) and arn.startswith("arn:aws:s3:::") and arn.endswith("/*")):
+                continue
+            path = arn[len("arn:aws:s3:::"):-2]
+            if st.get("Sid") == "RunsReadWrite" and path.endswith("/runs"):
+                stores.add("s3://" + path[: -len("/runs")])
+            elif st.get("Sid") == "DataRead":
+                data.add("s3://" + path)
+    return stores, data
 
 
 EC2_TRUST = {
@@ -417,6 +459,7 @@ class AWSProvider:
             user=tags.get(TAG_USER, DLAMI_USER),
             autostop=tags.get(TAG_AUTOSTOP),
             autostop_action=tags.get(TAG_AUTOSTOP_ACTION),
+            profile_arn=inst.get("IamInstanceProfile", {}).get("Arn"),
         )
 
     def find_instances(self, name: Optional[str] = None, states: Optional[list[str]] = None) -> list[InstanceInfo]:
@@ -597,8 +640,10 @@ class AWSProvider:
             sg_step = self._update_ssh(sg, spec.ssh_cidr, apply=False) if sg is not None else None
             if sg_step is not None:
                 steps.append(sg_step)
-            if spec.store and self._policy_is_current(self.role_name(spec.name), spec.store) is False:
-                steps.append(Step("instance profile", "update", f"{self.role_name(spec.name)}: read/write {spec.store} only"))
+            if spec.store:
+                self._check_profile(spec.name, existing, spec.store)
+                if not self._grants_cover(self.role_name(spec.name), spec.store):
+                    steps.append(Step("instance profile", "update", f"{self.role_name(spec.name)}: add read/write {spec.store}/runs/"))
             return Plan(self.region, steps, existing.instance_type, existing.image_id, existing.user,
                         existing.spot, hourly_price(existing.instance_type), existing)
         image = self.resolve_image(spec.ami, spec.ami_parameter)
@@ -621,7 +666,7 @@ class AWSProvider:
             parse_s3_uri(spec.store)
             role = self.role_name(spec.name)
             have = self._iam_get(self.clients.iam.get_instance_profile, InstanceProfileName=role)
-            steps.append(Step("instance profile", "reuse" if have else "create", f"{role}: read/write {spec.store} only"))
+            steps.append(Step("instance profile", "reuse" if have else "create", f"{role}: read/write {spec.store}/runs/ only"))
         else:
             steps.append(Step("instance profile", "none", "no s3:// store configured: the instance gets no AWS access"))
         subnets = self._subnets_by_az(vpc, spec.type_or_default, spec.avoid_az)
@@ -678,24 +723,55 @@ class AWSProvider:
             self.rollback(created)
             raise
 
-    def _policy_is_current(self, role: str, store: str) -> Optional[bool]:
-        """None: no such role; else whether its store policy is the one ``store`` needs."""
-        try:
-            doc = self.clients.iam.get_role_policy(RoleName=role, PolicyName="mnist-launch-store")["PolicyDocument"]
-        except ClientError as err:
-            if error_code(err) != "NoSuchEntity":
-                raise
-            return None if self._iam_get(self.clients.iam.get_role, RoleName=role) is None else False
-        doc = json.loads(doc) if isinstance(doc, str) else doc
-        return doc == store_policy(store)
+    def _role_grants(self, role: str) -> Optional[tuple[set[str], set[str]]]:
+        """(stores, data prefixes) the role's store policy grants; None when the role has no such policy."""
+        doc = self._iam_get(self.clients.iam.get_role_policy, RoleName=role, PolicyName=STORE_POLICY_NAME)
+        if doc is None:
+            return None
+        body = doc["PolicyDocument"]
+        return policy_grants(json.loads(body) if isinstance(body, str) else body)
+
+    def _grants_cover(self, role: str, store: Optional[str], data: Optional[str] = None) -> bool:
+        grants = self._role_grants(role)
+        if grants is None:
+            return False
+        return (not store or canonical_s3(store) in grants[0]) and (not data or canonical_s3(data) in grants[1])
+
+    def _check_profile(self, name: str, inst: InstanceInfo, what: str) -> None:
+        """Refuse in one line when the instance has no instance profile of ours: nothing it runs could reach ``what``."""
+        role = self.role_name(name)
+        if not (inst.profile_arn or "").endswith(f":instance-profile/{role}"):
+            raise AWSError(
+                f"cluster '{name}' ({inst.id}) has no instance role of ours (it was brought up without --store), so a "
+                f"run there could not reach {what} — `mnist-launch down {name}`, then `up --store s3://...` "
+                "(or train elsewhere with --name)")
+
+    def store_access(self, name: str, inst: InstanceInfo, store: Optional[str],
+                     data: Optional[str] = None) -> Optional[Step]:
+        """Make the instance's role cover what a run needs before it starts: read/write/delete under
+        ``store``/runs/ and read under ``data`` (an s3:// prefix). The role's policy grows to the union of
+        what the cluster's runs were given (a run on another store may still be uploading); a cluster
+        without a role of ours is refused in one line. Returns the step taken, None when nothing changed."""
+        if not store and not data:
+            return None
+        self._check_profile(name, inst, " and ".join(x for x in (store, data) if x))
+        role = self.role_name(name)
+        grants = self._role_grants(role) or (set(), set())
+        want_s = {canonical_s3(store)} if store else set()
+        want_d = {canonical_s3(data)} if data else set()
+        if want_s <= grants[0] and want_d <= grants[1]:
+            return None
+        self.clients.iam.put_role_policy(RoleName=role, PolicyName=STORE_POLICY_NAME, PolicyDocument=json.dumps(
+            store_policy(sorted(grants[0] | want_s), sorted(grants[1] | want_d))))
+        added = [f"read/write {s}/runs/" for s in sorted(want_s - grants[0])] + [f"read {d}/" for d in sorted(want_d - grants[1])]
+        return Step("instance profile", "update", f"{role}: add {', '.join(added)}")
 
     def _reuse(self, spec: ClusterSpec, inst: InstanceInfo) -> UpOutcome:
         self._check_same_type(spec, inst)
         steps = []
-        if spec.store and self._policy_is_current(self.role_name(spec.name), spec.store) is False:
-            self.clients.iam.put_role_policy(RoleName=self.role_name(spec.name), PolicyName="mnist-launch-store",
-                                             PolicyDocument=json.dumps(store_policy(spec.store)))
-            steps.append(Step("instance profile", "update", f"{self.role_name(spec.name)}: read/write {spec.store} only"))
+        step = self.store_access(spec.name, inst, spec.store)
+        if step is not None:
+            steps.append(step)
         sg = self._find_sg(spec.name)
         sg_step = self._update_ssh(sg, spec.ssh_cidr) if sg is not None else None
         if sg_step is not None:
@@ -769,19 +845,19 @@ class AWSProvider:
         profile_is_new = False
         if spec.store:
             profile = self.role_name(spec.name)
-            policy = json.dumps(store_policy(spec.store))
+            policy = json.dumps(store_policy(spec.store))  # a reused role keeps only this store: its instance is gone
             if self._iam_get(iam.get_role, RoleName=profile) is None:
                 iam.create_role(RoleName=profile, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
                                 Description=f"mnist-launch cluster {spec.name}: its store prefix only",
                                 Tags=self.tags(spec.name))
                 created.append(Created("role", profile))
-            iam.put_role_policy(RoleName=profile, PolicyName="mnist-launch-store", PolicyDocument=policy)
+            iam.put_role_policy(RoleName=profile, PolicyName=STORE_POLICY_NAME, PolicyDocument=policy)
             if self._iam_get(iam.get_instance_profile, InstanceProfileName=profile) is None:
                 iam.create_instance_profile(InstanceProfileName=profile, Tags=self.tags(spec.name))
                 created.append(Created("instance-profile", profile))
                 iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=profile)
                 profile_is_new = True
-                steps.append(Step("instance profile", "create", f"{profile}: read/write {spec.store} only"))
+                steps.append(Step("instance profile", "create", f"{profile}: read/write {spec.store}/runs/ only"))
             else:
                 steps.append(Step("instance profile", "reuse", profile))
 

@@ -555,6 +555,15 @@ def running_instance(name: str, region: Optional[str]) -> InstanceInfo:
     return running[0]
 
 
+def grant_run_access(inst: InstanceInfo, name: str, store: Optional[str], data: Optional[str]) -> Optional[str]:
+    """Before a run starts on ``inst``: its role covers ``store`` (write under runs/) and ``data`` (read),
+    updated if not, refused in one line if it has no role of ours. A line to print when it changed."""
+    provider = AWSProvider(Clients.create(inst.region))
+    with aws_errors():
+        step = provider.store_access(name, inst, store, data)
+    return None if step is None else str(step).strip()
+
+
 def login_key(inst: InstanceInfo, name: str, identity: Optional[str]) -> Path:
     """The private key that logs in to ``inst``: --identity, the one the cluster was made with, or ours."""
     cached = home.read_cluster_cache(name).get("identity")

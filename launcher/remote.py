@@ -95,8 +95,9 @@ def _check_env(env: dict[str, str]) -> None:
             raise ConfigError(f"launch.env: the value of {key} spans lines — give it on one line")
 
 
-def _cluster(req: RemoteRequest, cfg: Config, store: Optional[str], console: Console):
-    """(instance, SSHHost) of the run's cluster; `up` it first when nothing runs under that name."""
+def _cluster(req: RemoteRequest, cfg: Config, store: Optional[str], console: Console, data_uri: Optional[str] = None):
+    """(instance, SSHHost) of the run's cluster; `up` it first when nothing runs under that name. Its role
+    covers the run's store and s3:// data before the run starts (a run that could upload nothing never starts)."""
     from launcher import cluster
 
     name = req.name or cfg.launch.name
@@ -110,6 +111,9 @@ def _cluster(req: RemoteRequest, cfg: Config, store: Optional[str], console: Con
         console.print(f"no running instance for cluster '{name}': starting it")
         inst = cluster.up(cluster.UpRequest(launch=launch, store=store, explicit_type=True, avoid_az=req.avoid_az),
                           console=console).instance
+    changed = cluster.grant_run_access(inst, name, store, data_uri)
+    if changed:
+        console.print(f"[dim]{changed}[/]")
     return inst, cluster.cluster_host(inst, name, req.identity)
 
 
@@ -134,7 +138,7 @@ def start_remote_run(req: RemoteRequest, console: Console, recover: Optional[str
 
     timings: dict[str, float] = {}
     t = time.monotonic()
-    inst, host = _cluster(req, cfg, store, console)
+    inst, host = _cluster(req, cfg, store, console, data_uri)
     host.connect()
     timings["connect"] = time.monotonic() - t  # finding the instance (EC2) and the SSH handshake
     name = req.name or cfg.launch.name

@@ -49,13 +49,14 @@ def start_moto_server():
     return server, f"http://127.0.0.1:{port}"
 
 
-def instance_sshd(where, url: str):
+def instance_sshd(where, url: str, aws_env: str = "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing"):
     """A real sshd playing an instance: its sessions reach moto at ``url`` with fake credentials, as an
-    instance's role would. Stop it with ``tests.sshd_fixture.stop_sshd``."""
+    instance's role would (``aws_env``: other SetEnv words for them, e.g. tests.iam_world.instance_aws_env).
+    Stop it with ``tests.sshd_fixture.stop_sshd``."""
     from tests.sshd_fixture import start_sshd
 
     return start_sshd(where, extra_config=(
-        f"SetEnv AWS_ENDPOINT_URL={url} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
+        f"SetEnv AWS_ENDPOINT_URL={url} {aws_env} "
         # the agent there watches for spot notices (--spot-watch): no metadata service, and were it asked, 127.0.0.1
         "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:1",))
 

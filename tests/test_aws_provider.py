@@ -18,6 +18,7 @@ from infra.aws import (
     ClusterSpec,
     aws_errors,
     key_pair_name,
+    policy_grants,
     store_policy,
     user_for_image,
     validate_cidr,
@@ -29,7 +30,7 @@ from tests.aws_helpers import fake_aws_env, install_recorder, published_image, u
 
 REGION = "us-east-1"
 CIDR = "203.0.113.7/32"
-STORE = "s3://team-bucket/mnist/runs"
+STORE = "s3://team-bucket/mnist"
 
 
 @pytest.fixture
@@ -126,8 +127,9 @@ def test_up_creates_exactly_the_resources_with_safe_settings(spec, rec):
     assert iam().list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
     policy = iam().get_role_policy(RoleName=role["RoleName"], PolicyName="mnist-launch-store")["PolicyDocument"]
     policy = json.loads(policy) if isinstance(policy, str) else policy
+    assert policy == store_policy(STORE)  # write/delete under <store>/runs/ only (tests/test_iam.py enforces it)
     resources = [s["Resource"] for s in policy["Statement"]]
-    assert resources == ["arn:aws:s3:::team-bucket/mnist/runs/*", "arn:aws:s3:::team-bucket"]
+    assert resources == [["arn:aws:s3:::team-bucket/mnist/runs/*"], "arn:aws:s3:::team-bucket"]
     assert policy["Statement"][1]["Condition"] == {"StringLike": {"s3:prefix": ["mnist/runs", "mnist/runs/*"]}}
     assert "*" not in json.dumps([s["Action"] for s in policy["Statement"]])
     prof = iam().get_instance_profile(InstanceProfileName=role["RoleName"])["InstanceProfile"]
@@ -352,9 +354,10 @@ def test_ssh_cidr_validation():
         validate_cidr("my-laptop")
 
 
-def test_store_policy_without_prefix_is_the_bucket_only():
+def test_store_policy_without_prefix_is_the_buckets_runs_only():
     policy = store_policy("s3://b")
-    assert policy["Statement"][0]["Resource"] == "arn:aws:s3:::b/*"
+    assert policy["Statement"][0]["Resource"] == ["arn:aws:s3:::b/runs/*"]
+    assert policy["Statement"][1]["Condition"] == {"StringLike": {"s3:prefix": ["runs", "runs/*"]}}
     with pytest.raises(ConfigError, match="expected s3://bucket/prefix"):
         store_policy("/local/folder")
 
@@ -375,7 +378,7 @@ def test_expired_credentials_are_one_line(code):
             raise ClientError({"Error": {"Code": code, "Message": "secret-looking detail"}}, "DescribeInstances")
 
 
-def test_reuse_with_a_new_store_updates_the_role_policy_only(spec, rec):
+def test_reuse_with_a_new_store_adds_it_to_the_role_policy_only(spec, rec):
     from dataclasses import replace
 
     provider().ensure(spec)
@@ -389,7 +392,13 @@ def test_reuse_with_a_new_store_updates_the_role_policy_only(spec, rec):
     assert [c.operation for c in rec.mutating()] == ["PutRolePolicy"]
     doc = iam().get_role_policy(RoleName="mnist-launch-mnist-us-east-1", PolicyName="mnist-launch-store")["PolicyDocument"]
     doc = json.loads(doc) if isinstance(doc, str) else doc
-    assert doc["Statement"][0]["Resource"] == "arn:aws:s3:::team-bucket/other/*"
+    # added, not replaced: a run on the first store may still be uploading
+    assert doc == store_policy([STORE, "s3://team-bucket/other"])
+    assert policy_grants(doc) == ({STORE, "s3://team-bucket/other"}, set())
+    rec.clear()
+    assert [(s.resource, s.action) for s in p.ensure(replace(spec, store="s3://team-bucket/other/")).steps] == [
+        ("instance", "reuse")]  # covered already, however it is spelled: nothing written
+    assert rec.mutating() == []
 
 
 def test_default_image_comes_from_the_ssm_parameter(aws):

@@ -182,7 +182,7 @@ def test_settings_come_from_a_config_launch_section(aws, tmp_path):
     cfg.write_text(f"model: model3\nstore: s3://b/runs\nlaunch:\n  instance: g5.xlarge\n  spot: true\n  ami: {ami}\n  ssh_cidr: {CIDR}\n")
     out = cli("up", "--config", str(cfg), "--dry-run")
     assert out.code == 0, out.stderr
-    assert "g5.xlarge spot" in out.stderr and "read/write s3://b/runs only" in out.stderr
+    assert "g5.xlarge spot" in out.stderr and "read/write s3://b/runs/runs/ only" in out.stderr
     out = cli("up", "--config", str(cfg), "--instance", "g6.xlarge", "--dry-run")
     assert "g6.xlarge spot" in out.stderr  # flags win over the file
     cfg.write_text("model: model3\nlaunch:\n  instnce: g5.xlarge\n")

@@ -18,12 +18,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
 import pytest
 
+from tests import iam_world
 from tests.aws_helpers import fake_aws_env, instance_sshd, start_moto_server, ubuntu_ami
 from tests.conftest import ROOT
 from tests.sshd_fixture import SSHD, stop_sshd
@@ -31,6 +32,7 @@ from tests.sshd_fixture import SSHD, stop_sshd
 BUCKET = "runs-bucket"
 STORE = f"s3://{BUCKET}/mnist"
 CIDR = "203.0.113.7/32"
+ROLE = "mnist-launch-mnist-us-east-1"  # the instance role `up --name mnist` makes
 EPOCH_ROW = re.compile(r"^\s+(\d+)\s+\d+\.\d{4}\s+\d+\.\d\d%", re.M)
 
 
@@ -40,16 +42,17 @@ class Cloud:
     moto_url: str
     sshd: SSHD
     tmp: Path
+    env: dict = field(default_factory=dict, repr=False)  # the CLI's own AWS identity (the laptop user in the strict IAM world)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k != "MNIST_LAUNCH_DEBUG"}
-        env.update(PYTHONPATH=str(ROOT), COLUMNS="160")
+        env.update(PYTHONPATH=str(ROOT), COLUMNS="160", **self.env)
         return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=timeout)
 
     def popen(self, *args: str) -> subprocess.Popen:
         env = {k: v for k, v in os.environ.items() if k != "MNIST_LAUNCH_DEBUG"}
-        env.update(PYTHONPATH=str(ROOT), COLUMNS="160")
+        env.update(PYTHONPATH=str(ROOT), COLUMNS="160", **self.env)
         return subprocess.Popen([sys.executable, "-m", "launcher", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
@@ -66,19 +69,32 @@ def cloud(tmp_path_factory):
     fake_aws_env(mp, tmp / "home")
     server, url = start_moto_server()
     mp.setenv("AWS_ENDPOINT_URL", url)
-    srv = instance_sshd(tmp / "sshd", url)
+    # the strict IAM world (tests/iam_world.py; MNIST_LAUNCH_TEST_IAM=off turns it off): the test acts as an
+    # admin, the CLI as a user with exactly docs/laptop-policy.json, the "instance" with the role `up` made
+    world = iam_world.IAMWorld.start(iam_world.laptop_policy(BUCKET), url) if iam_world.enabled() else None
+    creds = tmp / "instance-aws" / "credentials"
+    if world:
+        for k in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            mp.delenv(k, raising=False)
+        for k, v in world.admin.env().items():
+            mp.setenv(k, v)
+    srv = instance_sshd(tmp / "sshd", url, *([iam_world.instance_aws_env(creds)] if world else []))
     mp.setenv("MNIST_LAUNCH_SSH_ENDPOINT", srv.endpoint)
     mp.setenv("MNIST_LAUNCH_SSH_CIDR", CIDR)
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    c = Cloud(tmp / "home", url, srv, tmp)
-    up = c.cli("up", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity", str(srv.client_key),
-               "--store", STORE, "--name", "mnist", "--yes")
-    assert up.returncode == 0, up.stderr
+    c = Cloud(tmp / "home", url, srv, tmp, env=world.laptop.env() if world else {})
     try:
+        up = c.cli("up", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity", str(srv.client_key),
+                   "--store", STORE, "--name", "mnist", "--yes")
+        assert up.returncode == 0, up.stderr
+        if world:
+            world.write_role_credentials(ROLE, creds)
         yield c
     finally:
         c.cli("down", "mnist", "--yes")
         stop_sshd(srv)
+        if world:
+            world.stop()
         server.stop()
         mp.undo()
 
