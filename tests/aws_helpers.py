@@ -136,3 +136,15 @@ def install_recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
     monkeypatch.setattr(infra.aws.Clients, "create", classmethod(create))
     return rec
+
+
+def nothing_left() -> None:
+    """No live instance, managed security group, key pair, mnist-launch role or instance profile is left."""
+    ec2, iam = boto3.client("ec2", region_name="us-east-1"), boto3.client("iam", region_name="us-east-1")
+    live = [i for r in ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": [
+        "pending", "running", "stopping", "stopped"]}])["Reservations"] for i in r["Instances"]]
+    assert live == []
+    assert ec2.describe_security_groups(Filters=[{"Name": f"tag:{infra.aws.TAG_MANAGED}", "Values": ["true"]}])["SecurityGroups"] == []
+    assert ec2.describe_key_pairs()["KeyPairs"] == []
+    assert [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("mnist-launch")] == []
+    assert [p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]] == []

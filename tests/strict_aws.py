@@ -296,3 +296,17 @@ def light_schedule(proxy: StrictAWS) -> None:
     proxy.fail("DescribeInstances", "InvalidInstanceID.NotFound", times=1, after="RunInstances", when=by_id("InstanceId"))
     proxy.fail("AuthorizeSecurityGroupIngress", "InvalidGroup.NotFound", times=1, after="CreateSecurityGroup")
     proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], times=1, after="AddRoleToInstanceProfile")
+
+
+def every_fault(proxy: StrictAWS) -> None:
+    """What a first `up` on a real account may meet, all at once."""
+    proxy.fail("AuthorizeSecurityGroupIngress", "InvalidGroup.NotFound", times=2, after="CreateSecurityGroup")
+    proxy.fail("PutRolePolicy", "NoSuchEntity", times=1, after="CreateRole")
+    proxy.fail("RunInstances", "InvalidGroup.NotFound", times=1, after="CreateSecurityGroup")
+    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], seconds=1.5, after="AddRoleToInstanceProfile")
+    proxy.fail("DescribeInstances", "InvalidInstanceID.NotFound", times=2, after="RunInstances", when=by_id("InstanceId"))
+    proxy.fail("DescribeInstanceStatus", "InvalidInstanceID.NotFound", times=1, after="RunInstances")
+    proxy.fail("DescribeVpcs", "RequestLimitExceeded", times=1)
+    proxy.fail("CreateSecurityGroup", "RequestLimitExceeded", times=1)
+    proxy.fail("CreateRole", "Throttling", times=1)
+    proxy.fail("GetParameter", "ThrottlingException", times=1)

@@ -10,13 +10,13 @@ import urllib.request
 import boto3
 import pytest
 
-from infra.aws import TAG_MANAGED, AWSProvider, Clients, ClusterSpec
+from infra.aws import AWSProvider, Clients, ClusterSpec
 from infra.home import ensure_default_key
 from infra.s3 import S3Store
 from infra.ssh import public_key_of
 from launcher.errors import AWSError
-from tests.aws_helpers import fake_aws_env, start_moto_server, ubuntu_ami
-from tests.strict_aws import PROFILE_REFUSAL, StrictAWS, by_id
+from tests.aws_helpers import fake_aws_env, nothing_left, start_moto_server, ubuntu_ami
+from tests.strict_aws import PROFILE_REFUSAL, StrictAWS, every_fault
 
 REGION = "us-east-1"
 CIDR = "203.0.113.7/32"
@@ -48,31 +48,6 @@ def proxy(world, tmp_path, monkeypatch) -> StrictAWS:
 def spec(store: str | None = STORE) -> ClusterSpec:
     return ClusterSpec(name="mnist", region=REGION, public_key=public_key_of(ensure_default_key()), ssh_cidr=CIDR,
                        instance_type="g4dn.xlarge", ami=ubuntu_ami(), store=store)
-
-
-def nothing_left() -> None:
-    ec2, iam = boto3.client("ec2", region_name=REGION), boto3.client("iam", region_name=REGION)
-    live = [i for r in ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": [
-        "pending", "running", "stopping", "stopped"]}])["Reservations"] for i in r["Instances"]]
-    assert live == []
-    assert ec2.describe_security_groups(Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}])["SecurityGroups"] == []
-    assert ec2.describe_key_pairs()["KeyPairs"] == []
-    assert [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("mnist-launch")] == []
-    assert [p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]] == []
-
-
-def every_fault(proxy: StrictAWS) -> None:
-    """What a first `up` on a real account may meet, all at once."""
-    proxy.fail("AuthorizeSecurityGroupIngress", "InvalidGroup.NotFound", times=2, after="CreateSecurityGroup")
-    proxy.fail("PutRolePolicy", "NoSuchEntity", times=1, after="CreateRole")
-    proxy.fail("RunInstances", "InvalidGroup.NotFound", times=1, after="CreateSecurityGroup")
-    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], seconds=1.5, after="AddRoleToInstanceProfile")
-    proxy.fail("DescribeInstances", "InvalidInstanceID.NotFound", times=2, after="RunInstances", when=by_id("InstanceId"))
-    proxy.fail("DescribeInstanceStatus", "InvalidInstanceID.NotFound", times=1, after="RunInstances")
-    proxy.fail("DescribeVpcs", "RequestLimitExceeded", times=1)
-    proxy.fail("CreateSecurityGroup", "RequestLimitExceeded", times=1)
-    proxy.fail("CreateRole", "Throttling", times=1)
-    proxy.fail("GetParameter", "ThrottlingException", times=1)
 
 
 def test_up_waits_out_eventual_consistency_and_throttling(proxy):
