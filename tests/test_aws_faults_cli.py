@@ -99,7 +99,8 @@ def test_train_creates_its_cluster_through_faults_and_uploads_where_missing_keys
     proxy.fail("PutObject", "SlowDown", times=1)  # S3 throttles the agent's first upload
     remote = tmp_path / "instance"
     p = cli("train", "configs/model3.yaml", "--name", "trainer", "--store", STORE, "--data-dir", str(small_mnist),
-            "--run-id", "strict-1", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity", str(srv.client_key),
+            "--run-id", "strict-1", "--instance", "g4dn.xlarge", "--set", f"launch.ami={ubuntu_ami()}",
+            "--identity", str(srv.client_key),
             "--set", "train.epochs=1", "--set", f"launch.remote_dir={remote}", "--set", "launch.setup=skip",
             "--set", f"launch.python={sys.executable}", timeout=600)
     try:
