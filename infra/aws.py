@@ -23,6 +23,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Callable, Iterator, Optional
 
 import boto3
@@ -745,8 +746,8 @@ class AWSProvider:
         for az, subnet in subnets:
             try:
                 # the same ClientToken on every try: a retried launch never makes a second instance
-                res = retry(lambda subnet=subnet, az=az: self.clients.ec2.run_instances(
-                    **params, SubnetId=subnet, ClientToken=f"{token}-{az}"), *new, what=f"RunInstances in {az}", log=self.log)
+                res = retry(partial(self.clients.ec2.run_instances, **params, SubnetId=subnet, ClientToken=f"{token}-{az}"),
+                            *new, what=f"RunInstances in {az}", log=self.log)
             except ClientError as err:
                 code = error_code(err)
                 if code in QUOTA_ERRORS:
@@ -900,7 +901,7 @@ class AWSProvider:
         for item in reversed(created):
             try:
                 if item.kind == "instance":
-                    retry(lambda item=item: self.clients.ec2.terminate_instances(InstanceIds=[item.id]), NEW_INSTANCE,
+                    retry(partial(self.clients.ec2.terminate_instances, InstanceIds=[item.id]), NEW_INSTANCE,
                           what=f"TerminateInstances {item.id}", log=self.log)
                     self.wait_state(item.id, "terminated", 600)
                 elif item.kind == "instance-profile":

@@ -107,7 +107,7 @@ def retry(call: Callable[[], T], *transients: Transient, what: str,
             waited = now - first[t]
             if waited >= t.deadline_s():
                 raise AWSError(
-                    f"{what}: AWS still answered {_code(err)} for {t.what} after {waited:.0f}s — AWS is slower than "
+                    f"{what}: AWS still answered {_code(err)} for {t.what} after {t.deadline_s():.0f}s — AWS is slower than "
                     f"usual to see new resources; run the command again (what this call created is rolled back), or "
                     f"raise {t.deadline_env}"
                 ) from None

@@ -303,7 +303,7 @@ def every_fault(proxy: StrictAWS) -> None:
     proxy.fail("AuthorizeSecurityGroupIngress", "InvalidGroup.NotFound", times=2, after="CreateSecurityGroup")
     proxy.fail("PutRolePolicy", "NoSuchEntity", times=1, after="CreateRole")
     proxy.fail("RunInstances", "InvalidGroup.NotFound", times=1, after="CreateSecurityGroup")
-    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], seconds=1.5, after="AddRoleToInstanceProfile")
+    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], times=2, after="AddRoleToInstanceProfile")
     proxy.fail("DescribeInstances", "InvalidInstanceID.NotFound", times=2, after="RunInstances", when=by_id("InstanceId"))
     proxy.fail("DescribeInstanceStatus", "InvalidInstanceID.NotFound", times=1, after="RunInstances")
     proxy.fail("DescribeVpcs", "RequestLimitExceeded", times=1)
