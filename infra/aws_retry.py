@@ -103,11 +103,11 @@ def retry(call: Callable[[], T], *transients: Transient, what: str,
             now = time.monotonic()
             if t not in first:
                 first[t] = now
-                log(f"{what}: AWS does not see {t.what} yet ({_code(err)}); retrying for up to {t.deadline_s():.0f}s")
+                log(f"{what}: AWS does not see {t.what} yet ({_code(err)}); retrying for up to {t.deadline_s():g}s")
             waited = now - first[t]
             if waited >= t.deadline_s():
                 raise AWSError(
-                    f"{what}: AWS still answered {_code(err)} for {t.what} after {t.deadline_s():.0f}s — AWS is slower than "
+                    f"{what}: AWS still answered {_code(err)} for {t.what} after {t.deadline_s():g}s — AWS is slower than "
                     f"usual to see new resources; run the command again (what this call created is rolled back), or "
                     f"raise {t.deadline_env}"
                 ) from None

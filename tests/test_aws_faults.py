@@ -16,7 +16,7 @@ from infra.s3 import S3Store
 from infra.ssh import public_key_of
 from launcher.errors import AWSError
 from tests.aws_helpers import fake_aws_env, nothing_left, start_moto_server, ubuntu_ami
-from tests.strict_aws import PROFILE_REFUSAL, StrictAWS, every_fault
+from tests.strict_aws import PROFILE_REFUSAL, StrictAWS, every_fault, light_schedule
 
 REGION = "us-east-1"
 CIDR = "203.0.113.7/32"
@@ -68,6 +68,18 @@ def test_up_waits_out_eventual_consistency_and_throttling(proxy):
     assert proxy.calls["CreateSecurityGroup"] == 2 and proxy.calls["CreateInstanceProfile"] == 1
     assert any("AWS does not see the new instance profile yet (InvalidParameterValue)" in m for m in lines), lines
     assert not any("rolled back" in m for m in lines)
+    assert p.remove("mnist") and p.leftovers("mnist") == []
+
+
+def test_the_light_schedule_of_the_remote_e2e_tests_is_met_and_got_through(proxy):
+    """MNIST_LAUNCH_TEST_STRICT_AWS=1 runs every remote e2e session under it: each fault fires once."""
+    light_schedule(proxy)
+    p = AWSProvider(Clients.create(REGION), poll_s=0.05)
+    out = p.ensure(spec())
+    assert p.wait_state(out.instance.id, "running", 30).state == "running"
+    assert sorted(proxy.injected.items()) == [
+        (("AuthorizeSecurityGroupIngress", "InvalidGroup.NotFound"), 1), (("DescribeInstances", "InvalidInstanceID.NotFound"), 1),
+        (("RunInstances", "InvalidParameterValue"), 1), (("RunInstances", "RequestLimitExceeded"), 1)]
     assert p.remove("mnist") and p.leftovers("mnist") == []
 
 
