@@ -3,8 +3,9 @@
 Typed records in and out (``ClusterSpec`` -> ``Plan`` / ``UpOutcome`` / ``InstanceInfo``), boto3
 clients created in one place (``Clients``, injectable; ``AWS_ENDPOINT_URL`` is honoured by boto3
 itself), every resource tagged ``mnist-launch:managed=true`` + ``mnist-launch:cluster=NAME`` so a
-cluster can always be found from AWS alone, and only transient errors retried (botocore's
-"standard" retry mode: throttling, 5xx, connection errors).
+cluster can always be found from AWS alone, and only transient errors retried: throttling, 5xx and
+connection errors by botocore's "standard" retry mode, AWS's eventual consistency (a resource this
+call just created, not yet seen) by ``infra.aws_retry.retry`` until a deadline.
 
     provider = AWSProvider(Clients.create("us-east-1"))
     outcome = provider.ensure(spec)          # reuse, start or create; rolls back on failure
@@ -22,6 +23,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import boto3
@@ -36,6 +38,10 @@ from botocore.exceptions import (
 )
 
 from launcher.errors import AWSError, ConfigError
+from infra.aws_retry import (
+    NEW_GROUP, NEW_INSTANCE, NEW_KEY, NEW_PROFILE, NEW_ROLE, THROTTLE_ERRORS, MAX_ATTEMPTS_ENV, Transient,
+    max_attempts, retry,
+)
 from infra.prices import hourly_price
 
 TAG_MANAGED = "mnist-launch:managed"
@@ -218,7 +224,9 @@ class Clients:
 
     def _client(self, service: str) -> Any:
         if service not in self._cache:
-            cfg = BotoConfig(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60)
+            # throttling, 5xx and dropped connections: retried per request by botocore (infra/aws_retry.py)
+            cfg = BotoConfig(retries={"mode": "standard", "total_max_attempts": max_attempts()}, connect_timeout=10,
+                             read_timeout=60)
             self._cache[service] = self.session.client(service, region_name=self.region, config=cfg)
         return self._cache[service]
 
@@ -268,6 +276,11 @@ def aws_errors() -> Iterator[None]:
         if code in CREDENTIAL_ERRORS:
             raise AWSError(
                 f"AWS rejected your credentials ({code}) — refresh them (`aws sso login` or `aws configure`) and run again"
+            ) from None
+        if code in THROTTLE_ERRORS:
+            raise AWSError(
+                f"AWS kept throttling {op} ({code}) through {max_attempts()} attempts — wait a minute and run again "
+                f"(other tools on this account may be using its API rate; {MAX_ATTEMPTS_ENV} allows more attempts)"
             ) from None
         if code in ACCESS_ERRORS:
             raise AWSError(
@@ -478,11 +491,14 @@ class AWSProvider:
         return sorted(found, key=lambda i: (i.state == "running", i.launch_time or epoch), reverse=True)
 
     def describe(self, instance_id: str) -> InstanceInfo:
-        res = self.clients.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        # right after RunInstances, DescribeInstances may not know the id yet
+        res = retry(lambda: self.clients.ec2.describe_instances(InstanceIds=[instance_id]), NEW_INSTANCE,
+                    what=f"DescribeInstances {instance_id}", log=self.log)["Reservations"]
         return self._to_info(res[0]["Instances"][0])
 
     def status_checks_ok(self, instance_id: str) -> bool:
-        st = self.clients.ec2.describe_instance_status(InstanceIds=[instance_id])["InstanceStatuses"]
+        st = retry(lambda: self.clients.ec2.describe_instance_status(InstanceIds=[instance_id]), NEW_INSTANCE,
+                   what=f"DescribeInstanceStatus {instance_id}", log=self.log)["InstanceStatuses"]
         if not st:
             return False
         s = st[0]
@@ -819,12 +835,14 @@ class AWSProvider:
             parse_s3_uri(spec.store)
 
         key_name = key_pair_name(spec.public_key)
+        new: list[Transient] = []  # what RunInstances may not see yet: the resources made just now
         if self._key_exists(key_name):
             steps.append(Step("key pair", "reuse", key_name))
         else:
             ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=spec.public_key.encode(),
                                 TagSpecifications=[{"ResourceType": "key-pair", "Tags": self.tags(spec.name)}])
             created.append(Created("key-pair", key_name))
+            new.append(NEW_KEY)
             steps.append(Step("key pair", "create", key_name))
 
         sg = self._find_sg(spec.name, vpc)
@@ -835,14 +853,15 @@ class AWSProvider:
                 TagSpecifications=[{"ResourceType": "security-group", "Tags": self.tags(spec.name)}],
             )["GroupId"]
             created.append(Created("security-group", group_id))
-            self._authorize_ssh(group_id, spec.ssh_cidr)
+            retry(lambda: self._authorize_ssh(group_id, spec.ssh_cidr), NEW_GROUP,
+                  what=f"AuthorizeSecurityGroupIngress {group_id}", log=self.log)
+            new.append(NEW_GROUP)
             steps.append(Step("security group", "create", f"{group_id}: tcp/22 from {spec.ssh_cidr} only"))
         else:
             group_id = sg["GroupId"]
             steps.append(self._update_ssh(sg, spec.ssh_cidr) or Step("security group", "reuse", group_id))
 
         profile = None
-        profile_is_new = False
         if spec.store:
             profile = self.role_name(spec.name)
             policy = json.dumps(store_policy(spec.store))  # a reused role keeps only this store: its instance is gone
@@ -851,25 +870,28 @@ class AWSProvider:
                                 Description=f"mnist-launch cluster {spec.name}: its store prefix only",
                                 Tags=self.tags(spec.name))
                 created.append(Created("role", profile))
-            iam.put_role_policy(RoleName=profile, PolicyName=STORE_POLICY_NAME, PolicyDocument=policy)
+            retry(lambda: iam.put_role_policy(RoleName=profile, PolicyName=STORE_POLICY_NAME, PolicyDocument=policy),
+                  NEW_ROLE, what=f"PutRolePolicy {profile}", log=self.log)
             if self._iam_get(iam.get_instance_profile, InstanceProfileName=profile) is None:
                 iam.create_instance_profile(InstanceProfileName=profile, Tags=self.tags(spec.name))
                 created.append(Created("instance-profile", profile))
-                iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=profile)
-                profile_is_new = True
+                retry(lambda: iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=profile),
+                      NEW_ROLE, what=f"AddRoleToInstanceProfile {profile}", log=self.log)
+                new.append(NEW_PROFILE)
                 steps.append(Step("instance profile", "create", f"{profile}: read/write {spec.store}/runs/ only"))
             else:
                 steps.append(Step("instance profile", "reuse", profile))
 
         inst = self._run_instance(spec, image_id, root_device, user, key_name, group_id, profile,
-                                  profile_is_new, subnets, created)
+                                  tuple(new), subnets, created)
         market = "spot" if spec.spot else "on-demand"
         steps.append(Step("instance", "create", f"{inst.id} ({inst.instance_type} {market} in {inst.az})"))
         return UpOutcome(inst, steps, created)
 
     def _run_instance(self, spec: ClusterSpec, image_id: str, root_device: str, user: str, key_name: str,
-                      group_id: str, profile: Optional[str], profile_is_new: bool,
+                      group_id: str, profile: Optional[str], new: tuple[Transient, ...],
                       subnets: list[tuple[str, str]], created: list[Created]) -> InstanceInfo:
+        """``new``: the refusals to wait out because this call just made the resource (key, group, profile)."""
         extra = {TAG_USER: user, TAG_AUTOSTOP: spec.autostop, TAG_AUTOSTOP_ACTION: spec.shutdown_behavior,
                  "Name": f"mnist-launch-{spec.name}"}
         params: dict[str, Any] = dict(
@@ -894,36 +916,30 @@ class AWSProvider:
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
                 "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
         token = uuid.uuid4().hex[:24]
-        backoff = Backoff(self.poll_s)
         tried: list[str] = []
         last = ""
         for az, subnet in subnets:
-            # a fresh instance profile takes a few seconds to be usable by EC2 (IAM is eventually consistent)
-            for attempt in range(10 if profile_is_new else 1):
-                try:
-                    res = self.clients.ec2.run_instances(**params, SubnetId=subnet, ClientToken=f"{token}-{az}")
-                except ClientError as err:
-                    code = error_code(err)
-                    msg = err.response.get("Error", {}).get("Message", "")
-                    if code == "InvalidParameterValue" and "iamInstanceProfile" in msg and attempt < 9:
-                        backoff.sleep()
-                        continue
-                    if code in QUOTA_ERRORS:
-                        raise AWSError(
-                            f"{spec.type_or_default} in {self.region}: {code} (account quota) — request more at "
-                            f"https://console.aws.amazon.com/servicequotas/home?region={self.region}#!/services/ec2/quotas, "
-                            "or pick a smaller --instance type" + (" or drop --spot" if spec.spot else "")
-                        ) from None
-                    if code in CAPACITY_ERRORS:
-                        tried.append(az)
-                        last = code
-                        self.log(f"{az}: {code}; trying the next availability zone")
-                        break
-                    raise
-                else:
-                    inst = res["Instances"][0]
-                    created.append(Created("instance", inst["InstanceId"]))
-                    return self._to_info(inst)
+            try:
+                # the same ClientToken on every try: a retried launch never makes a second instance
+                res = retry(partial(self.clients.ec2.run_instances, **params, SubnetId=subnet, ClientToken=f"{token}-{az}"),
+                            *new, what=f"RunInstances in {az}", log=self.log)
+            except ClientError as err:
+                code = error_code(err)
+                if code in QUOTA_ERRORS:
+                    raise AWSError(
+                        f"{spec.type_or_default} in {self.region}: {code} (account quota) — request more at "
+                        f"https://console.aws.amazon.com/servicequotas/home?region={self.region}#!/services/ec2/quotas, "
+                        "or pick a smaller --instance type" + (" or drop --spot" if spec.spot else "")
+                    ) from None
+                if code in CAPACITY_ERRORS:
+                    tried.append(az)
+                    last = code
+                    self.log(f"{az}: {code}; trying the next availability zone")
+                    continue
+                raise
+            inst = res["Instances"][0]
+            created.append(Created("instance", inst["InstanceId"]))
+            return self._to_info(inst)
         raise AWSError(
             f"no capacity for {spec.type_or_default} in {self.region} (tried {', '.join(tried)}: {last}) — "
             "retry later, or pick another --instance type or --region" + ("" if spec.spot else " (or try --spot)")
@@ -1014,13 +1030,21 @@ class AWSProvider:
             raise
         return bool(kps) and {"Key": TAG_MANAGED, "Value": "true"} in kps[0].get("Tags", [])
 
-    def _delete_sg(self, group_id: str, timeout_s: float = 300) -> None:
+    def _delete_sg(self, group_id: str, timeout_s: float = 300, just_created: bool = False) -> None:
         # a just-terminated instance's network interface holds the group for a little while
         deadline = time.monotonic() + timeout_s
         backoff = Backoff(self.poll_s)
+
+        def delete() -> None:
+            if just_created:  # a group made by this very call may be unknown for a while yet: not "already gone"
+                retry(lambda: self.clients.ec2.delete_security_group(GroupId=group_id), NEW_GROUP,
+                      what=f"DeleteSecurityGroup {group_id}", log=self.log)
+            else:
+                self.clients.ec2.delete_security_group(GroupId=group_id)
+
         while True:
             try:
-                self.clients.ec2.delete_security_group(GroupId=group_id)
+                delete()
                 return
             except ClientError as err:
                 code = error_code(err)
@@ -1052,14 +1076,15 @@ class AWSProvider:
         for item in reversed(created):
             try:
                 if item.kind == "instance":
-                    self.clients.ec2.terminate_instances(InstanceIds=[item.id])
+                    retry(partial(self.clients.ec2.terminate_instances, InstanceIds=[item.id]), NEW_INSTANCE,
+                          what=f"TerminateInstances {item.id}", log=self.log)
                     self.wait_state(item.id, "terminated", 600)
                 elif item.kind == "instance-profile":
                     self._delete_profile(item.id)
                 elif item.kind == "role":
                     self._delete_profile(item.id)
                 elif item.kind == "security-group":
-                    self._delete_sg(item.id)
+                    self._delete_sg(item.id, just_created=True)
                 elif item.kind == "key-pair":
                     self.clients.ec2.delete_key_pair(KeyName=item.id)
                 undone.append(f"{item.kind} {item.id}")

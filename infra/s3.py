@@ -25,7 +25,9 @@ from botocore.exceptions import ClientError
 from infra.aws import Clients, aws_errors, error_code, parse_s3_uri
 from launcher.errors import AWSError, RunError
 
-# A missing key answers NoSuchKey to GET and a bare 404 to HEAD.
+# A missing key answers NoSuchKey to GET and a bare 404 to HEAD, when the caller may list the bucket.
+# When it may not (s3:ListBucket on that prefix), S3 answers 403 instead, as for a key it may not read:
+# then the listing tells the two apart (``S3Store._missing``).
 MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
 ACCESS_DENIED = {"AccessDenied", "AccessDeniedException", "AllAccessDisabled", "403", "Forbidden"}
 # So a browser or `aws s3 cp -` shows text instead of offering a download.
@@ -119,12 +121,29 @@ class S3Store:
                     candidates.append(p["Prefix"][len(base):].rstrip("/"))
             return sorted(r for r in candidates if r and self._exists(self.key(r, "config.yaml")))
 
+    def _missing(self, err: ClientError, key: str) -> bool:
+        """Whether ``err`` (from a GET or HEAD of ``key``) means the key does not exist. A 403 is asked of
+        the listing: a key not listed is missing; a listed one, or a listing refused too, is a real denial
+        (raised by the caller as one line), never taken for "not there"."""
+        code = error_code(err)
+        if code in MISSING_KEY:
+            return True
+        if code not in ACCESS_DENIED and err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 403:
+            return False
+        try:
+            listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+        except ClientError as list_err:
+            if error_code(list_err) in ACCESS_DENIED:
+                return False  # cannot tell: the caller's 403 stands
+            raise
+        return not any(o["Key"] == key for o in listed)
+
     def _exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
             return True
         except ClientError as err:
-            if error_code(err) in MISSING_KEY:
+            if self._missing(err, key):
                 return False
             raise
 
@@ -133,7 +152,7 @@ class S3Store:
             try:
                 body = self.client.get_object(Bucket=self.bucket, Key=self.key(run_id, name))["Body"]
             except ClientError as err:
-                if error_code(err) in MISSING_KEY:
+                if self._missing(err, self.key(run_id, name)):
                     return None
                 raise
             return body.read().decode("utf-8", errors="replace")
@@ -146,7 +165,7 @@ class S3Store:
                                               Range=f"bytes={offset}-{offset + limit - 1}")
             except ClientError as err:
                 # InvalidRange (416): offset at or past the end, or an empty object
-                if error_code(err) in MISSING_KEY or error_code(err) in ("InvalidRange", "416"):
+                if error_code(err) in ("InvalidRange", "416") or self._missing(err, self.key(run_id, name)):
                     return b""
                 raise
             return resp["Body"].read()
@@ -180,7 +199,7 @@ class S3Store:
             try:
                 return self.client.head_object(Bucket=self.bucket, Key=self.key(run_id, name))["ContentLength"]
             except ClientError as err:
-                if error_code(err) in MISSING_KEY:
+                if self._missing(err, self.key(run_id, name)):
                     return None
                 raise
 

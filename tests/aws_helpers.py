@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import boto3
 import pytest
@@ -34,9 +36,31 @@ def fake_aws_env(monkeypatch: pytest.MonkeyPatch, home) -> None:
     monkeypatch.setenv("MNIST_LAUNCH_AUTOSTOP_INSTALL", "0")
 
 
-def start_moto_server():
+# "1": every start_moto_server() (the remote e2e tests' moto) sits behind the fault-injecting proxy
+STRICT_ENV = "MNIST_LAUNCH_TEST_STRICT_AWS"
+
+
+@dataclass
+class StrictServer:
+    """moto behind tests/strict_aws.py's proxy: ``stop()`` stops both; ``proxy`` holds the schedule and counters."""
+
+    moto: object
+    proxy: object
+    moto_url: str
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.moto.stop()
+
+
+def start_moto_server(strict: Optional[bool] = None, schedule: Optional[Callable] = None):
     """moto's ThreadedMotoServer on a free 127.0.0.1 port, for other processes (an agent behind sshd):
-    (server, url). Stop it with ``server.stop()``."""
+    (server, url). Stop it with ``server.stop()``.
+
+    ``strict`` (default: ``MNIST_LAUNCH_TEST_STRICT_AWS=1``): the url is a proxy in front of moto that
+    behaves like real AWS (tests/strict_aws.py): a missing S3 key answers 403, and ``schedule(proxy)``
+    (default: ``light_schedule``, one throttle and one not-yet-visible answer of each kind per session)
+    injects faults. The proxy is ``server.proxy``."""
     import socket
 
     from moto.server import ThreadedMotoServer
@@ -46,7 +70,17 @@ def start_moto_server():
         port = s.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    return server, f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    if strict is None:
+        strict = os.environ.get(STRICT_ENV) == "1"
+    if not strict:
+        return server, url
+    from tests.strict_aws import StrictAWS, light_schedule
+
+    proxy = StrictAWS(url)
+    proxy.missing_keys_403 = True
+    (schedule or light_schedule)(proxy)
+    return StrictServer(server, proxy, url), proxy.url
 
 
 def instance_sshd(where, url: str, aws_env: str = "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing"):
@@ -129,3 +163,15 @@ def published_image(name: str, root_gb: int, created: str, region: str = "us-eas
     ami.root_device_name, ami.root_device_type = device, "ebs"
     ami.creation_date = datetime.fromisoformat(created.replace("Z", "+00:00"))
     return ami.id
+
+
+def nothing_left() -> None:
+    """No live instance, managed security group, key pair, mnist-launch role or instance profile is left."""
+    ec2, iam = boto3.client("ec2", region_name="us-east-1"), boto3.client("iam", region_name="us-east-1")
+    live = [i for r in ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": [
+        "pending", "running", "stopping", "stopped"]}])["Reservations"] for i in r["Instances"]]
+    assert live == []
+    assert ec2.describe_security_groups(Filters=[{"Name": f"tag:{infra.aws.TAG_MANAGED}", "Values": ["true"]}])["SecurityGroups"] == []
+    assert ec2.describe_key_pairs()["KeyPairs"] == []
+    assert [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("mnist-launch")] == []
+    assert [p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]] == []

@@ -1,0 +1,120 @@
+"""AWS as it really behaves: calls refused only because AWS has not caught up yet, retried until a deadline.
+
+Two kinds of transient refusal, two mechanisms:
+
+- Throttling (``RequestLimitExceeded``, ``Throttling``, ``ThrottlingException``, ``SlowDown``) and 5xx
+  can hit any call, so botocore's own "standard" retry mode handles them for every client made by
+  ``infra.aws.Clients`` (jittered exponential backoff, at most ``max_attempts()`` attempts, about a
+  minute with the default 10). It is per request, covers paginators, waiters and S3 transfers alike,
+  and needs no code at the call sites; when it gives up, ``infra.aws.aws_errors`` says so in one line.
+- Eventual consistency is not an error botocore knows: ``InvalidInstanceID.NotFound`` right after
+  RunInstances, ``InvalidGroup.NotFound`` right after CreateSecurityGroup, a new instance profile
+  refused by RunInstances for a minute or more, ``NoSuchEntity`` right after CreateRole. Such an
+  answer is only transient for a resource this very call just created, so the call sites that use
+  one wrap the call in ``retry`` with the ``Transient`` that fits it; its deadline (seconds to a
+  couple of minutes for EC2, minutes for IAM) comes from the environment, so tests shorten it.
+
+    retry(lambda: ec2.describe_instances(InstanceIds=[i]), NEW_INSTANCE, what=f"describe {i}", log=print)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from botocore.exceptions import ClientError
+
+from launcher.errors import AWSError
+
+T = TypeVar("T")
+
+EC2_DEADLINE_ENV = "MNIST_LAUNCH_EC2_CONSISTENCY_S"  # how long a new EC2 resource may stay unseen (default 120)
+IAM_DEADLINE_ENV = "MNIST_LAUNCH_IAM_CONSISTENCY_S"  # how long a new role / instance profile may (default 300)
+MAX_ATTEMPTS_ENV = "MNIST_LAUNCH_AWS_MAX_ATTEMPTS"  # botocore's attempts per request for throttling/5xx (default 10)
+BACKOFF_CAP_ENV = "MNIST_LAUNCH_AWS_RETRY_CAP_S"  # the longest sleep between two tries (default 5)
+
+# what botocore's standard mode retries by itself; named here for the one line when it gave up
+THROTTLE_ERRORS = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "ThrottledException",
+                   "RequestThrottled", "RequestThrottledException", "TooManyRequestsException", "SlowDown",
+                   "EC2ThrottledException", "BandwidthLimitExceeded"}
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise AWSError(f"{name}={raw!r}: expected a number of seconds — fix or unset it") from None
+    if value < 0:
+        raise AWSError(f"{name}={raw!r}: expected a number of seconds >= 0 — fix or unset it")
+    return value
+
+
+def max_attempts() -> int:
+    """botocore's attempts per request (the first one included) before a throttle is an error."""
+    return max(1, int(_env_float(MAX_ATTEMPTS_ENV, 10)))
+
+
+@dataclass(frozen=True)
+class Transient:
+    """Answers AWS gives while it catches up with something just created, and how long to wait for it."""
+
+    what: str  # "the new security group": for the waiting line and the final one
+    codes: frozenset
+    deadline_env: str
+    default_s: float
+    messages: tuple = ()  # when set, the error message must contain one of them too (case-insensitive)
+
+    def matches(self, err: ClientError) -> bool:
+        code = err.response.get("Error", {}).get("Code", "")
+        text = err.response.get("Error", {}).get("Message", "") or ""
+        return code in self.codes and (not self.messages or any(m.lower() in text.lower() for m in self.messages))
+
+    def deadline_s(self) -> float:
+        return _env_float(self.deadline_env, self.default_s)
+
+
+NEW_INSTANCE = Transient("the new instance", frozenset({"InvalidInstanceID.NotFound"}), EC2_DEADLINE_ENV, 120)
+NEW_GROUP = Transient("the new security group", frozenset({"InvalidGroup.NotFound"}), EC2_DEADLINE_ENV, 120)
+NEW_KEY = Transient("the new key pair", frozenset({"InvalidKeyPair.NotFound"}), EC2_DEADLINE_ENV, 120)
+# RunInstances: "Value (x) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"
+NEW_PROFILE = Transient("the new instance profile", frozenset({"InvalidParameterValue"}), IAM_DEADLINE_ENV, 300,
+                        messages=("instance profile", "iamInstanceProfile"))
+NEW_ROLE = Transient("the new role", frozenset({"NoSuchEntity"}), IAM_DEADLINE_ENV, 300)
+
+
+def retry(call: Callable[[], T], *transients: Transient, what: str,
+          log: Callable[[str], None] = lambda _m: None, sleep: Callable[[float], None] = time.sleep) -> T:
+    """``call()``, again with backoff while it fails with one of ``transients``, until that one's deadline
+    (counted from its first refusal); then one AWSError line. Any other error is raised at once."""
+    first: dict[Transient, float] = {}
+    delay, cap = 0.25, _env_float(BACKOFF_CAP_ENV, 5.0)
+    while True:
+        try:
+            return call()
+        except ClientError as err:
+            t = next((t for t in transients if t.matches(err)), None)
+            if t is None:
+                raise
+            now = time.monotonic()
+            if t not in first:
+                first[t] = now
+                log(f"{what}: AWS does not see {t.what} yet ({_code(err)}); retrying for up to {t.deadline_s():g}s")
+            waited = now - first[t]
+            if waited >= t.deadline_s():
+                raise AWSError(
+                    f"{what}: AWS still answered {_code(err)} for {t.what} after {t.deadline_s():g}s — AWS is slower than "
+                    f"usual to see new resources; run the command again (what this call created is rolled back), or "
+                    f"raise {t.deadline_env}"
+                ) from None
+            sleep(min(delay, cap, max(0.0, t.deadline_s() - waited)))
+            delay *= 2
+
+
+def _code(err: ClientError) -> str:
+    return err.response.get("Error", {}).get("Code", "") or "?"
+
