@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def payloads(marker: Path) -> list[str]:
     m = shlex.quote(str(marker))
     return [f"$(touch {m})", f"`touch {m}`", f"x; touch {m}", f"x && touch {m}", f"x\ntouch {m}",
-            "a b", "it's", 'say "hi"', "-rf", "--help", "x|y", "x>y", "../../etc"]
+            "a b", "it's", 'say "hi"', "-rf", "--help", "x|y", "x>y", "../../etc", "50%done"]
 
 
 def write_config(tmp_path: Path, launch: dict, **top) -> Path:

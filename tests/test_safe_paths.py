@@ -6,6 +6,7 @@ crafted files and tars here. Each test checks both the one-line refusal and that
 from __future__ import annotations
 
 import hashlib
+import sys
 import io
 import json
 import os
@@ -322,3 +323,41 @@ def test_ship_mnist_replaces_a_symlink_under_a_data_file_name(tiny_mnist, tmp_pa
     ship_mnist(LocalHost(), small_mnist, str(remote), python=os.sys.executable)
     assert victim.read_text() == "untouched"
     assert not (remote / name).is_symlink() and (remote / name).stat().st_size > 0
+
+
+def test_the_instance_fetch_writes_only_the_four_files_and_never_through_a_symlink(tiny_mnist, tmp_path, monkeypatch):
+    """infra/datasync.py's fetch, run by a real Python against moto as a server: crafted keys under the
+    data prefix (".." in them, other names) and symlinks planted under the data folder's own names
+    leave everything outside that folder untouched."""
+    import boto3
+
+    from infra.datasync import fetch_mnist
+    from tests.aws_helpers import fake_aws_env, start_moto_server
+
+    fake_aws_env(monkeypatch, tmp_path / "home")
+    server, url = start_moto_server()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="data-bucket")
+        for f in sorted(tiny_mnist.iterdir()):
+            s3.put_object(Bucket="data-bucket", Key=f"mnist/{f.name}", Body=f.read_bytes())
+        for key in ("mnist/../../../escaped", "mnist/x/../../../../escaped.gz", "mnist/.s3-etags.json", "mnist/../evil.py"):
+            s3.put_object(Bucket="data-bucket", Key=key, Body=b"owned")
+        dest, outside = tmp_path / "remote" / "data", tmp_path / "outside"
+        dest.mkdir(parents=True)
+        outside.mkdir()
+        for name in ("victim", "stamps"):
+            (outside / name).write_text("untouched")
+        (dest / "t10k-labels-idx1-ubyte.gz").symlink_to(outside / "victim")
+        (dest / "train-images-idx3-ubyte.gz.part").symlink_to(outside / "victim")
+        (dest / ".s3-etags.json").symlink_to(outside / "stamps")
+        report = fetch_mnist(LocalHost(), "s3://data-bucket/mnist", str(dest), python=sys.executable)
+    finally:
+        server.stop()
+    assert report.files_sent == 4
+    assert sorted(p.read_text() for p in outside.iterdir()) == ["untouched", "untouched"]
+    assert sorted(p.name for p in dest.iterdir()) == sorted([".s3-etags.json", *(f.name for f in tiny_mnist.iterdir())])
+    assert not any(p.is_symlink() for p in dest.iterdir())
+    assert (dest / "t10k-labels-idx1-ubyte.gz").read_bytes() == (tiny_mnist / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    assert not list(tmp_path.rglob("escaped*")) and not list(tmp_path.rglob("evil.py"))

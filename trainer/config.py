@@ -145,9 +145,10 @@ class TrainConfig(_Section):
 
 # remote paths and programs: a conservative character set, so that a value is the same word in every
 # shell, log line and systemd unit it reaches (and is still quoted wherever it goes)
-_PATH_PART = re.compile(r"[A-Za-z0-9._+@,=:%-]+")
+# (no %: cron reads it as a newline and systemd as a specifier, and both see these paths in the autostop watcher)
+_PATH_PART = re.compile(r"[A-Za-z0-9._+@,=:-]+")
 _PROGRAM = re.compile(r"[A-Za-z0-9._+-]+")
-_CHARS = "letters, digits and . _ - + @ , = : %"
+_CHARS = "letters, digits and . _ - + @ , = :"
 INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9-]+")
 AMI_ID = re.compile(r"ami-[0-9a-f]{1,32}")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
