@@ -42,7 +42,7 @@ from infra.aws import (
 from infra.prices import PRICES_DATE, PRICES_REGION, cost_so_far, hourly_price
 from infra.ssh import HostKeyChangedError, KeyRefusedError, SSHHost, endpoint_for, public_key_of, wait_for_banner
 from launcher.errors import AWSError, ConfigError, LaunchError, SSHError
-from trainer.config import LaunchConfig, _format_error, read_yaml
+from trainer.config import LaunchConfig, _format_error, check_location, read_yaml
 
 SSH_CIDR_ENV = "MNIST_LAUNCH_SSH_CIDR"  # like --ssh-cidr, for CI and machines without internet
 # where the autostop watcher lives on the instance; tests point it into a temporary folder
@@ -123,11 +123,14 @@ def launch_settings(config_path: Optional[str], flags: dict) -> tuple[LaunchConf
         # a bad flag is named as typed (--name 'x y': ...), a bad key of the file by the file and key
         first = err.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else ""
-        if field in given and field != "env":
+        if field in given and field != "env" and first["type"] == "value_error":
             msg = first["msg"].removeprefix("Value error, ")
             raise ConfigError(f"--{field.replace('_', '-')} {given[field]!r}: {msg} — fix it and run again") from None
         raise ConfigError(f"{where}: {_format_error(err)} — fix it and run again") from None
-    return launch, flags.get("store") or store, explicit_type
+    store = flags.get("store") or store
+    if store is not None:
+        check_location(str(store), "--store" if flags.get("store") else f"{where}: store")
+    return launch, store, explicit_type
 
 
 @dataclass
@@ -599,11 +602,11 @@ def ssh_argv(name: str, region: Optional[str], identity: Optional[str], command:
 SSH_ENV_KEPT = ("PATH", "HOME", "USER", "LOGNAME", "TERM", "LANG", "LC_ALL", "LC_CTYPE", "COLORTERM", "TMPDIR")
 
 
-def ssh_env(environ: Optional[dict] = None) -> dict[str, str]:
+def ssh_env(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
     """The environment of the ssh child: SSH_ENV_KEPT from ours, so no credential (AWS_*, tokens) and no
     agent socket (SSH_AUTH_SOCK) is in reach of ssh or of anything it might start."""
-    environ = os.environ if environ is None else environ
-    return {k: environ[k] for k in SSH_ENV_KEPT if k in environ}
+    source = dict(os.environ) if environ is None else environ
+    return {k: source[k] for k in SSH_ENV_KEPT if k in source}
 
 
 def ssh(name: str, region: Optional[str], identity: Optional[str], command: list[str]) -> int:

@@ -141,6 +141,7 @@ def test_hostile_flags_of_train_up_and_the_run_commands_are_one_line_errors(offl
         (["up", "--ami", f"ami-1 {touch}"], "--ami 'ami-1 $(touch"),
         (["up", "--ssh-cidr", f"1.2.3.4/32;touch {marker}"], "--ssh-cidr '1.2.3.4/32;touch"),
         (["up", "--instance", "-rf"], "--instance '-rf': not an EC2 instance type"),
+        (["up", "--store", f"s3://b/{touch}\n"], "--store 's3://b/$(touch"),
         (["results", "../../etc", "--dest", "out"], "run id '../../etc'"),
         (["logs", f"../{touch}"], "run id '../$(touch"),
         (["cancel", "/etc/passwd"], "run id '/etc/passwd'"),

@@ -154,7 +154,7 @@ AMI_ID = re.compile(r"ami-[0-9a-f]{1,32}")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
 CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+S3_BUCKET = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")  # AWS wants 3+ characters; the charset is what matters here
 
 # AWS_* names that may be set in launch.env: plain client settings. Every other AWS_* name is refused:
 # the instance reaches AWS with its own role, and an AWS_* variable either carries credentials
@@ -196,7 +196,7 @@ def check_s3_uri(uri: str) -> str:
     """s3://bucket[/prefix] with a real bucket name and a prefix of printable characters, no '..' part."""
     bucket, _, prefix = uri[len("s3://"):].partition("/")
     if not S3_BUCKET.fullmatch(bucket) or ".." in bucket:
-        raise ValueError(f"bucket {bucket!r} is not an S3 bucket name (3-63 lowercase letters, digits, '.' and '-')")
+        raise ValueError(f"bucket {bucket!r} is not an S3 bucket name (lowercase letters, digits, '.' and '-')")
     if _has_control(prefix) or ".." in prefix.split("/") or "\\" in prefix:
         raise ValueError("the prefix must be printable, with no '..' part")
     return uri
