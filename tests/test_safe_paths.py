@@ -152,20 +152,18 @@ def test_local_results_refuses_a_destination_symlink_leading_out(tmp_path):
 
 # -- restoring a checkpoint from the store ------------------------------------------------------------
 
-def _upload_checkpoint(store, run_id: str, folder: str, files: dict[str, bytes], names: dict[str, bytes] | None = None):
+def _upload_checkpoint(store, scratch: Path, run_id: str, folder: str, files: dict[str, bytes],
+                       names: dict[str, bytes] | None = None) -> None:
     """A checkpoint as the agent uploads it, with a manifest that may name other files than it holds."""
-    for rel, data in files.items():
-        tmp = Path(f"/tmp/{os.getpid()}-{abs(hash(rel))}")
-        tmp.write_bytes(data)
-        store.put_file(run_id, f"checkpoints/{folder}/{rel}", tmp)
-        tmp.unlink()
+    scratch.mkdir(parents=True, exist_ok=True)
+    for i, (rel, data) in enumerate(files.items()):
+        (scratch / str(i)).write_bytes(data)
+        store.put_file(run_id, f"checkpoints/{folder}/{rel}", scratch / str(i))
     listed = names if names is not None else files
     manifest = {"epoch": 1, "files": {rel: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
                                       for rel, d in listed.items()}}
-    tmp = Path(f"/tmp/{os.getpid()}-manifest")
-    tmp.write_text(json.dumps(manifest))
-    store.put_file(run_id, f"checkpoints/{folder}/checkpoint.json", tmp)
-    tmp.unlink()
+    (scratch / "manifest").write_text(json.dumps(manifest))
+    store.put_file(run_id, f"checkpoints/{folder}/checkpoint.json", scratch / "manifest")
 
 
 def test_a_manifest_naming_files_outside_the_checkpoint_is_never_restored_from(s3, tmp_path):
@@ -180,14 +178,14 @@ def test_a_manifest_naming_files_outside_the_checkpoint_is_never_restored_from(s
     evil = {"../../../escaped": b"owned"}
     for rel, data in evil.items():
         s3.put_object(Bucket=BUCKET, Key=f"team/runs/r1/checkpoints/epoch_002/{rel}", Body=data)
-    _upload_checkpoint(store, "r1", "epoch_002", {}, names=evil)
+    _upload_checkpoint(store, tmp_path / "up", "r1", "epoch_002", {}, names=evil)
     assert latest_stored_checkpoint(store, "r1") is None
     with pytest.raises(RunError, match="no complete checkpoint"):
         restore_run(store, "r1", tmp_path / "fresh" / "runs" / "r1")
     assert not list(tmp_path.rglob("escaped"))
 
     # an honest older one next to it is still found and restored, inside the run folder only
-    _upload_checkpoint(store, "r1", "epoch_001", {"model.bin": b"weights"})
+    _upload_checkpoint(store, tmp_path / "up", "r1", "epoch_001", {"model.bin": b"weights"})
     ckpt = restore_run(store, "r1", tmp_path / "fresh" / "runs" / "r1")
     assert ckpt["name"] == "epoch_001"
     assert (tmp_path / "fresh/runs/r1/checkpoints/epoch_001/model.bin").read_bytes() == b"weights"
@@ -279,7 +277,7 @@ def test_sync_never_writes_through_a_host_symlink_where_a_folder_goes(tmp_path):
     outside.mkdir()
     remote.mkdir()
     (remote / "pkg").symlink_to(outside)
-    sync_workdir(LocalHost(), project, str(remote), python=os.sys.executable)
+    sync_workdir(LocalHost(), project, str(remote), python=sys.executable)
     assert list(outside.iterdir()) == []
     assert (remote / "pkg").is_dir() and not (remote / "pkg").is_symlink()
     assert (remote / "pkg" / "mod.py").read_text() == "x = 1\n"
@@ -320,7 +318,7 @@ def test_ship_mnist_replaces_a_symlink_under_a_data_file_name(tiny_mnist, tmp_pa
     victim.write_text("untouched")
     name = sorted(local_data(small_mnist))[0]
     (remote / name).symlink_to(victim)
-    ship_mnist(LocalHost(), small_mnist, str(remote), python=os.sys.executable)
+    ship_mnist(LocalHost(), small_mnist, str(remote), python=sys.executable)
     assert victim.read_text() == "untouched"
     assert not (remote / name).is_symlink() and (remote / name).stat().st_size > 0
 
