@@ -76,7 +76,9 @@ def ship_mnist(host: Host, data_dir: Path, remote_dir: str, python: str = "pytho
     files = local_data(Path(data_dir))
     wanted = {name: tree.file_sha256(str(path)) for name, path in files.items()}
     remote = _manifest_tool(host, python, "scan", remote_dir, [])
-    stale = [rel for rel in remote if rel not in wanted]
+    # anything but the four regular files goes first: a symlink under one of their names would have the
+    # unpack write through it to wherever it points
+    stale = [rel for rel in remote if rel not in wanted or remote[rel].get("type") != "file"]
     if stale:
         _delete_remote(host, python, remote_dir, stale)
     send = {name: files[name] for name, sha in wanted.items() if remote.get(name, {}).get("sha256") != sha}
@@ -124,8 +126,11 @@ try:
         obj = found.get(base + ".gz") or found.get(base)
         if obj is None:
             print("no " + base + "[.gz] under " + uri); sys.exit(4)
-        name = obj["Key"].rsplit("/", 1)[-1]
+        name = obj["Key"].rsplit("/", 1)[-1]  # one of the two canonical names looked up above, never another
         target = os.path.join(dest, name)
+        for mine in (target, target + ".part"):  # a symlink here would be written through: ours to replace
+            if os.path.islink(mine):
+                os.remove(mine)
         for other in (base, base + ".gz"):  # a copy under the other name would shadow this one
             if other != name and os.path.exists(os.path.join(dest, other)):
                 os.remove(os.path.join(dest, other))
@@ -138,6 +143,8 @@ try:
         size += obj["Size"]
 except (BotoCoreError, ClientError) as err:
     print(str(err).splitlines()[0][:300]); sys.exit(5)
+if os.path.islink(stamp_path):
+    os.remove(stamp_path)
 json.dump(stamps, open(stamp_path, "w"))
 print(json.dumps({"sent": sent, "bytes": size, "total": len(names)}))
 """

@@ -16,6 +16,9 @@ from typing import Optional
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from infra.safepath import safe_join
+from infra.store import check_run_id
+
 
 def launch_home() -> Path:
     home = Path(os.environ.get("MNIST_LAUNCH_HOME") or "~/.mnist-launch").expanduser()
@@ -52,7 +55,7 @@ def ensure_default_key() -> Path:
 def _cache_file(name: str) -> Path:
     d = launch_home() / "clusters"
     d.mkdir(mode=0o700, exist_ok=True)
-    return d / f"{name}.json"
+    return safe_join(d, f"{name}.json")  # a cluster name never leads out of the folder (names are checked earlier too)
 
 
 def read_cluster_cache(name: str) -> dict:
@@ -74,7 +77,7 @@ def drop_cluster_cache(name: Optional[str]) -> None:
 def _run_file(run_id: str) -> Path:
     d = launch_home() / "runs"
     d.mkdir(mode=0o700, exist_ok=True)
-    return d / f"{run_id}.json"
+    return d / f"{check_run_id(run_id)}.json"
 
 
 def read_run_record(run_id: str) -> dict:

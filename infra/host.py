@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional, Protocol
 
+from infra.safepath import safe_members
+
 
 @dataclass
 class Completed:
@@ -95,12 +97,15 @@ class LocalHost:
         root = Path(dest).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            # the "tar" filter refuses absolute names and members landing outside dest, yet keeps
-            # symlink targets as they are (a workdir may link to a dataset elsewhere)
+            # each member is checked before it is written (infra/safepath.py: no absolute names, no
+            # "..", nothing through a symlink to outside dest); symlink members keep their targets as
+            # they are (a workdir may link to a dataset elsewhere). The "tar" filter, where Python has
+            # it, checks the same again.
+            members = safe_members(tar, root)
             if hasattr(tarfile, "tar_filter"):
-                tar.extractall(root, filter="tar")
-            else:  # Python < 3.11.4: our own sender wrote the stream, names are relative
-                tar.extractall(root)
+                tar.extractall(root, members=members, filter="tar")
+            else:  # Python < 3.11.4
+                tar.extractall(root, members=members)
 
     def is_alive(self, pid: int) -> bool:
         try:

@@ -16,10 +16,19 @@ import os
 import re
 import stat
 import sys
-from typing import Dict, List, Pattern, Tuple
+from typing import Dict, List, Optional, Pattern, Tuple
 
 # what is never mirrored, whatever the project's ignore files say
 ALWAYS_IGNORED = [".git/", "__pycache__/", "*.pyc", "runs/"]
+# files that usually hold secrets: left out of the sync (and reported) unless .mnist-launch-ignore
+# re-includes them by name with a "!pattern" line. They come after .gitignore, so a "!" there does
+# not bring a secret back; only the project's own .mnist-launch-ignore can.
+SECRET_PATTERNS = [
+    ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "*.ppk", "*.kdbx",
+    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",  # OpenSSH private keys (and the .pub beside them)
+    ".aws/", ".ssh/", ".gnupg/", ".docker/", ".kube/",
+    ".netrc", ".git-credentials", ".pypirc", ".npmrc", ".pgpass",
+]
 
 Entry = Dict[str, object]  # {"type": "file", "sha256", "size", "exec"} | {"type": "link", "target"} | {"type": "dir"}
 Rule = Tuple[Pattern[str], bool, bool]  # (regex on the relative path, negated, directories only)
@@ -103,16 +112,22 @@ def is_ignored(rules: List[Rule], rel: str, is_dir: bool) -> bool:
     return ignored
 
 
-def read_rule_lines(root: str, names: Tuple[str, ...] = (".gitignore", ".mnist-launch-ignore")) -> List[str]:
-    """ALWAYS_IGNORED plus the lines of the root's ignore files (only the root's: nested ones are not read)."""
-    lines = list(ALWAYS_IGNORED)
-    for name in names:
-        try:
-            with open(os.path.join(root, name), encoding="utf-8", errors="surrogateescape") as f:
-                lines += f.read().splitlines()
-        except FileNotFoundError:
-            pass
-    return lines
+def read_rule_lines(root: str, secrets: bool = True) -> List[str]:
+    """ALWAYS_IGNORED, the root's .gitignore, SECRET_PATTERNS (unless ``secrets`` is False), then the
+    root's .mnist-launch-ignore: later lines win, so only that last file can re-include a secret.
+    Only the root's files are read: nested ones are not."""
+    lines = list(ALWAYS_IGNORED) + _lines_of(os.path.join(root, ".gitignore"))
+    if secrets:
+        lines += SECRET_PATTERNS
+    return lines + _lines_of(os.path.join(root, ".mnist-launch-ignore"))
+
+
+def _lines_of(path: str) -> List[str]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
 
 
 # -- scanning ----------------------------------------------------------------------------------
@@ -125,9 +140,12 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def scan(root: str, rules: List[Rule]) -> Dict[str, Entry]:
+def scan(root: str, rules: List[Rule], left_out: "Optional[List[str]]" = None,
+         unless: "Optional[List[Rule]]" = None) -> Dict[str, Entry]:
     """Relative path -> entry for everything under ``root`` not ignored. Symlinks are recorded, never
-    followed; sockets and fifos are skipped. A missing root is an empty tree."""
+    followed; sockets and fifos are skipped. A missing root is an empty tree. With ``left_out`` and
+    ``unless``: the paths ``rules`` ignore that ``unless`` would have kept are appended to
+    ``left_out`` (directories with a trailing /): what the secret patterns held back."""
     manifest: Dict[str, Entry] = {}
     if not os.path.lexists(root):
         return manifest
@@ -145,6 +163,8 @@ def scan(root: str, rules: List[Rule]) -> Dict[str, Entry]:
                     continue  # removed while we looked (a job writing next to the code)
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if is_ignored(rules, rel, is_dir):
+                    if left_out is not None and unless is not None and not is_ignored(unless, rel, is_dir):
+                        left_out.append(rel + "/" if is_dir else rel)
                     continue
                 if stat.S_ISLNK(st.st_mode):
                     manifest[rel] = {"type": "link", "target": os.readlink(de.path)}

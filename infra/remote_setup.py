@@ -56,14 +56,14 @@ def inputs_hash(base_python: str, requirements: list[str]) -> str:
 
 def _script(base_python: Optional[str], venv: str, requirements: list[str], digest: str) -> str:
     """One shell script: pick the interpreter, compare the stamp, build if needed, stamp last."""
-    v = venv if not venv.startswith("~/") else '"$HOME"/' + shlex.quote(venv[2:])
+    v = shlex.quote(venv) if not venv.startswith("~/") else '"$HOME"/' + shlex.quote(venv[2:])
     candidates = [base_python] if base_python else list(DEFAULT_PYTHONS)
     pick = " ".join(shlex.quote(c) for c in candidates)
     reqs = " ".join(shlex.quote(r) for r in requirements)
     return f"""set -u
 base=""
 for c in {pick}; do if command -v "$c" >/dev/null 2>&1; then base="$c"; break; fi; done
-[ -n "$base" ] || {{ echo "no interpreter found: tried {' '.join(candidates)}" >&2; exit 3; }}
+[ -n "$base" ] || {{ echo no interpreter found: tried {pick} >&2; exit 3; }}
 want="{digest}:$(command -v "$base")"
 if [ "$(cat {v}/{STAMP} 2>/dev/null)" = "$want" ] && [ -x {v}/bin/python ]; then echo "skipped"; exit 0; fi
 rm -rf {v}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from infra.safepath import UnsafePathError, safe_join
 from infra.store import CHECKPOINTS, MARKER, ArtifactStore, latest_stored_checkpoint
 from trainer.errors import RunError
 
@@ -34,9 +35,19 @@ def _fetch(store: ArtifactStore, run_id: str, name: str, dest: Path) -> bool:
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    if part.is_symlink():  # never written through: the .part is ours to replace
+        part.unlink()
     part.write_bytes(data)
     part.replace(dest)
     return True
+
+
+def _target(root: Path, name: str, run_id: str, store: ArtifactStore) -> Path:
+    try:
+        return safe_join(root, name)
+    except UnsafePathError as err:
+        raise RunError(f"run '{run_id}' in {store.uri}: refusing to restore {err} — the checkpoint manifest holds "
+                       "a crafted or corrupt name; resume from another run or start again") from None
 
 
 def events_until(text: str, epoch: int, step: int = 0) -> str:
@@ -59,17 +70,19 @@ def restore_run(store: ArtifactStore, run_id: str, run_dir: Path) -> dict:
     ckpt = latest_stored_checkpoint(store, run_id)
     if ckpt is None:
         raise RunError(f"run '{run_id}' has no complete checkpoint in {store.uri} to resume from — start a new run")
-    if not _fetch(store, run_id, "config.yaml", run_dir / "config.yaml"):
+    # the manifest's names came from the store: each is checked before anything is written
+    folder = _target(run_dir, f"{CHECKPOINTS}/{ckpt['name']}", run_id, store)
+    targets = {rel: _target(folder, rel, run_id, store) for rel in ckpt["files"]}
+    if not _fetch(store, run_id, "config.yaml", _target(run_dir, "config.yaml", run_id, store)):
         raise RunError(f"run '{run_id}': config.yaml is missing from {store.uri} — start a new run")
     for name in RUN_FILES[1:]:
-        _fetch(store, run_id, name, run_dir / name)
+        _fetch(store, run_id, name, _target(run_dir, name, run_id, store))
     events = run_dir / "events.jsonl"
     if events.is_file():
         events.write_text(events_until(events.read_text(), ckpt["epoch"], ckpt.get("step") or 0))
-    folder = run_dir / CHECKPOINTS / ckpt["name"]
     for rel, meta in ckpt["files"].items():
-        _fetch(store, run_id, f"{CHECKPOINTS}/{ckpt['name']}/{rel}", folder / rel)
-        if (folder / rel).stat().st_size != meta["size"]:
+        _fetch(store, run_id, f"{CHECKPOINTS}/{ckpt['name']}/{rel}", targets[rel])
+        if targets[rel].stat().st_size != meta["size"]:
             raise RunError(f"{CHECKPOINTS}/{ckpt['name']}/{rel} changed in {store.uri} while it was fetched — try again")
     from infra.manifest import file_sha256
 
@@ -81,5 +94,5 @@ def restore_run(store: ArtifactStore, run_id: str, run_dir: Path) -> dict:
     marker = {"epoch": ckpt["epoch"], "files": sorted(ckpt["files"]), "best": False}
     if ckpt.get("step"):
         marker.update(step=ckpt["step"], processes=ckpt.get("processes"))
-    (folder / MARKER).write_text(json.dumps(marker))
+    _target(folder, MARKER, run_id, store).write_text(json.dumps(marker))
     return ckpt

@@ -23,6 +23,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from infra.aws import Clients, aws_errors, error_code, parse_s3_uri
+from infra.store import check_run_id, store_target
 from launcher.errors import AWSError, RunError
 
 # A missing key answers NoSuchKey to GET and a bare 404 to HEAD, when the caller may list the bucket.
@@ -83,7 +84,7 @@ class S3Store:
         return f"{self.prefix}/runs/" if self.prefix else "runs/"
 
     def key(self, run_id: str, name: str = "") -> str:
-        return f"{self._runs_prefix()}{run_id}/{Path(name).as_posix() if name else ''}"
+        return f"{self._runs_prefix()}{check_run_id(run_id)}/{Path(name).as_posix() if name else ''}"
 
     def run_uri(self, run_id: str) -> str:
         return f"{self.uri}/runs/{run_id}"
@@ -221,23 +222,25 @@ class S3Store:
                 self.client.delete_object(Bucket=self.bucket, Key=self.key(run_id, n))
 
     def download(self, run_id: str, dest: Path) -> Path:
-        """Every object of the run into ``dest/run_id``, keeping relative paths."""
+        """Every object of the run into ``dest/run_id``, keeping relative paths. Every key is checked
+        before the first byte is written: a crafted one (absolute, "..", control characters, or
+        through a symlink in ``dest`` leading outside) refuses the whole download in one line."""
         base = self.key(run_id)
         out = Path(dest) / run_id
-        count = 0
         with self._errors():
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
-                for obj in page.get("Contents", []):
-                    rel = PurePosixPath(obj["Key"][len(base):])
-                    # folder markers and keys that would land outside dest (".." parts) are skipped
-                    if not rel.parts or obj["Key"].endswith("/") or ".." in rel.parts:
-                        continue
-                    target = out.joinpath(*rel.parts)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    part = target.with_name(target.name + ".part")  # no half-written files on failure
-                    self.client.download_file(self.bucket, obj["Key"], str(part), Config=self.transfer)
-                    part.replace(target)
-                    count += 1
-        if count == 0:
+            keys = [o["Key"] for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
+                    for o in page.get("Contents", [])]
+        keys = [k for k in keys if k[len(base):] and not k.endswith("/")]  # folder markers carry nothing
+        if not keys:
             raise RunError(f"run '{run_id}' not found in {self.uri} — `mnist-launch runs --store {self.uri}` lists the runs there")
+        for key in keys:
+            store_target(out, key[len(base):], self.uri)
+        with self._errors():
+            for key in keys:
+                rel = key[len(base):]
+                target = store_target(out, rel, self.uri)  # again: a symlink made meanwhile counts
+                target.parent.mkdir(parents=True, exist_ok=True)
+                part = store_target(out, rel + ".part", self.uri)  # no half-written files on failure
+                self.client.download_file(self.bucket, key, str(part), Config=self.transfer)
+                part.replace(target)
         return out

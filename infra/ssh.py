@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -257,6 +258,9 @@ class SSHHost:
 
     def spawn(self, argv: list[str], cwd: str, log: str, env: Optional[dict[str, str]] = None) -> int:
         """Start ``argv`` detached in its own session (setsid nohup); survives this connection."""
+        for k in env or {}:  # a name is not quoted (VAR=value is not a word sh would take quoted): it is checked
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+                raise ValueError(f"environment variable name {k!r} is not a valid name")
         envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
         envs = f"env {envs} " if envs else ""
         # only the job itself goes to the background, so $! is its pid (setsid execs, never forks:

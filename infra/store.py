@@ -14,14 +14,31 @@ upload). The live view and ``logs`` read through it, so a folder and S3 render t
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Protocol
 
-from trainer.errors import RunError
+from infra.safepath import UnsafePathError, check_name, safe_join
+from trainer.errors import ConfigError, RunError
 
 if TYPE_CHECKING:
     from infra.host import Host
+
+
+def valid_run_id(run_id: str) -> bool:
+    """ASCII letters, digits, '.', '_' and '-', not starting with '.' or '-': a folder name and an S3 key
+    part that needs no quoting anywhere, never an option, never '..'."""
+    return (isinstance(run_id, str) and 0 < len(run_id) <= 128 and run_id.isascii()
+            and all(c.isalnum() or c in "._-" for c in run_id) and run_id[0] not in ".-")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if valid, else one ConfigError line: every run id typed or read names a folder or a key."""
+    if not valid_run_id(run_id):
+        raise ConfigError(f"run id {run_id!r}: use ASCII letters, digits, '.', '_' and '-' only, "
+                          "not starting with '.' or '-' — `mnist-launch runs` lists the runs")
+    return run_id
 
 
 class ArtifactStore(Protocol):
@@ -46,7 +63,7 @@ class LocalStore:
         self.uri = str(self.root)
 
     def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
+        return self.root / "runs" / check_run_id(run_id)
 
     def list_runs(self) -> list[str]:
         runs = self.root / "runs"
@@ -100,13 +117,37 @@ class LocalStore:
             (self.run_dir(run_id) / n).unlink(missing_ok=True)
 
     def download(self, run_id: str, dest: Path) -> Path:
+        """Copy the run's regular files into ``dest/run_id``. A symlink in the run folder is not
+        followed (it could name any file of this machine), and every name is checked before it is
+        written (infra/safepath.py): nothing lands outside ``dest/run_id``."""
         src = self.run_dir(run_id)
         if not src.is_dir():
             raise RunError(f"run '{run_id}' not found in {self.uri} — `mnist-launch runs` lists the runs there")
-        dest = Path(dest) / run_id
-        if dest.resolve() != src.resolve():
-            shutil.copytree(src, dest, dirs_exist_ok=True)
-        return dest
+        out = Path(dest) / run_id
+        if out.resolve() == src.resolve():
+            return out
+        names = [(Path(dirpath) / f).relative_to(src).as_posix()
+                 for dirpath, _dirs, files in os.walk(src)  # os.walk does not descend into symlinked folders
+                 for f in sorted(files) if not (Path(dirpath) / f).is_symlink() and (Path(dirpath) / f).is_file()]
+        for rel in names:  # all checked before the first write
+            store_target(out, rel, self.uri)
+        out.mkdir(parents=True, exist_ok=True)
+        for rel in names:
+            target = store_target(out, rel, self.uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = store_target(out, rel + ".part", self.uri)
+            shutil.copyfile(src / rel, part, follow_symlinks=False)
+            part.replace(target)
+        return out
+
+
+def store_target(root: Path, name: str, uri: str) -> Path:
+    """``root/name`` for a name that came from a store, or one RunError line saying why it is refused."""
+    try:
+        return safe_join(root, name)
+    except UnsafePathError as err:
+        raise RunError(f"{uri}: refusing to write {err} — the store holds a crafted or corrupt name; "
+                       "nothing was written outside the destination") from None
 
 
 CHECKPOINTS = "checkpoints"
@@ -129,6 +170,8 @@ def latest_stored_checkpoint(store: "ArtifactStore", run_id: str) -> Optional[di
         files = manifest.get("files")
         if not isinstance(files, dict) or not files:
             continue  # the trainer's own marker (a list) or an empty one: not a verified upload
+        if not _safe_names(folder.split("/", 1)[1], files):
+            continue  # a name that would be written outside the checkpoint folder: never restored from
         if any(f"{folder}/{rel}" not in names or store.size_of(run_id, f"{folder}/{rel}") != meta.get("size")
                for rel, meta in files.items()):
             continue
@@ -137,6 +180,18 @@ def latest_stored_checkpoint(store: "ArtifactStore", run_id: str) -> Optional[di
             best = {"name": folder.split("/", 1)[1], "epoch": position[0], "step": position[1], "files": files,
                     "processes": manifest.get("processes")}
     return best
+
+
+def _safe_names(folder: str, files: dict) -> bool:
+    """A checkpoint folder is one plain name, and each file in its manifest a relative name inside it."""
+    try:
+        if len(check_name(folder)) != 1:
+            return False
+        for rel in files:
+            check_name(rel)
+    except UnsafePathError:
+        return False
+    return True
 
 
 def open_store(uri: Optional[str]) -> ArtifactStore:

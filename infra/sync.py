@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Optional
 
 from infra import manifest as tree
 from infra.host import Host
@@ -37,11 +37,17 @@ class SyncReport:
     files_deleted: int  # files and symlinks removed on the host
     files_total: int  # files and symlinks in the local tree after ignores
     seconds: float
+    left_out: list[str] = field(default_factory=list)  # likely secrets held back (SECRET_PATTERNS), sorted
 
     def summary(self) -> str:
         unchanged = self.files_total - self.files_sent
-        return (f"sync: {self.files_sent} files sent ({_human(self.bytes_sent)}), {self.files_deleted} deleted, "
+        line = (f"sync: {self.files_sent} files sent ({_human(self.bytes_sent)}), {self.files_deleted} deleted, "
                 f"{unchanged} unchanged in {self.seconds:.2f}s")
+        if self.left_out:
+            shown = ", ".join(self.left_out[:8]) + (f" and {len(self.left_out) - 8} more" if len(self.left_out) > 8 else "")
+            line += (f"\nsync: left out {len(self.left_out)} likely secret{'s' if len(self.left_out) > 1 else ''} "
+                     f"({shown}) — to send one, add a '!NAME' line to .mnist-launch-ignore")
+        return line
 
 
 @dataclass
@@ -87,8 +93,23 @@ def plan_sync(local: Manifest, remote: Manifest) -> SyncPlan:
     return plan
 
 
-def local_manifest(root: Path) -> Manifest:
-    return tree.scan(str(root), tree.compile_rules(tree.read_rule_lines(str(root))))
+def check_plan(plan: SyncPlan, remote: Manifest) -> None:
+    """Verify before anything is written: no path sent lies below something on the host that is not a
+    directory and is not deleted first (a symlink there would have the unpack write through it)."""
+    deleted = set(plan.delete)
+    for rel in plan.send:
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            up = "/".join(parts[:i])
+            if up in remote and remote[up]["type"] != "dir" and up not in deleted:
+                raise SyncError(f"refusing to sync {rel}: on the host {up} is a {remote[up]['type']}, not a folder — "
+                                "remove it there, then run again")
+
+
+def local_manifest(root: Path, left_out: Optional[list[str]] = None) -> Manifest:
+    """The local tree after ignores; ``left_out`` (if given) receives the likely secrets held back."""
+    unless = tree.compile_rules(tree.read_rule_lines(str(root), secrets=False)) if left_out is not None else None
+    return tree.scan(str(root), tree.compile_rules(tree.read_rule_lines(str(root))), left_out=left_out, unless=unless)
 
 
 def _manifest_tool(host: Host, python: str, op: str, remote_root: str, arg: Any) -> Any:
@@ -168,13 +189,15 @@ def sync_workdir(host: Host, local_root: Path, remote_root: str, python: str = "
     local_root = Path(local_root)
     if not local_root.is_dir():
         raise SyncError(f"{local_root} is not a directory — run from the project folder or pass its path")
+    left_out: list[str] = []
     try:
-        local = local_manifest(local_root)
+        local = local_manifest(local_root, left_out)
     except OSError as err:
         raise SyncError(f"reading {err.filename or local_root} failed ({err.strerror or err}) — "
                         "fix its permissions or add it to .mnist-launch-ignore") from None
     remote = _manifest_tool(host, python, "scan", remote_root, tree.read_rule_lines(str(local_root)))
     plan = plan_sync(local, remote)
+    check_plan(plan, remote)
     if plan.delete:
         _delete_remote(host, python, remote_root, plan.delete)
     bytes_sent = 0
@@ -185,7 +208,7 @@ def sync_workdir(host: Host, local_root: Path, remote_root: str, python: str = "
                 host.put_tar(stream, remote_root)
             except LaunchError:
                 raise
-            except (OSError, tarfile.TarError) as err:
+            except (OSError, tarfile.TarError, ValueError) as err:  # ValueError: infra/safepath.py refused a name
                 raise SyncError(f"{host.name}: unpacking into {remote_root} failed ({err}) — "
                                 "check disk space and permissions there") from None
     files = [rel for rel, e in local.items() if e["type"] != "dir"]
@@ -195,6 +218,7 @@ def sync_workdir(host: Host, local_root: Path, remote_root: str, python: str = "
         files_deleted=sum(1 for rel in plan.delete if rel not in local and remote[rel]["type"] != "dir"),
         files_total=len(files),
         seconds=time.monotonic() - start,
+        left_out=sorted(left_out),
     )
 
 

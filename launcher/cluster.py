@@ -42,7 +42,7 @@ from infra.aws import (
 from infra.prices import PRICES_DATE, PRICES_REGION, cost_so_far, hourly_price
 from infra.ssh import HostKeyChangedError, KeyRefusedError, SSHHost, endpoint_for, public_key_of, wait_for_banner
 from launcher.errors import AWSError, ConfigError, LaunchError, SSHError
-from trainer.config import LaunchConfig, _format_error, read_yaml
+from trainer.config import LaunchConfig, _format_error, check_location, read_yaml
 
 SSH_CIDR_ENV = "MNIST_LAUNCH_SSH_CIDR"  # like --ssh-cidr, for CI and machines without internet
 # where the autostop watcher lives on the instance; tests point it into a temporary folder
@@ -120,8 +120,17 @@ def launch_settings(config_path: Optional[str], flags: dict) -> tuple[LaunchConf
     try:
         launch = LaunchConfig.model_validate({**data, **given})
     except ValidationError as err:
+        # a bad flag is named as typed (--name 'x y': ...), a bad key of the file by the file and key
+        first = err.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        if field in given and field != "env" and first["type"] == "value_error":
+            msg = first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"--{field.replace('_', '-')} {given[field]!r}: {msg} — fix it and run again") from None
         raise ConfigError(f"{where}: {_format_error(err)} — fix it and run again") from None
-    return launch, flags.get("store") or store, explicit_type
+    store = flags.get("store") or store
+    if store is not None:
+        check_location(str(store), "--store" if flags.get("store") else f"{where}: store")
+    return launch, store, explicit_type
 
 
 @dataclass
@@ -585,7 +594,12 @@ def ssh_argv(name: str, region: Optional[str], identity: Optional[str], command:
     ep = endpoint_for(inst.public_ip, inst.user)
     with SSHHost(ep, key, alias=inst.id) as host:
         host.connect()  # pins the host key on first use, refuses a changed one
-    argv = ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={home.known_hosts_path()}",
+    # Nothing of this machine travels but the key's signature: no agent (-a, and no SSH_AUTH_SOCK in
+    # ssh_env), no X11, no port forwards, no environment variables (SendEnv/SetEnv from a user's
+    # ~/.ssh/config are not read: -F /dev/null; everything ssh needs is on this line).
+    argv = ["ssh", "-F", "/dev/null", "-a", "-x", "-i", str(key), "-o", "IdentitiesOnly=yes",
+            "-o", "IdentityAgent=none", "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes",
+            "-o", "PermitLocalCommand=no", "-o", f"UserKnownHostsFile={home.known_hosts_path()}",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", f"HostKeyAlias={inst.id}",
             "-o", "LogLevel=ERROR", "-p", str(ep.port), "--", f"{ep.user}@{ep.host}"]
     if command:
@@ -593,5 +607,16 @@ def ssh_argv(name: str, region: Optional[str], identity: Optional[str], command:
     return argv
 
 
+# the only variables the ssh child sees: what a terminal session needs, nothing that holds a secret
+SSH_ENV_KEPT = ("PATH", "HOME", "USER", "LOGNAME", "TERM", "LANG", "LC_ALL", "LC_CTYPE", "COLORTERM", "TMPDIR")
+
+
+def ssh_env(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The environment of the ssh child: SSH_ENV_KEPT from ours, so no credential (AWS_*, tokens) and no
+    agent socket (SSH_AUTH_SOCK) is in reach of ssh or of anything it might start."""
+    source = dict(os.environ) if environ is None else environ
+    return {k: source[k] for k in SSH_ENV_KEPT if k in source}
+
+
 def ssh(name: str, region: Optional[str], identity: Optional[str], command: list[str]) -> int:
-    return subprocess.run(ssh_argv(name, region, identity, command)).returncode
+    return subprocess.run(ssh_argv(name, region, identity, command), env=ssh_env()).returncode

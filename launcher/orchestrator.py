@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from infra.host import Host, LocalHost
-from infra.store import HostRun, LocalStore, RunFiles, StoreRun, open_store
+from infra.store import HostRun, LocalStore, RunFiles, StoreRun, open_store, valid_run_id
 from launcher.errors import ConfigError, RunError
 from trainer.config import Config, apply_overrides, config_to_yaml, load_config, redact_argv, validate_config
 from trainer.data import check_dir
@@ -140,7 +140,7 @@ def start_run(req: LocalRequest, host: Optional[Host] = None) -> Run:
         "config_file": req.config, "code_revision": code_revision(), "argv": redact_argv(sys.argv[1:]),
     }
     if req.resume:
-        meta.setdefault("resumes", []).append({"at": round(time.time(), 3), "overrides": req.overrides})
+        meta.setdefault("resumes", []).append({"at": round(time.time(), 3), "overrides": redact_argv(req.overrides)})
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     host.write_text(str(run_dir / "status.json"), json.dumps({"state": "starting", "updated_at": time.time()}))
 
@@ -158,7 +158,7 @@ def start_run(req: LocalRequest, host: Optional[Host] = None) -> Run:
 
 
 def _valid_run_id(run_id: str) -> bool:
-    return bool(run_id) and all(c.isalnum() or c in "._-" for c in run_id) and not run_id.startswith(".")
+    return valid_run_id(run_id)
 
 
 def _agent_dead(host: Host, run_dir: Path) -> bool:

@@ -40,10 +40,6 @@ from launcher.orchestrator import PROJECT_ROOT, TERMINAL, _valid_run_id, code_re
 from trainer.config import Config, config_to_yaml, load_config
 from trainer.data import check_dir
 
-# credentials never travel to an instance: it has its own role for the store
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-
-
 @dataclass
 class RemoteRequest:
     config: str
@@ -84,15 +80,27 @@ def _relative(path: str, root: str) -> str:
     return path[len(root) + 1:] if path.startswith(root + "/") else path
 
 
-def _check_env(env: dict[str, str]) -> None:
-    for key in env:
-        if key in SECRET_ENV:
-            raise ConfigError(f"launch.env: {key} would copy your AWS credentials to the instance — remove it; "
-                              "the instance reaches the store with its own role (`up --store s3://...`)")
-        if not key.replace("_", "a").isalnum() or key[0].isdigit():
-            raise ConfigError(f"launch.env: {key!r} is not a valid variable name — use letters, digits and _")
-        if "\n" in env[key]:
-            raise ConfigError(f"launch.env: the value of {key} spans lines — give it on one line")
+def check_flags(req: RemoteRequest, cfg: Config) -> Config:
+    """The flags that override ``launch:`` (--name, --instance, --identity, --ami) and --store/--data-dir,
+    checked by the same rules as the config file before anything runs; the config with them applied."""
+    from pydantic import ValidationError
+
+    from trainer.config import LaunchConfig, _format_error, check_location
+
+    update = {k: v for k, v in (("name", req.name), ("instance", req.instance), ("identity", req.identity),
+                                ("ami", req.ami)) if v}
+    if update:
+        try:
+            launch = LaunchConfig.model_validate({**cfg.launch.model_dump(), **update})
+        except ValidationError as err:
+            flags = ", ".join(f"--{k}" for k in update)
+            raise ConfigError(f"{flags}: {_format_error(err)} — fix it and run again") from None
+        cfg = cfg.model_copy(update={"launch": launch})
+    if req.store:
+        check_location(req.store, "--store")
+    if req.data_dir:
+        check_location(req.data_dir, "--data-dir")
+    return cfg
 
 
 def _cluster(req: RemoteRequest, cfg: Config, store: Optional[str], console: Console, data_uri: Optional[str] = None):
@@ -105,9 +113,7 @@ def _cluster(req: RemoteRequest, cfg: Config, store: Optional[str], console: Con
     try:
         inst = cluster.running_instance(name, region)
     except cluster.NoInstanceError:  # bring it up with the config's launch: section (and the flags)
-        launch = cfg.launch.model_copy(update={"name": name, **({"instance": req.instance} if req.instance else {}),
-                                               **({"identity": req.identity} if req.identity else {}),
-                                               **({"ami": req.ami} if req.ami else {})})
+        launch = cfg.launch  # the flags are in it already (check_flags)
         console.print(f"no running instance for cluster '{name}': starting it")
         inst = cluster.up(cluster.UpRequest(launch=launch, store=store, explicit_type=True, avoid_az=req.avoid_az),
                           console=console).instance
@@ -120,7 +126,7 @@ def _cluster(req: RemoteRequest, cfg: Config, store: Optional[str], console: Con
 def start_remote_run(req: RemoteRequest, console: Console, recover: Optional[str] = None) -> RemoteRun:
     """Start a run on the cluster; with ``recover=RUN_ID``, start that run again on the (replacement)
     instance: its agent restores it from the store and resumes from the newest complete checkpoint."""
-    cfg = load_config(req.config, req.overrides)
+    cfg = check_flags(req, load_config(req.config, req.overrides))
     store = req.store or cfg.store
     if store and not store.startswith("s3://"):
         raise ConfigError(f"--store {store}: a cloud run keeps its artifacts in S3 — pass --store s3://bucket/prefix, "
@@ -130,7 +136,6 @@ def start_remote_run(req: RemoteRequest, console: Console, recover: Optional[str
         raise ConfigError("recovering a run needs its store: pass --store s3://bucket/prefix")
     if not _valid_run_id(run_id):
         raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' only")
-    _check_env(cfg.launch.env)
     data_uri = req.data_dir if (req.data_dir or "").startswith("s3://") else None
     data_dir = data_uri or resolve_data_dir(req.data_dir, cfg)
     if not data_uri:
@@ -231,6 +236,9 @@ def _spawn_once(host: SSHHost, argv: list[str], root: str, run_dir: str, tag: st
 
 
 def _rq_path(path: str) -> str:
+    """A remote path quoted for sh; a leading ~/ becomes "$HOME"/ (quoted, a ~ would not expand)."""
+    if path == "~":
+        return '"$HOME"'
     return shlex.quote(path) if not path.startswith("~/") else '"$HOME"/' + shlex.quote(path[2:])
 
 
@@ -462,6 +470,6 @@ def cancel_cloud_run(run_id: str, store: Optional[str], timeout: float = 60.0) -
 
 def jobs_command(remote_dir: str = "~/mnist-launch") -> str:
     """A shell line listing the active runs (their markers whose agent is alive) under ``remote_dir``."""
-    d = remote_dir if not remote_dir.startswith("~/") else '"$HOME"/' + shlex.quote(remote_dir[2:])
+    d = _rq_path(remote_dir)
     return (f"for f in {d}/jobs/*; do [ -f \"$f\" ] || continue; read id pid dir < \"$f\"; "
             "kill -0 \"$pid\" 2>/dev/null && echo \"$id\"; done; true")

@@ -8,6 +8,7 @@ ranges are checked, and every message names the file (or ``--set``) and the dott
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -140,6 +141,98 @@ class TrainConfig(_Section):
     log_every: int = Field(20, ge=1)  # steps between progress events
 
 
+# -- values that reach a shell, a path or an AWS call: checked here, once, at load -----------------
+
+# remote paths and programs: a conservative character set, so that a value is the same word in every
+# shell, log line and systemd unit it reaches (and is still quoted wherever it goes)
+# (no %: cron reads it as a newline and systemd as a specifier, and both see these paths in the autostop watcher)
+_PATH_PART = re.compile(r"[A-Za-z0-9._+@,=:-]+")
+_PROGRAM = re.compile(r"[A-Za-z0-9._+-]+")
+_CHARS = "letters, digits and . _ - + @ , = :"
+INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9-]+")
+AMI_ID = re.compile(r"ami-[0-9a-f]{1,32}")
+REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
+CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+S3_BUCKET = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")  # AWS wants 3+ characters; the charset is what matters here
+
+# AWS_* names that may be set in launch.env: plain client settings. Every other AWS_* name is refused:
+# the instance reaches AWS with its own role, and an AWS_* variable either carries credentials
+# (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_SECURITY_TOKEN, ...), says where
+# to find them (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, AWS_WEB_IDENTITY_TOKEN_FILE,
+# AWS_ROLE_ARN, AWS_CONTAINER_CREDENTIALS_*, AWS_CONTAINER_AUTHORIZATION_TOKEN*), or changes where the
+# SDK sends them (AWS_ENDPOINT_URL*, AWS_EC2_METADATA_*). Deny by default: new credential variables
+# appear with new SDK releases, and a list of known names would silently let them through.
+AWS_ENV_ALLOWED = frozenset({"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
+                             "AWS_DEFAULT_OUTPUT", "AWS_PAGER"})
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def check_remote_path(value: str) -> str:
+    """An absolute path, ``~`` or ``~/path`` on the instance: each part of _PATH_PART's characters,
+    none starting with '-', no '..'. ValueError says which rule it breaks."""
+    rest = value[2:] if value.startswith("~/") else value[1:] if value.startswith("/") else None
+    if value == "~" or value == "/":
+        return value
+    if rest is None:
+        raise ValueError("must be an absolute path or ~/path on the instance")
+    parts = [p for p in rest.split("/") if p]
+    if not parts:
+        raise ValueError("must name a folder below / or ~")
+    for part in parts:
+        if part == "..":
+            raise ValueError("must not contain '..'")
+        if part.startswith("-"):
+            raise ValueError("no part of it may start with '-'")
+        if not _PATH_PART.fullmatch(part):
+            raise ValueError(f"use only {_CHARS} in each part (no spaces, quotes or shell characters)")
+    return value
+
+
+def check_s3_uri(uri: str) -> str:
+    """s3://bucket[/prefix] with a real bucket name and a prefix of printable characters, no '..' part."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    if not S3_BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ValueError(f"bucket {bucket!r} is not an S3 bucket name (lowercase letters, digits, '.' and '-')")
+    if _has_control(prefix) or ".." in prefix.split("/") or "\\" in prefix:
+        raise ValueError("the prefix must be printable, with no '..' part")
+    return uri
+
+
+def check_location(value: str, what: str) -> str:
+    """A store or data location: s3://bucket/prefix, or a local folder (no control characters, no
+    leading '-'). Raises ConfigError naming ``what`` (the flag or key)."""
+    try:
+        if value.startswith("s3://"):
+            check_s3_uri(value)
+        elif _has_control(value):
+            raise ValueError("control characters in a path")
+        elif value.startswith("-"):
+            raise ValueError("a path may not start with '-' (write ./" + value[:20] + "...)")
+        elif not value:
+            raise ValueError("empty")
+    except ValueError as err:
+        raise ConfigError(f"{what} {value!r}: {err} — pass s3://bucket/prefix or a folder") from None
+    return value
+
+
+def check_env(env: dict[str, str]) -> None:
+    """launch.env: valid names, no AWS credentials (AWS_ENV_ALLOWED), values on one line without control
+    characters. The message names the variable, never its value."""
+    for key, val in env.items():
+        if not ENV_NAME.fullmatch(key):
+            raise ValueError(f"{key!r} is not a valid variable name — use letters, digits and _ (not first a digit)")
+        if key.upper().startswith("AWS_") and key.upper() not in AWS_ENV_ALLOWED:
+            raise ValueError(f"{key} would copy your AWS credentials (or where to find them) to the instance — remove it; "
+                             "the instance reaches the store with its own role (`up --store s3://...`)")
+        if _has_control(val):
+            raise ValueError(f"the value of {key} holds a control character (newline, tab, escape, ...) — "
+                             "give it on one line of printable characters")
+
+
 class LaunchConfig(_Section):
     """Where a cloud run goes; read by `up` and `train` without --local."""
 
@@ -181,7 +274,73 @@ class LaunchConfig(_Section):
                 raise ValueError(f"{key} must be a string, number or boolean, "
                                  f"not {'empty' if val is None else type(val).__name__}")
             out[str(key)] = val
+        check_env(out)
         return out
+
+    @field_validator("remote_dir")
+    @classmethod
+    def _remote_dir(cls, v: str) -> str:
+        return check_remote_path(v)
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: Optional[str]) -> Optional[str]:
+        if v is None or _PROGRAM.fullmatch(v) and not v.startswith("-"):
+            return v
+        try:
+            return check_remote_path(v)
+        except ValueError as err:
+            raise ValueError(f"must be a program name (python3) or a path on the instance: {err}") from None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not CLUSTER_NAME.fullmatch(v):
+            raise ValueError("use 1-31 lowercase letters, digits and dashes, starting with a letter or digit")
+        return v
+
+    @field_validator("instance")
+    @classmethod
+    def _instance(cls, v: str) -> str:
+        if not INSTANCE_TYPE.fullmatch(v) or len(v) > 40:
+            raise ValueError("not an EC2 instance type — e.g. g4dn.xlarge")
+        return v
+
+    @field_validator("ami")
+    @classmethod
+    def _ami(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not AMI_ID.fullmatch(v):
+            raise ValueError("not an image id — e.g. ami-0123456789abcdef0")
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not REGION.fullmatch(v):
+            raise ValueError("not an AWS region name — e.g. us-east-1")
+        return v
+
+    @field_validator("ssh_cidr")
+    @classmethod
+    def _cidr(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        import ipaddress
+
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError("not a CIDR — pass your address as A.B.C.D/32") from None
+        return v
+
+    @field_validator("identity")
+    @classmethod
+    def _identity(cls, v: Optional[str]) -> Optional[str]:
+        # a local file, given to ssh and paramiko as one argument: any name a file may have, but no
+        # control characters and no leading '-' (ssh would read an option)
+        if v is not None and (not v or _has_control(v) or v.startswith("-")):
+            raise ValueError("must be the path of a private key file (no control characters, not starting with '-')")
+        return v
 
 
 class Config(_Section):
@@ -194,6 +353,16 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     store: Optional[str] = None  # artifact store: a folder or s3://bucket/prefix; default ./runs
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            try:
+                check_location(v, "store")
+            except ConfigError as err:
+                raise ValueError(str(err).split(": ", 1)[1].split(" — ")[0]) from None
+        return v
 
     @model_validator(mode="after")
     def _known_model(self) -> "Config":
@@ -217,7 +386,9 @@ def _format_error(err: ValidationError) -> str:
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         given = e.get("input")
-        shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+        secret = loc == "launch.env" or loc.startswith("launch.env.")  # values of launch.env are never echoed
+        shown = "" if secret or isinstance(given, (dict, list)) or given is None or repr(given) in msg \
+            else f" (got {given!r})"
         parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     return "; ".join(parts)
 
@@ -236,7 +407,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3")
+        shown = "'launch.env...'" if _is_env_key(key.split("=")[0][:10]) or key.lower().startswith("launch.env") else repr(item)
+        raise ConfigError(f"--set {shown}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3")
     if key.startswith("launch.env."):  # an environment value is taken as written: 007 stays 007, as in a shell
         return key.split("."), raw
     try:
@@ -297,12 +469,25 @@ def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+def _is_env_key(key: str) -> bool:
+    k = key.strip().lower()
+    return k == "launch.env" or k.startswith("launch.env.")
+
+
 def redact_argv(argv: list[str]) -> list[str]:
-    """A command line as a run records it: ``--set launch.env.K=V`` keeps K, not V."""
+    """A command line as a run records it, with every value of ``launch.env`` replaced: ``--set
+    launch.env.K=V`` and ``--set=launch.env.K=V`` keep K, ``--set 'launch.env={K: V}'`` keeps nothing
+    of the mapping. Anything else is kept as typed."""
     out = []
     for arg in argv:
+        flag, eq, rest = arg.partition("=")
+        if flag == "--set" and eq:  # --set=KEY=VALUE
+            key, sep, _ = rest.partition("=")
+            out.append(f"--set={key}={REDACTED}" if sep and _is_env_key(key) else
+                       f"--set={REDACTED}" if _is_env_key(key) else arg)
+            continue
         key, sep, _ = arg.partition("=")
-        out.append(f"{key}={REDACTED}" if sep and key.startswith("launch.env") else arg)
+        out.append(f"{key}={REDACTED}" if sep and _is_env_key(key) else arg)
     return out
 
 
