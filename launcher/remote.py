@@ -139,14 +139,17 @@ def start_remote_run(req: RemoteRequest, console: Console, recover: Optional[str
     timings["connect"] = time.monotonic() - t  # finding the instance (EC2) and the SSH handshake
     name = req.name or cfg.launch.name
     paths = remote_layout(cfg.launch.remote_dir, run_id)
-    # code, data and venv are independent: checked at once, each over its own channel of one connection
+    # code, data and venv are independent: checked at once, each over its own channel of one connection;
+    # data from s3:// is fetched by the host itself with the run's environment (boto3), so after setup
     t = time.monotonic()
-    sync, data, setup = _retrying(host, console, lambda: _in_parallel(timings, [
+    ship = [] if data_uri else [("data", lambda: ship_mnist(host, Path(data_dir), paths["data"]))]
+    sync, *shipped, setup = _retrying(host, console, lambda: _in_parallel(timings, [
         ("sync", lambda: sync_workdir(host, PROJECT_ROOT, paths["code"])),
-        ("data", lambda: fetch_mnist(host, data_uri, paths["data"]) if data_uri
-                 else ship_mnist(host, Path(data_dir), paths["data"])),
+        *ship,
         ("setup", lambda: ensure_env(host, paths["venv"], cfg.launch.python, cfg.launch.setup)),
     ]))
+    data = shipped[0] if shipped else _retrying(host, console, lambda: _in_parallel(timings, [
+        ("data", lambda: fetch_mnist(host, data_uri or "", paths["data"], python=setup.python))])[0])
     timings["prepare"] = time.monotonic() - t
     for report in (sync, data, setup):
         console.print(f"[dim]{report.summary()}[/]")

@@ -50,11 +50,13 @@ def start_moto_server():
 
 
 def instance_sshd(where, url: str):
-    """A real sshd playing an instance: its sessions reach moto at ``url`` with fake credentials, as an
+    """A real sshd playing an instance (tests/strict_instance.py: a non-root login user, the image's
+    torch in a venv of its own at ``.python``, SSH refused then dropped while it boots; the run's
+    folders go under ``.home``): its sessions reach moto at ``url`` with fake credentials, as an
     instance's role would. Stop it with ``tests.sshd_fixture.stop_sshd``."""
-    from tests.sshd_fixture import start_sshd
+    from tests.strict_instance import strict_instance
 
-    return start_sshd(where, extra_config=(
+    return strict_instance(where, extra_config=(
         f"SetEnv AWS_ENDPOINT_URL={url} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
         "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true",))
 
