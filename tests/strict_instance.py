@@ -20,6 +20,8 @@
 from __future__ import annotations
 
 import atexit
+import base64
+import hashlib
 import os
 import pwd
 import shutil
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -87,7 +90,8 @@ def _current_user(why: str) -> LoginUser:
 
 
 def _as_user(user: LoginUser, argv: list[str]) -> subprocess.CompletedProcess:
-    who = (user.uid, user.gid, []) if user.created else (None, None, None)
+    who: tuple[Optional[int], Optional[int], Optional[list[int]]] = (
+        (user.uid, user.gid, []) if user.created else (None, None, None))
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/",
                               env={"PATH": "/usr/bin:/bin", "HOME": str(user.home)},
@@ -281,3 +285,19 @@ def written_outside(user: LoginUser, roots: tuple[str, ...] = ("/tmp", "/var/tmp
     found = subprocess.run(["find", *[r for r in roots if os.path.isdir(r)], "-xdev", "-user", str(user.uid)],
                            capture_output=True, text=True)
     return sorted(found.stdout.split())
+
+
+def probe_wheel(folder: Path, name: str = "mnist_launch_probe", version: str = "1.0") -> Path:
+    """A tiny pure-Python wheel made here: the one package the "image" lacks, installable offline."""
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": f"VERSION = {version!r}\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
+                     f"{len(t.encode())}\n" for p, t in files.items()) + f"{dist}/RECORD,,\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for p, t in {**files, f"{dist}/RECORD": record}.items():
+            z.writestr(p, t)
+    return path

@@ -71,38 +71,18 @@ def test_requirements_are_the_projects_runtime_ones():
 # the image's torch in a venv of its own (tests/strict_instance.py), over a real sshd
 
 
-def _wheel(folder: Path, name: str = "mnist_launch_probe", version: str = "1.0") -> Path:
-    """A tiny pure-Python wheel made here: the one package the "image" lacks, installable offline."""
-    import base64
-    import hashlib
-    import zipfile
-
-    dist = f"{name}-{version}.dist-info"
-    files = {f"{name}/__init__.py": f"VERSION = {version!r}\n",
-             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
-                     f"{len(t.encode())}\n" for p, t in files.items()) + f"{dist}/RECORD,,\n"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as z:
-        for p, t in {**files, f"{dist}/RECORD": record}.items():
-            z.writestr(p, t)
-    return path
-
-
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     """A strict instance whose pip has no index (only a folder holding the probe wheel), so a request
     for torch would fail: and whose PATH starts with a folder where a test may put a fake nvidia-smi."""
     from tests.sshd_fixture import stop_sshd
-    from tests.strict_instance import strict_instance, login_user
+    from tests.strict_instance import login_user, probe_wheel, strict_instance
 
     home = login_user().home
     wheels, fakebin = home / "wheels", home / "fakebin"
     for d in (wheels, fakebin):
         d.mkdir(exist_ok=True)
-    _wheel(wheels)
+    probe_wheel(wheels)
     inst = strict_instance(tmp_path_factory.mktemp("image-sshd"), booting=False, extra_config=(
         f"SetEnv PIP_NO_INDEX=1 PIP_FIND_LINKS={wheels} PATH={fakebin}:/usr/local/bin:/usr/bin:/bin",))
     if inst.login and inst.login.created:
