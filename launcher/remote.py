@@ -8,6 +8,7 @@ Everything lives under ``launch.remote_dir`` on the instance (default ``~/mnist-
     code/  the synced project      data/  the MNIST IDX files      venv/  the run environment
     runs/RUN_ID/  a run's folder   env/RUN_ID.env  launch.env (0600, deleted by the agent once read)
     jobs/RUN_ID   a marker while the run is active (`status`, the autostop watcher)
+    tmp/  TMPDIR of the runs (torch's compile caches): nothing of a run is left in /tmp
 
 The agent uploads the run folder to the store (``s3://...``) with the instance's own role; the
 launcher keeps a note of where the run is (MNIST_LAUNCH_HOME/runs/RUN_ID.json) so `logs` and
@@ -186,7 +187,7 @@ def _spawn_agent(host: SSHHost, cfg: Config, req: RemoteRequest, paths: dict, ru
              "remote_dir": paths["root"], "run_dir": run_dir}
     argv = [_relative(python, paths["root"]), "-m", "infra.agent", "--run-dir", f"runs/{run_id}",
             "--processes", str(cfg.launch.gpus or 0), "--mixed-precision", cfg.train.mixed_precision,
-            "--jobs-dir", "jobs"]
+            "--jobs-dir", "jobs", "--tmp-dir", "tmp"]
     if store:
         argv += ["--store", store, "--run-id", run_id]
     if cfg.launch.env:

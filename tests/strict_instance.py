@@ -72,6 +72,11 @@ class Instance(SSHD):
     python: str = ""  # the image's interpreter (in its own venv): the value for launch.python
     login: Optional[LoginUser] = None
     front: Optional["BootingFront"] = None
+    outside_at_boot: tuple[str, ...] = ()  # what its uid owned outside its home before (a reused uid's leftovers)
+
+    def written_outside(self) -> list[str]:
+        """What the login user wrote outside its home since this instance started (see :func:`written_outside`)."""
+        return [p for p in written_outside(self.login) if p not in self.outside_at_boot] if self.login else []
 
     def remote(self, name: str) -> Path:
         """A folder for ``launch.remote_dir`` under the login user's home."""
@@ -275,7 +280,8 @@ def strict_instance(where: Path, extra_config: tuple[str, ...] = (), booting: bo
         os.chown(keys, user.uid, user.gid)
     front = BootingFront((srv.host, srv.port), srv.proc) if booting else None
     return Instance(srv.host, front.port if front else srv.port, srv.user, srv.client_key, srv.host_key_pub, srv.dir,
-                    srv.proc, home=user.home, python=str(python), login=user, front=front)
+                    srv.proc, home=user.home, python=str(python), login=user, front=front,
+                    outside_at_boot=tuple(written_outside(user)))
 
 
 def written_outside(user: LoginUser, roots: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")) -> list[str]:
