@@ -47,6 +47,7 @@ def main() -> None:
     user = login_user()
     wheels = user.home / f"setup-bench-wheels-{os.getpid()}"  # the packages the image lacks: small, offline
     extra = [f"mnist-launch-probe{i}==1.0" for i in range(args.missing)]
+    wheels.mkdir(parents=True, exist_ok=True)
     for i in range(args.missing):
         probe_wheel(wheels, name=f"mnist_launch_probe{i}")
     subprocess.run(["chmod", "-R", "a+rX", str(wheels)], check=True)

@@ -60,29 +60,35 @@ print("\n".join(seen))
 # their dependencies is installed at a matching version, judged by the packaging library pip itself
 # vendors, so the answer is pip's; anything else (missing, mismatched, no pip) lets pip decide.
 _SATISFIED = r"""
-import sys
+import re, sys
 from importlib import metadata
 try:
     from pip._vendor.packaging.requirements import Requirement
 except ImportError:
     sys.exit(1)
-todo, seen = [(Requirement(r), "") for r in sys.argv[1:]], set()
+# a dependency of an extra nobody asked for is never parsed (parsing is most of the cost)
+for_extra = re.compile(r";.*\bextra\s*==\s*[\x22\x27]([^\x22\x27]+)[\x22\x27]")
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+todo, seen = [(r, "") for r in sys.argv[1:]], set()
 while todo:
-    req, extra = todo.pop()
+    text, extra = todo.pop()
+    if (text, extra) in seen:
+        continue
+    seen.add((text, extra))
+    req = Requirement(text)
     if req.marker is not None and not req.marker.evaluate({"extra": extra}):
         continue
-    key = (req.name.lower(), tuple(sorted(req.extras)))
-    if key in seen:
-        continue
-    seen.add(key)
     try:
         dist = metadata.distribution(req.name)
     except metadata.PackageNotFoundError:
         sys.exit(1)
     if not req.specifier.contains(dist.version, prereleases=True):
         sys.exit(1)
-    for extra_name in req.extras or [""]:
-        todo += [(Requirement(r), extra_name) for r in dist.requires or []]
+    asked = {norm(e) for e in req.extras}
+    for r in dist.requires or []:
+        m = for_extra.search(r)
+        if m is None or norm(m.group(1)) in asked:
+            todo.append((r, m.group(1) if m else ""))
 """
 
 # Run by the venv's interpreter on a host with GPUs: "<count> <torch version>".
