@@ -210,9 +210,9 @@ class BootingFront:
             if self.first is None:  # the first attempt: reset it, then refuse for a while
                 self.first = now
                 self.dropped += 1
-                self._reset(conn)
                 self.sock.close()
                 self.sock = self._socket(self.port)  # bound, not listening: connect() is refused
+                self._reset(conn)  # after: whoever sees this reset finds the port refusing
                 time.sleep(self.refuse_s)
                 self.sock.listen(16)
                 continue
