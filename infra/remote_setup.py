@@ -100,7 +100,7 @@ class SetupReport:
     python: str  # the venv's interpreter, to run the agent and the trainer with
     skipped: bool  # inputs unchanged: nothing was installed
     seconds: float
-    gpus: int = 0  # GPUs that nvidia-smi lists on the host (the environment's torch sees them all)
+    gpus: int = 0  # GPUs that nvidia-smi lists on the host (setup refuses when its torch sees none)
 
     def summary(self) -> str:
         gpus = f", torch sees {self.gpus} GPU{'s' if self.gpus != 1 else ''}" if self.gpus else ""
