@@ -70,12 +70,13 @@ def main() -> None:
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bench")
         cluster.up(cluster.UpRequest(launch=LaunchConfig(name="bench", ami=ubuntu_ami(), identity=str(srv.client_key)),
                                      store="s3://bench/mnist", yes=True), console=console)
-        remote = str(tmp / "instance")
+        remote = str(srv.remote(f"overhead-{os.getpid()}"))  # under the instance user's home
         rows = []
         for i in range(args.repeats + 1):  # run 0 is the warm-up: venv built, data shipped
             req = RemoteRequest(config="configs/model3.yaml", store="s3://bench/mnist", run_id=f"overhead-{i}",
                                 data_dir=args.data_dir, name="bench",
-                                overrides=["train.epochs=1", f"launch.remote_dir={remote}"])
+                                overrides=["train.epochs=1", f"launch.remote_dir={remote}",
+                                           f"launch.python={srv.python}"])
             t = time.monotonic()
             run = start_remote_run(req, console)
             launcher = time.monotonic() - t

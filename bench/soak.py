@@ -71,7 +71,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MNIST_LAUNCH_DEBUG", None)
     data = small_mnist(tmp / "data")
-    remote = tmp / "instance"
+    remote = srv.remote(f"soak-{os.getpid()}")  # under the instance user's home (tests/strict_instance.py)
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="soak")
 
@@ -92,7 +92,7 @@ def main() -> None:
             cut_times = sorted(rng.uniform(1, 20) for _ in range(rng.randint(0, 3)))
             cmd = [sys.executable, "-m", "launcher", "train", "configs/model3.yaml", "--store", "s3://soak/mnist",
                    "--data-dir", str(data), "--run-id", run_id, "--set", f"train.epochs={args.epochs}",
-                   "--set", f"launch.remote_dir={remote}"]
+                   "--set", f"launch.remote_dir={remote}", "--set", f"launch.python={srv.python}"]
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             t0 = time.monotonic()
             cuts = 0

@@ -305,6 +305,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--sync-every", type=float, default=5.0)
     parser.add_argument("--env-file", type=Path, default=None, help="KEY=VALUE lines for the trainer (deleted once read)")
     parser.add_argument("--jobs-dir", type=Path, default=None, help="keep a marker RUN_ID here while the run is active")
+    parser.add_argument("--tmp-dir", type=Path, default=None,
+                        help="TMPDIR for the agent and training (torch's caches): the run leaves nothing in /tmp")
     parser.add_argument("--restore", action="store_true",
                         help="first fetch the run and its newest complete checkpoint from --store, then resume")
     parser.add_argument("--spot-watch", action="store_true",
@@ -316,6 +318,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="seconds the trainer gets to checkpoint after a spot notice before it is stopped")
     args = parser.parse_args(argv)
     absolute_pythonpath()
+    if args.tmp_dir is not None:
+        args.tmp_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["TMPDIR"] = str(args.tmp_dir.resolve())
     run_dir = args.run_dir.resolve()
     extra_env = read_env_file(args.env_file) if args.env_file else {}
     if args.processes == 0:

@@ -237,8 +237,9 @@ class SSHHost:
                     out += chan.recv(1 << 16)
                 elif chan.recv_stderr_ready():
                     err += chan.recv_stderr(1 << 16)
-                elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                elif (chan.exit_status_ready() and (chan.eof_received or chan.closed) and not chan.recv_ready()
+                      and not chan.recv_stderr_ready()):
+                    break  # sshd may send the exit status before the last output: done once EOF is in too
                 else:
                     if deadline is not None and time.monotonic() > deadline:
                         raise SSHError(f"{self.name}: command timed out after {timeout:.0f}s: {command[:80]}")

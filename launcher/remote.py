@@ -8,6 +8,7 @@ Everything lives under ``launch.remote_dir`` on the instance (default ``~/mnist-
     code/  the synced project      data/  the MNIST IDX files      venv/  the run environment
     runs/RUN_ID/  a run's folder   env/RUN_ID.env  launch.env (0600, deleted by the agent once read)
     jobs/RUN_ID   a marker while the run is active (`status`, the autostop watcher)
+    tmp/  TMPDIR of the runs (torch's compile caches): nothing of a run is left in /tmp
 
 The agent uploads the run folder to the store (``s3://...``) with the instance's own role; the
 launcher keeps a note of where the run is (MNIST_LAUNCH_HOME/runs/RUN_ID.json) so `logs` and
@@ -148,14 +149,17 @@ def start_remote_run(req: RemoteRequest, console: Console, recover: Optional[str
     timings["connect"] = time.monotonic() - t  # finding the instance (EC2) and the SSH handshake
     name = req.name or cfg.launch.name
     paths = remote_layout(cfg.launch.remote_dir, run_id)
-    # code, data and venv are independent: checked at once, each over its own channel of one connection
+    # code, data and venv are independent: checked at once, each over its own channel of one connection;
+    # data from s3:// is fetched by the host itself with the run's environment (boto3), so after setup
     t = time.monotonic()
-    sync, data, setup = _retrying(host, console, lambda: _in_parallel(timings, [
+    ship = [] if data_uri else [("data", lambda: ship_mnist(host, Path(data_dir), paths["data"]))]
+    sync, *shipped, setup = _retrying(host, console, lambda: _in_parallel(timings, [
         ("sync", lambda: sync_workdir(host, PROJECT_ROOT, paths["code"])),
-        ("data", lambda: fetch_mnist(host, data_uri, paths["data"]) if data_uri
-                 else ship_mnist(host, Path(data_dir), paths["data"])),
+        *ship,
         ("setup", lambda: ensure_env(host, paths["venv"], cfg.launch.python, cfg.launch.setup)),
     ]))
+    data = shipped[0] if shipped else _retrying(host, console, lambda: _in_parallel(timings, [
+        ("data", lambda: fetch_mnist(host, data_uri or "", paths["data"], python=setup.python))])[0])
     timings["prepare"] = time.monotonic() - t
     for report in (sync, data, setup):
         console.print(f"[dim]{report.summary()}[/]")
@@ -192,7 +196,8 @@ def _spawn_agent(host: SSHHost, cfg: Config, req: RemoteRequest, paths: dict, ru
              "remote_dir": paths["root"], "run_dir": run_dir}
     argv = [_relative(python, paths["root"]), "-m", "infra.agent", "--run-dir", f"runs/{run_id}",
             "--processes", str(cfg.launch.gpus or 0), "--mixed-precision", cfg.train.mixed_precision,
-            "--jobs-dir", "jobs", "--spot-watch"]  # an EC2 instance: the only place that asks instance metadata
+            "--jobs-dir", "jobs", "--tmp-dir", "tmp",
+            "--spot-watch"]  # an EC2 instance: the only place that asks instance metadata
     if store:
         argv += ["--store", store, "--run-id", run_id]
     if cfg.launch.env:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import boto3
@@ -84,15 +85,28 @@ def start_moto_server(strict: Optional[bool] = None, schedule: Optional[Callable
 
 
 def instance_sshd(where, url: str, aws_env: str = "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing"):
-    """A real sshd playing an instance: its sessions reach moto at ``url`` with fake credentials, as an
+    """A real sshd playing an instance (tests/strict_instance.py: a non-root login user, the image's
+    torch in a venv of its own at ``.python``, SSH refused then dropped while it boots; the run's
+    folders go under ``.home``): its sessions reach moto at ``url`` with fake credentials, as an
     instance's role would (``aws_env``: other SetEnv words for them, e.g. tests.iam_world.instance_aws_env).
     Stop it with ``tests.sshd_fixture.stop_sshd``."""
-    from tests.sshd_fixture import start_sshd
+    from tests.strict_instance import strict_instance
 
-    return start_sshd(where, extra_config=(
+    return strict_instance(where, extra_config=(
         f"SetEnv AWS_ENDPOINT_URL={url} {aws_env} "
         # the agent there watches for spot notices (--spot-watch): no metadata service, and were it asked, 127.0.0.1
         "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:1",))
+
+
+def instance_credentials(tmp: Path) -> Path:
+    """Where an "instance" (tests/strict_instance.py) finds its role's credentials file: under the login
+    user's home when the session made one (the test's own temporary folders are 0700 root's), else under
+    ``tmp``; never the real ~/.aws."""
+    from tests.strict_instance import login_user
+
+    user = login_user()
+    base = user.home / f".role-{Path(tmp).name}" if user.created else Path(tmp) / "instance-aws"
+    return base / "credentials"
 
 
 def ubuntu_ami(region: str = "us-east-1") -> str:

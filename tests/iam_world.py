@@ -152,14 +152,18 @@ class IAMWorld:
             policy=None, duration=3600, external_id=None)
         return Keys(role.access_key_id, role.secret_access_key, role.session_token)
 
-    def write_role_credentials(self, role_name: str, path: Path) -> Keys:
-        """Put the role's credentials where the "instance" finds them (0600, never the real ~/.aws)."""
+    def write_role_credentials(self, role_name: str, path: Path, owner: Any = None) -> Keys:
+        """Put the role's credentials where the "instance" finds them (0600, never the real ~/.aws); ``owner``
+        (a tests.strict_instance.LoginUser made for the session) gets the folder and file."""
         keys = self.assume_role(role_name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(keys.credentials_file())
+        if owner is not None and owner.created:
+            os.chown(tmp, owner.uid, owner.gid)
+            os.chown(path.parent, owner.uid, owner.gid)
         os.replace(tmp, path)
         return keys
 

@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
@@ -55,17 +55,21 @@ def _keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
-def start_sshd(root: Path, extra_config: tuple[str, ...] = ()) -> SSHD:
+def start_sshd(root: Path, extra_config: tuple[str, ...] = (), authorized_keys: Optional[Path] = None,
+               user: Optional[str] = None) -> SSHD:
     """``extra_config``: more sshd_config lines, e.g. ``SetEnv K=V`` to give sessions what an
-    instance's environment would have (its role's endpoint, in tests moto's)."""
+    instance's environment would have (its role's endpoint, in tests moto's). ``user`` logs in
+    instead of the current one, with the client key in ``authorized_keys`` (a file that user can read:
+    sshd reads it as the user)."""
     exe = shutil.which("sshd") or next((p for p in SSHD_CANDIDATES if os.path.exists(p)), None)
     if exe is None or shutil.which("ssh-keygen") is None:
         pytest.skip("OpenSSH sshd is not installed (apt-get install -y openssh-server)")
     root.mkdir(parents=True, exist_ok=True)
     host_pub = _keygen(root / "host_ed25519")
     client_pub = _keygen(root / "client_ed25519")
-    (root / "authorized_keys").write_text(client_pub + "\n")
-    os.chmod(root / "authorized_keys", 0o600)
+    keys = authorized_keys or root / "authorized_keys"
+    keys.write_text(client_pub + "\n")
+    os.chmod(keys, 0o600)
     # sshd insists on its privilege separation directory even for one test server
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
@@ -75,7 +79,7 @@ def start_sshd(root: Path, extra_config: tuple[str, ...] = ()) -> SSHD:
         f"Port {port}",
         "ListenAddress 127.0.0.1",
         f"HostKey {root / 'host_ed25519'}",
-        f"AuthorizedKeysFile {root / 'authorized_keys'}",
+        f"AuthorizedKeysFile {keys}",
         f"PidFile {root / 'sshd.pid'}",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
@@ -105,7 +109,7 @@ def start_sshd(root: Path, extra_config: tuple[str, ...] = ()) -> SSHD:
             proc.kill()
             raise RuntimeError(f"sshd did not answer on port {port}: {(root / 'sshd.log').read_text()}")
         time.sleep(0.05)
-    return SSHD("127.0.0.1", port, getpass.getuser(), root / "client_ed25519", host_pub, root, proc)
+    return SSHD("127.0.0.1", port, user or getpass.getuser(), root / "client_ed25519", host_pub, root, proc)
 
 
 def stop_sshd(server: SSHD) -> None:

@@ -6,13 +6,18 @@ whose sessions reach AWS through the same proxy) alike."""
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
 
 import boto3
 import pytest
 
-from tests.aws_helpers import fake_aws_env, instance_sshd, nothing_left, start_moto_server, ubuntu_ami
+from tests.aws_helpers import (
+    fake_aws_env,
+    instance_sshd,
+    nothing_left,
+    start_moto_server,
+    ubuntu_ami,
+)
 from tests.conftest import cli
 from tests.sshd_fixture import stop_sshd
 from tests.strict_aws import PROFILE_REFUSAL, every_fault
@@ -97,12 +102,12 @@ def test_train_creates_its_cluster_through_faults_and_uploads_where_missing_keys
     every_fault(proxy)
     proxy.missing_keys_403 = True
     proxy.fail("PutObject", "SlowDown", times=1)  # S3 throttles the agent's first upload
-    remote = tmp_path / "instance"
+    remote = srv.remote(f"instance-{tmp_path.name}")  # under the login user's home, as on an AMI
     p = cli("train", "configs/model3.yaml", "--name", "trainer", "--store", STORE, "--data-dir", str(small_mnist),
             "--run-id", "strict-1", "--instance", "g4dn.xlarge", "--set", f"launch.ami={ubuntu_ami()}",
             "--identity", str(srv.client_key),
             "--set", "train.epochs=1", "--set", f"launch.remote_dir={remote}", "--set", "launch.setup=skip",
-            "--set", f"launch.python={sys.executable}", timeout=600)
+            "--set", f"launch.python={srv.python}", timeout=600)
     try:
         assert p.returncode == 0, p.stderr
         assert "no running instance for cluster 'trainer': starting it" in p.stdout + p.stderr

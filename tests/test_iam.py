@@ -33,7 +33,13 @@ from infra.s3 import S3Store
 from infra.ssh import public_key_of
 from launcher.errors import AWSError
 from tests import iam_world
-from tests.aws_helpers import fake_aws_env, instance_sshd, start_moto_server, ubuntu_ami
+from tests.aws_helpers import (
+    fake_aws_env,
+    instance_credentials,
+    instance_sshd,
+    start_moto_server,
+    ubuntu_ami,
+)
 from tests.conftest import ROOT
 from tests.iam_world import IAMWorld, Keys
 from tests.sshd_fixture import stop_sshd
@@ -216,7 +222,7 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
     server, url = start_moto_server()
     mp.setenv("AWS_ENDPOINT_URL", url)
     world = IAMWorld.start(iam_world.laptop_policy(BUCKET), url)
-    creds = tmp_path / "instance-aws" / "credentials"
+    creds = instance_credentials(tmp_path)
     srv = instance_sshd(tmp_path / "sshd", url, iam_world.instance_aws_env(creds))
     laptop = world.laptop.env()
     try:
@@ -231,10 +237,10 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
         admin = AWSProvider(Clients.create(REGION), poll_s=0.05)
         admin.ensure(ClusterSpec(name="bare", region=REGION, public_key=public_key_of(srv.client_key),
                                  ssh_cidr=CIDR, instance_type="g4dn.xlarge", ami=ubuntu_ami()))
-        remote = tmp_path / "instance"
+        remote = srv.remote(f"instance-{tmp_path.name}")  # under the login user's home, as on an AMI
         train = ["train", "configs/model3.yaml", "--data-dir", str(small_mnist), "--set", "train.epochs=1",
                  "--set", f"launch.remote_dir={remote}", "--set", "launch.setup=skip",
-                 "--set", f"launch.python={sys.executable}"]
+                 "--set", f"launch.python={srv.python}"]
         p = cli(laptop, *train, "--name", "bare", "--store", STORE, "--run-id", "nope")
         assert p.returncode != 0 and p.stderr.count("\n") == 1, p.stderr
         assert p.stderr.startswith("error: cluster 'bare' (i-") and "has no instance role of ours" in p.stderr
@@ -244,7 +250,7 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
         p = cli(laptop, "up", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity", str(srv.client_key),
                 "--store", STORE, "--name", "mnist", "--yes")
         assert p.returncode == 0, p.stderr
-        world.write_role_credentials(ROLE, creds)  # what EC2 gives the instance: the role `up` made
+        world.write_role_credentials(ROLE, creds, owner=srv.login)  # what EC2 gives the instance: the role `up` made
         # another store than `up` was given: the role is widened before the run, and the agent's uploads land there
         other = f"s3://{BUCKET}/team-b"
         p = cli(laptop, *train, "--name", "mnist", "--store", other, "--run-id", "least")

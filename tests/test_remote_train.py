@@ -25,9 +25,16 @@ import boto3
 import pytest
 
 from tests import iam_world
-from tests.aws_helpers import fake_aws_env, instance_sshd, start_moto_server, ubuntu_ami
+from tests.aws_helpers import (
+    fake_aws_env,
+    instance_credentials,
+    instance_sshd,
+    start_moto_server,
+    ubuntu_ami,
+)
 from tests.conftest import ROOT
-from tests.sshd_fixture import SSHD, stop_sshd
+from tests.sshd_fixture import stop_sshd
+from tests.strict_instance import Instance
 
 BUCKET = "runs-bucket"
 STORE = f"s3://{BUCKET}/mnist"
@@ -40,7 +47,7 @@ EPOCH_ROW = re.compile(r"^\s+(\d+)\s+\d+\.\d{4}\s+\d+\.\d\d%", re.M)
 class Cloud:
     home: Path
     moto_url: str
-    sshd: SSHD
+    sshd: Instance  # tests/strict_instance.py: non-root user, the image's torch in its own venv, slow boot
     tmp: Path
     env: dict = field(default_factory=dict, repr=False)  # the CLI's own AWS identity (the laptop user in the strict IAM world)
 
@@ -72,7 +79,7 @@ def cloud(tmp_path_factory):
     # the strict IAM world (tests/iam_world.py; MNIST_LAUNCH_TEST_IAM=off turns it off): the test acts as an
     # admin, the CLI as a user with exactly docs/laptop-policy.json, the "instance" with the role `up` made
     world = iam_world.IAMWorld.start(iam_world.laptop_policy(BUCKET), url) if iam_world.enabled() else None
-    creds = tmp / "instance-aws" / "credentials"
+    creds = instance_credentials(tmp)
     if world:
         for k in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
             mp.delenv(k, raising=False)
@@ -87,8 +94,9 @@ def cloud(tmp_path_factory):
         up = c.cli("up", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity", str(srv.client_key),
                    "--store", STORE, "--name", "mnist", "--yes")
         assert up.returncode == 0, up.stderr
+        assert srv.front is None or srv.front.dropped >= 1  # `up` met the booting instance's refusals and got through
         if world:
-            world.write_role_credentials(ROLE, creds)
+            world.write_role_credentials(ROLE, creds, owner=srv.login)
         yield c
     finally:
         c.cli("down", "mnist", "--yes")
@@ -106,7 +114,8 @@ SLOW = "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=0.3"
 
 def train_args(cloud: Cloud, small_mnist: Path, run_id: str, remote: str, *extra: str) -> list[str]:
     return ["train", "configs/model3.yaml", "--store", STORE, "--data-dir", str(small_mnist), "--run-id", run_id,
-            "--set", "train.epochs=2", "--set", f"launch.remote_dir={remote}", *extra]
+            "--set", "train.epochs=2", "--set", f"launch.remote_dir={remote}", "--set",
+            f"launch.python={cloud.sshd.python}", *extra]
 
 
 def events_on_instance(remote: Path, run_id: str) -> list[dict]:
@@ -114,7 +123,7 @@ def events_on_instance(remote: Path, run_id: str) -> list[dict]:
 
 
 def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, small_mnist):
-    remote = cloud.tmp / "instance-a"
+    remote = cloud.sshd.remote("instance-a")
     secret = f"s3cr3t-{secrets.token_hex(8)}"  # made here, so not even this synced file holds it
     p = cloud.cli(*train_args(cloud, small_mnist, "e2e-1", str(remote), "--detach",
                               "--set", f"launch.env.MY_TOKEN={secret} value=1"))
@@ -158,7 +167,7 @@ def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, sm
 
 
 def test_the_launcher_killed_mid_run_loses_nothing(cloud, small_mnist):
-    remote = cloud.tmp / "instance-b"
+    remote = cloud.sshd.remote("instance-b")
     proc = cloud.popen(*train_args(cloud, small_mnist, "killed", str(remote), "--set", "train.epochs=3", SLOW))
     events = remote / "runs" / "killed" / "events.jsonl"
     deadline = time.monotonic() + 240
@@ -241,7 +250,7 @@ def test_a_cut_connection_resumes_the_follow_without_gaps_or_repeats(cloud, smal
     from launcher.live import RunView, follow_files
     from launcher.remote import ReconnectingRun
 
-    remote = cloud.tmp / "instance-c"
+    remote = cloud.sshd.remote("instance-c")
     p = cloud.cli(*train_args(cloud, small_mnist, "cut", str(remote), "--detach", "--set", "train.epochs=3", SLOW))
     assert p.returncode == 0, p.stderr
 
@@ -282,7 +291,7 @@ def test_a_cut_connection_resumes_the_follow_without_gaps_or_repeats(cloud, smal
 
 
 def test_cancel_stops_a_cloud_run_through_its_instance(cloud, small_mnist):
-    remote = cloud.tmp / "instance-d"
+    remote = cloud.sshd.remote("instance-d")
     p = cloud.cli(*train_args(cloud, small_mnist, "stopme", str(remote), "--detach", "--set", "train.epochs=20", SLOW))
     assert p.returncode == 0, p.stderr
     marker = remote / "jobs" / "stopme"
@@ -300,7 +309,7 @@ def test_cancel_stops_a_cloud_run_through_its_instance(cloud, small_mnist):
 
 
 def test_a_failing_setup_is_one_line_and_leaves_no_run(cloud, small_mnist):
-    remote = cloud.tmp / "instance-e"
+    remote = cloud.sshd.remote("instance-e")
     p = cloud.cli(*train_args(cloud, small_mnist, "nosetup", str(remote), "--set", "launch.python=/nowhere/python3"))
     assert p.returncode != 0
     assert p.stderr.startswith("error: ") and "no interpreter found: tried /nowhere/python3 — set launch.python" in p.stderr
@@ -310,7 +319,7 @@ def test_a_failing_setup_is_one_line_and_leaves_no_run(cloud, small_mnist):
 
 
 def test_credentials_in_launch_env_are_refused_before_anything_travels(cloud, small_mnist, tmp_path):
-    remote = cloud.tmp / "instance-f"
+    remote = cloud.sshd.remote("instance-f")
     cfg = tmp_path / "leaky.yaml"
     cfg.write_text((ROOT / "configs" / "model3.yaml").read_text() + "launch:\n  env: {AWS_SECRET_ACCESS_KEY: x}\n")
     p = cloud.cli("train", str(cfg), "--data-dir", str(small_mnist), "--set", f"launch.remote_dir={remote}")
@@ -319,7 +328,7 @@ def test_credentials_in_launch_env_are_refused_before_anything_travels(cloud, sm
 
 
 def test_an_agent_that_dies_at_once_fails_the_run_instead_of_hanging(cloud, small_mnist):
-    remote = cloud.tmp / "instance-g"
+    remote = cloud.sshd.remote("instance-g")
     p = cloud.cli(*train_args(cloud, small_mnist, "deadagent", str(remote), "--set", "launch.setup=skip",
                               "--set", "launch.python=/bin/false"), timeout=120)
     assert p.returncode == 1
@@ -331,11 +340,12 @@ def test_the_instance_fetches_mnist_from_s3_itself(cloud, small_mnist):
     s3 = boto3.client("s3", region_name="us-east-1")
     for f in small_mnist.iterdir():
         s3.upload_file(str(f), BUCKET, f"mnist/data/{f.name}")
-    remote = cloud.tmp / "instance-h"
+    remote = cloud.sshd.remote("instance-h")
 
     def args(run_id: str, data: str = f"{STORE}/data") -> list[str]:
         return ["train", "configs/model3.yaml", "--store", STORE, "--data-dir", data, "--run-id", run_id,
-                "--set", "train.epochs=1", "--set", f"launch.remote_dir={remote}", "--set", "launch.setup=skip"]
+                "--set", "train.epochs=1", "--set", f"launch.remote_dir={remote}",
+                "--set", f"launch.python={cloud.sshd.python}"]
 
     p = cloud.cli(*args("s3data"))
     assert p.returncode == 0, p.stderr
@@ -356,7 +366,7 @@ def test_a_lost_instance_is_replaced_and_the_run_resumes_from_s3(cloud, small_mn
     """--recover: EC2 terminates the instance mid-run (its processes and disk go with it); the launcher
     brings up a replacement, the agent there restores the run from S3 and it ends with every epoch once."""
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    remote = cloud.tmp / "instance-r"
+    remote = cloud.sshd.remote("instance-r")
     proc = cloud.popen(*train_args(cloud, small_mnist, "lostrun", str(remote), "--set", "train.epochs=3", "--recover",
                                   SLOW))
     deadline = time.monotonic() + 300
@@ -387,3 +397,15 @@ def test_a_lost_instance_is_replaced_and_the_run_resumes_from_s3(cloud, small_mn
     [new] = [i["InstanceId"] for r in ec2.describe_instances(Filters=[
         {"Name": "instance-state-name", "Values": ["running"]}])["Reservations"] for i in r["Instances"]]
     assert new != old
+
+
+def test_runs_write_nothing_outside_the_login_users_home(cloud, small_mnist):
+    """Last in this file: what every run above (and this one) wrote as the instance's user lies under its home."""
+    if cloud.sshd.login is None or not cloud.sshd.login.created:
+        pytest.skip(f"the instance logs in as the current user ({cloud.sshd.login.why_not if cloud.sshd.login else '?'}): "
+                    "its files cannot be told from this process's")
+    remote = cloud.sshd.remote("instance-w")
+    p = cloud.cli(*train_args(cloud, small_mnist, "tidy", str(remote), "--set", "train.epochs=1"))
+    assert p.returncode == 0, p.stderr
+    assert cloud.sshd.written_outside() == []  # e.g. torch's /tmp/torchinductor_<user>: the runs' TMPDIR is remote_dir/tmp
+    assert remote.owner() == cloud.sshd.login.name and (remote / "runs" / "tidy" / "summary.json").is_file()
