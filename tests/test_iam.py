@@ -295,8 +295,10 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
         assert {a for a in world.actions_of(f":assumed-role/{ROLE}/")} <= {"s3:GetObject", "s3:PutObject",
                                                                           "s3:ListBucket", "s3:DeleteObject"}
     finally:
-        cli(laptop, "down", "mnist", "--yes")
-        stop_sshd(srv)
-        world.stop()
-        server.stop()
-        mp.undo()
+        try:
+            cli(laptop, "down", "mnist", "--yes")
+            stop_sshd(srv)
+        finally:  # moto's access control is process-wide: it must end with this test, whatever failed above
+            world.stop()
+            server.stop()
+            mp.undo()

@@ -74,7 +74,9 @@ def cloud(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     tmp = tmp_path_factory.mktemp("cloud")
     fake_aws_env(mp, tmp / "home")
-    server, url = start_moto_server()
+    # AWS as it really behaves (tests/strict_aws.py; MNIST_LAUNCH_TEST_STRICT_AWS=0 turns it off): a proxy in front
+    # of moto that answers each eventual-consistency and throttling fault once, and 403 for every missing key
+    server, url = start_moto_server(strict=os.environ.get(STRICT_ENV, "1") != "0")
     mp.setenv("AWS_ENDPOINT_URL", url)
     # the strict IAM world (tests/iam_world.py; MNIST_LAUNCH_TEST_IAM=off turns it off): the test acts as an
     # admin, the CLI as a user with exactly docs/laptop-policy.json, the "instance" with the role `up` made
@@ -99,12 +101,14 @@ def cloud(tmp_path_factory):
             world.write_role_credentials(ROLE, creds, owner=srv.login)
         yield c
     finally:
-        c.cli("down", "mnist", "--yes")
-        stop_sshd(srv)
-        if world:
-            world.stop()
-        server.stop()
-        mp.undo()
+        try:
+            c.cli("down", "mnist", "--yes")
+            stop_sshd(srv)
+        finally:  # moto's access control is process-wide: it must end with this module, whatever failed above
+            if world:
+                world.stop()
+            server.stop()
+            mp.undo()
 
 
 # the trainer sleeps this long after each step (0.3 s x 16 steps: about 5 s an epoch at least), so a test that
