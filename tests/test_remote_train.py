@@ -8,6 +8,7 @@ instance's role gives its processes credentials: the launcher copies none. Each 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import pytest
 
 from tests import iam_world
 from tests.aws_helpers import (
+    STRICT_ENV,
     fake_aws_env,
     instance_credentials,
     instance_sshd,
@@ -71,28 +73,36 @@ class Cloud:
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
     tmp = tmp_path_factory.mktemp("cloud")
-    fake_aws_env(mp, tmp / "home")
-    # AWS as it really behaves (tests/strict_aws.py; MNIST_LAUNCH_TEST_STRICT_AWS=0 turns it off): a proxy in front
-    # of moto that answers each eventual-consistency and throttling fault once, and 403 for every missing key
-    server, url = start_moto_server(strict=os.environ.get(STRICT_ENV, "1") != "0")
-    mp.setenv("AWS_ENDPOINT_URL", url)
-    # the strict IAM world (tests/iam_world.py; MNIST_LAUNCH_TEST_IAM=off turns it off): the test acts as an
-    # admin, the CLI as a user with exactly docs/laptop-policy.json, the "instance" with the role `up` made
-    world = iam_world.IAMWorld.start(iam_world.laptop_policy(BUCKET), url) if iam_world.enabled() else None
-    creds = instance_credentials(tmp)
-    if world:
-        for k in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-            mp.delenv(k, raising=False)
-        for k, v in world.admin.env().items():
-            mp.setenv(k, v)
-    srv = instance_sshd(tmp / "sshd", url, *([iam_world.instance_aws_env(creds)] if world else []))
-    mp.setenv("MNIST_LAUNCH_SSH_ENDPOINT", srv.endpoint)
-    mp.setenv("MNIST_LAUNCH_SSH_CIDR", CIDR)
-    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    c = Cloud(tmp / "home", url, srv, tmp, env=world.laptop.env() if world else {})
-    try:
+    # everything started here is undone in reverse order, whatever fails on the way (ExitStack goes on unwinding
+    # past a failing step): moto's access control in particular is process-wide and must end with this module
+    with contextlib.ExitStack() as stack:
+        mp = pytest.MonkeyPatch()
+        stack.callback(mp.undo)
+        fake_aws_env(mp, tmp / "home")
+        # AWS as it really behaves (tests/strict_aws.py; MNIST_LAUNCH_TEST_STRICT_AWS=0 turns it off): a proxy in
+        # front of moto that answers each eventual-consistency and throttling fault once, and 403 for missing keys
+        server, url = start_moto_server(strict=os.environ.get(STRICT_ENV, "1") != "0")
+        stack.callback(server.stop)
+        mp.setenv("AWS_ENDPOINT_URL", url)
+        # the strict IAM world (tests/iam_world.py; MNIST_LAUNCH_TEST_IAM=off turns it off): the test acts as an
+        # admin, the CLI as a user with exactly docs/laptop-policy.json, the "instance" with the role `up` made
+        world = iam_world.IAMWorld.start(iam_world.laptop_policy(BUCKET), url) if iam_world.enabled() else None
+        if world:
+            stack.callback(world.stop)
+        creds = instance_credentials(tmp)
+        if world:
+            for k in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+                mp.delenv(k, raising=False)
+            for k, v in world.admin.env().items():
+                mp.setenv(k, v)
+        srv = instance_sshd(tmp / "sshd", url, *([iam_world.instance_aws_env(creds)] if world else []))
+        stack.callback(stop_sshd, srv)
+        mp.setenv("MNIST_LAUNCH_SSH_ENDPOINT", srv.endpoint)
+        mp.setenv("MNIST_LAUNCH_SSH_CIDR", CIDR)
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        c = Cloud(tmp / "home", url, srv, tmp, env=world.laptop.env() if world else {})
+        stack.callback(c.cli, "down", "mnist", "--yes")
         up = c.cli("up", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity", str(srv.client_key),
                    "--store", STORE, "--name", "mnist", "--yes")
         assert up.returncode == 0, up.stderr
@@ -100,15 +110,6 @@ def cloud(tmp_path_factory):
         if world:
             world.write_role_credentials(ROLE, creds, owner=srv.login)
         yield c
-    finally:
-        try:
-            c.cli("down", "mnist", "--yes")
-            stop_sshd(srv)
-        finally:  # moto's access control is process-wide: it must end with this module, whatever failed above
-            if world:
-                world.stop()
-            server.stop()
-            mp.undo()
 
 
 # the trainer sleeps this long after each step (0.3 s x 16 steps: about 5 s an epoch at least), so a test that
