@@ -32,6 +32,8 @@ def fake_aws_env(monkeypatch: pytest.MonkeyPatch, home) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "no-aws-credentials"))
     monkeypatch.setenv("MNIST_LAUNCH_HOME", str(home))
+    # boto3's default session caches the credentials it first resolved: a test's boto3.client(...) must see its own
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     # the "instance" these tests reach over SSH is this machine: `up` must not leave a watcher running on it
     # (tests/test_autostop.py installs one on purpose, in a temporary folder, and kills it)
     monkeypatch.setenv("MNIST_LAUNCH_AUTOSTOP_INSTALL", "0")

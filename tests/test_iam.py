@@ -228,6 +228,7 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
     try:
         for k, v in world.admin.env().items():
             mp.setenv(k, v)
+        mp.setattr(boto3, "DEFAULT_SESSION", None)  # an earlier test's default session keeps its credentials
         mp.setenv("MNIST_LAUNCH_SSH_ENDPOINT", srv.endpoint)
         mp.setenv("MNIST_LAUNCH_SSH_CIDR", CIDR)
         admin_s3 = boto3.client("s3", region_name=REGION)

@@ -96,6 +96,7 @@ def cloud(tmp_path_factory):
                 mp.delenv(k, raising=False)
             for k, v in world.admin.env().items():
                 mp.setenv(k, v)
+            mp.setattr(boto3, "DEFAULT_SESSION", None)  # an earlier test's default session keeps its credentials
         srv = instance_sshd(tmp / "sshd", url, *([iam_world.instance_aws_env(creds)] if world else []))
         stack.callback(stop_sshd, srv)
         mp.setenv("MNIST_LAUNCH_SSH_ENDPOINT", srv.endpoint)
