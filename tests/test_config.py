@@ -114,3 +114,15 @@ def test_launch_env_values_become_strings_and_a_bad_one_is_named_not_shown(tmp_p
     with pytest.raises(ConfigError) as err:  # a failing override elsewhere: the env values are not echoed either
         load_config(write(tmp_path, "model: model3\n"), ["launch.env.TOKEN=hunter2", "train.epochs=many"])
     assert "train.epochs" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_no_off_yes_on_mean_what_was_typed_and_booleans_still_take_them(tmp_path):
+    """YAML 1.1 reads `no` as False: `--set train.mixed_precision=no`, the README's own example, was refused."""
+    p = tmp_path / "c.yaml"
+    p.write_text("model: model3\ntrain: {mixed_precision: no, channels_last: off}\noptimizer: {nesterov: yes}\n")
+    cfg = load_config(p)
+    assert cfg.train.mixed_precision == "no" and cfg.train.channels_last is False and cfg.optimizer.nesterov is True
+    cfg = load_config(p, ["train.mixed_precision=no", "launch.spot=on", "train.compile=false", "optimizer.nesterov=NO"])
+    assert (cfg.train.mixed_precision, cfg.launch.spot, cfg.train.compile, cfg.optimizer.nesterov) == ("no", True, False, False)
+    with pytest.raises(ConfigError, match=r"train.mixed_precision: Input should be 'auto', 'no', 'fp16' or 'bf16' \(got 'off'\)"):
+        load_config(p, ["train.mixed_precision=off"])

@@ -402,6 +402,25 @@ def validate_config(data: Any, where: str) -> Config:
         raise ConfigError(f"{where}: {_format_error(err)} — fix it and run again") from None
 
 
+class _UserYAML(yaml.SafeLoader):
+    """YAML as users mean it: only true/false are booleans (YAML 1.2), so `mixed_precision: no`, `--set
+    train.mixed_precision=no` or a value `off`/`on`/`yes` stays the string typed; a boolean field still takes
+    yes/no/on/off, as pydantic reads those strings."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_UserYAML.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UserYAML.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """A config file or a --set value, read with :class:`_UserYAML`."""
+    return yaml.load(text, Loader=_UserYAML)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """'train.epochs=3' -> (['train', 'epochs'], 3); the value is parsed as YAML."""
     key, sep, raw = item.partition("=")
@@ -412,7 +431,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if key.startswith("launch.env."):  # an environment value is taken as written: 007 stays 007, as in a shell
         return key.split("."), raw
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -439,7 +458,7 @@ def read_yaml(path: Union[str, Path]) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found — pass a path such as configs/model3.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
