@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import boto3
 import pytest
@@ -54,6 +54,17 @@ class StrictServer:
     def stop(self) -> None:
         self.proxy.stop()
         self.moto.stop()
+
+
+def moto_bucket(monkeypatch: pytest.MonkeyPatch, home_dir: Path, bucket: str) -> Iterator:
+    """For a fixture: fake credentials, in-process moto, one empty bucket; yields an S3 client."""
+    from moto import mock_aws
+
+    fake_aws_env(monkeypatch, home_dir / "home")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=bucket)
+        yield client
 
 
 def start_moto_server(strict: Optional[bool] = None, schedule: Optional[Callable] = None):

@@ -113,3 +113,16 @@ def any_host(request, tmp_path):
     srv = request.getfixturevalue("module_sshd")
     with SSHHost(Endpoint(srv.user, srv.host, srv.port), srv.client_key, known_hosts=tmp_path / "known_hosts") as ssh:
         yield ssh
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path):
+    """Four IDX files of a few blank digits: all that shipping or fetching MNIST needs (headers, sizes)."""
+    from trainer.data import write_idx
+
+    d = tmp_path / "tiny"
+    d.mkdir()
+    for name, n in (("train", 4), ("t10k", 2)):
+        write_idx(d / f"{name}-images-idx3-ubyte", np.zeros((n, 28, 28), np.uint8))
+        write_idx(d / f"{name}-labels-idx1-ubyte", np.zeros(n, np.uint8))
+    return d

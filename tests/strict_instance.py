@@ -168,6 +168,25 @@ def image_env(where: Path, user: LoginUser) -> tuple[Optional[Path], str]:
     return None, why
 
 
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    try:
+        while data := a.recv(1 << 16):
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def splice(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways between two connected sockets, each way on a daemon thread, until either ends."""
+    for x, y in ((a, b), (b, a)):
+        threading.Thread(target=_pipe, args=(x, y), daemon=True).start()
+
+
 class BootingFront:
     """A TCP front on 127.0.0.1 for an sshd, behaving like an instance that is still booting.
 
@@ -226,21 +245,7 @@ class BootingFront:
                 conn.close()
                 continue
             self.forwarded += 1
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(1 << 16):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            splice(conn, upstream)
 
     def _watch(self) -> None:
         self.proc.wait()

@@ -36,7 +36,7 @@ from tests.aws_helpers import (
 )
 from tests.conftest import ROOT
 from tests.sshd_fixture import stop_sshd
-from tests.strict_instance import Instance
+from tests.strict_instance import Instance, splice
 
 BUCKET = "runs-bucket"
 STORE = f"s3://{BUCKET}/mnist"
@@ -217,21 +217,7 @@ class CuttableProxy:
             upstream = socket.create_connection(self.target)
             with self.lock:
                 self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            splice(client, upstream)
 
     def cut(self) -> int:
         with self.lock:

@@ -12,13 +12,12 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from infra.aws import Clients
 from infra.s3 import S3Store, content_type, s3_error
 from infra.store import open_store
 from launcher.errors import AWSError, ConfigError, RunError
-from tests.aws_helpers import fake_aws_env
+from tests.aws_helpers import fake_aws_env, moto_bucket
 
 BUCKET = "artifacts"
 URI = f"s3://{BUCKET}/team/mnist"
@@ -26,11 +25,7 @@ URI = f"s3://{BUCKET}/team/mnist"
 
 @pytest.fixture
 def s3(monkeypatch, tmp_path):
-    fake_aws_env(monkeypatch, tmp_path / "home")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+    yield from moto_bucket(monkeypatch, tmp_path, BUCKET)
 
 
 def write(path: Path, data: bytes | str) -> Path:

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from infra.host import LocalHost
 from infra.safepath import UnsafePathError, check_name, safe_join
 from infra.s3 import S3Store
 from infra.store import LocalStore, latest_stored_checkpoint
 from launcher.errors import ConfigError, RunError, SyncError
-from tests.aws_helpers import fake_aws_env
+from tests.aws_helpers import fake_aws_env, moto_bucket
 
 BUCKET = "artifacts"
 URI = f"s3://{BUCKET}/team"
@@ -61,11 +60,7 @@ def test_a_symlink_leading_outside_is_refused_and_one_inside_is_fine(tmp_path):
 
 @pytest.fixture
 def s3(monkeypatch, tmp_path):
-    fake_aws_env(monkeypatch, tmp_path / "home")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+    yield from moto_bucket(monkeypatch, tmp_path, BUCKET)
 
 
 def put(client, run: str, name: str, body: bytes = b"x") -> None:
@@ -291,21 +286,6 @@ def test_check_plan_refuses_to_send_below_a_host_entry_that_is_not_a_folder():
     check_plan(SyncPlan(send=["pkg/mod.py"], delete=["pkg"]), {"pkg": {"type": "link", "target": "/etc"}})
 
 
-@pytest.fixture
-def tiny_mnist(tmp_path):
-    """Four IDX files of a few blank digits: all ship_mnist needs (headers, sizes)."""
-    import numpy as np
-
-    from trainer.data import write_idx
-
-    d = tmp_path / "tiny"
-    d.mkdir()
-    for name, n in (("train", 4), ("t10k", 2)):
-        write_idx(d / f"{name}-images-idx3-ubyte", np.zeros((n, 28, 28), np.uint8))
-        write_idx(d / f"{name}-labels-idx1-ubyte", np.zeros(n, np.uint8))
-    return d
-
-
 def test_ship_mnist_replaces_a_symlink_under_a_data_file_name(tiny_mnist, tmp_path):
     from infra.datasync import local_data, ship_mnist
 
@@ -327,10 +307,9 @@ def test_the_instance_fetch_writes_only_the_four_files_and_never_through_a_symli
     """infra/datasync.py's fetch, run by a real Python against moto as a server: crafted keys under the
     data prefix (".." in them, other names) and symlinks planted under the data folder's own names
     leave everything outside that folder untouched."""
-    import boto3
 
     from infra.datasync import fetch_mnist
-    from tests.aws_helpers import fake_aws_env, start_moto_server
+    from tests.aws_helpers import start_moto_server
 
     fake_aws_env(monkeypatch, tmp_path / "home")
     server, url = start_moto_server()

@@ -106,20 +106,6 @@ class RecordingHost(LocalHost):
         return os.getpid()
 
 
-@pytest.fixture
-def tiny_mnist(tmp_path):
-    import numpy as np
-
-    from trainer.data import write_idx
-
-    d = tmp_path / "tiny"
-    d.mkdir()
-    for name, n in (("train", 4), ("t10k", 2)):
-        write_idx(d / f"{name}-images-idx3-ubyte", np.zeros((n, 28, 28), np.uint8))
-        write_idx(d / f"{name}-labels-idx1-ubyte", np.zeros(n, np.uint8))
-    return d
-
-
 def test_meta_json_and_config_yaml_of_a_run_keep_no_env_value(tmp_path, tiny_mnist, monkeypatch):
     from launcher.orchestrator import LocalRequest, start_run
 
