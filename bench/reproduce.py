@@ -44,8 +44,6 @@ def run_one(config: str, seed: int, store: str, data_dir: str) -> dict | None:
 
 
 def claim_met(name: str, final: float, epochs: int) -> str:
-    from trainer.models import MODELS
-
     bars = {"model3": 0.994, "gap_19k": 0.994, "record": 0.994, "one_epoch": 0.95, "model4": 0.991,
             "fc_baseline": 0.988, "fc_dropout": 0.988, "model1": 0.9887, "model2": 0.9869}
     return "yes" if final >= bars[name.removesuffix("_onecycle")] else "no"
@@ -82,7 +80,8 @@ def table(store: str) -> str:
         met = all(claim_met(name, f, r["epochs_completed"]) == "yes" for f, r in zip(finals, runs))
         secs = statistics.mean(r["train_seconds"] or 0 for r in runs)
         out.append(
-            f"| {name} | {runs[0]['params']:,} | {MODELS[runs[0]['model']].claim} | {runs[0]['epochs_completed']} | {len(runs)} | "
+            f"| {name} | {runs[0]['params']:,} | {MODELS[runs[0]['model']].claim} | {runs[0]['epochs_completed']} | "
+            f"{len(runs)} | "
             f"{ms(finals)} | {ms(bests)} | {', '.join(f'{100 * f:.2f}' for f in finals)} | {secs:.0f}s | "
             f"{runs[0]['device']} | {'yes' if met else 'no'} |"
         )

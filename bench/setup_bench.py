@@ -57,7 +57,8 @@ def main() -> None:
           f"image python {inst.python}; requirements: the project's + {extra or 'nothing'}", flush=True)
     rows = []
     try:
-        with SSHHost(Endpoint(inst.user, inst.host, inst.port), inst.client_key, known_hosts=tmp / "known_hosts") as host:
+        endpoint = Endpoint(inst.user, inst.host, inst.port)
+        with SSHHost(endpoint, inst.client_key, known_hosts=tmp / "known_hosts") as host:
             for i in range(args.repeat):
                 venv = inst.remote(f"setup-bench-{os.getpid()}") / f"venv-{i}"
                 t = time.monotonic()

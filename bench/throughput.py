@@ -96,8 +96,8 @@ def our_pipeline(data_dir: str, fraction: float, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.yaml").write_text(config_to_yaml(cfg))
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        p = subprocess.run([sys.executable, "-m", "trainer", "--run-dir", tmp], cwd=ROOT, capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        p = subprocess.run([sys.executable, "-m", "trainer", "--run-dir", tmp], cwd=ROOT, capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if p.returncode != 0:
             raise SystemExit(f"trainer failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
         summary = json.loads((Path(tmp) / "summary.json").read_text())
@@ -118,7 +118,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    variants = {"fp32": ["train.mixed_precision=no"], "bf16": ["train.mixed_precision=bf16"]} if not args.overrides else {"custom": args.overrides}
+    variants = ({"fp32": ["train.mixed_precision=no"], "bf16": ["train.mixed_precision=bf16"]}
+                if not args.overrides else {"custom": args.overrides})
     ours = {name: our_pipeline(args.data_dir, args.fraction, extra) for name, extra in variants.items()}
     seed = seed_pipeline(args.data_dir, args.device, args.workers, args.fraction)
     result = {

@@ -123,7 +123,7 @@ def log(msg):
 def run_agents(proc_root="/proc"):
     """Pids of mnist-launch agents (``python -m infra.agent``) running here, wherever their run folder
     is: a run under a launch.remote_dir the watcher was not told about still keeps the machine up."""
-    pids = []
+    pids = []  # type: list[int]  # a type comment: this file runs on whatever python3 the image has
     try:
         entries = os.listdir(proc_root)
     except OSError:

@@ -28,7 +28,8 @@ TOKEN_TTL = 21600  # seconds; renewed well before it runs out
 
 class IMDS:
     def __init__(self, endpoint: Optional[str] = None, timeout: float = 0.5) -> None:
-        self.endpoint = (endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        endpoint = endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_ENDPOINT
+        self.endpoint = endpoint.rstrip("/")
         self.timeout = timeout
         self.disabled = os.environ.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() == "true"
         self.answered = False  # once IMDS has answered, a later failure is transient, not "no IMDS here"

@@ -13,7 +13,6 @@ one ``AWSError`` line naming the bucket.
 from __future__ import annotations
 
 import hashlib
-
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
@@ -193,7 +192,8 @@ class S3Store:
             for chunk in self.client.get_object(Bucket=self.bucket, Key=key)["Body"].iter_chunks(1 << 20):
                 h.update(chunk)
         if h.hexdigest() != sha256_hex:
-            raise RunError(f"{self.uri}: {name} does not read back as uploaded (sha256 differs) — uploaded again next pass")
+            raise RunError(f"{self.uri}: {name} does not read back as uploaded (sha256 differs)"
+                           " — uploaded again next pass")
 
     def size_of(self, run_id: str, name: str) -> Optional[int]:
         with self._errors():
@@ -228,11 +228,12 @@ class S3Store:
         base = self.key(run_id)
         out = Path(dest) / run_id
         with self._errors():
-            keys = [o["Key"] for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
-                    for o in page.get("Contents", [])]
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
+            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
         keys = [k for k in keys if k[len(base):] and not k.endswith("/")]  # folder markers carry nothing
         if not keys:
-            raise RunError(f"run '{run_id}' not found in {self.uri} — `mnist-launch runs --store {self.uri}` lists the runs there")
+            raise RunError(f"run '{run_id}' not found in {self.uri}"
+                           f" — `mnist-launch runs --store {self.uri}` lists the runs there")
         for key in keys:
             store_target(out, key[len(base):], self.uri)
         with self._errors():

@@ -211,8 +211,13 @@ class SSHHost:
 
     def _sftp_client(self) -> paramiko.SFTPClient:
         transport = self.connect()
-        if self._sftp is None or self._sftp.get_channel() is None or self._sftp.get_channel().closed:
-            self._sftp = paramiko.SFTPClient.from_transport(transport)
+        channel = self._sftp.get_channel() if self._sftp is not None else None
+        if self._sftp is None or channel is None or channel.closed:
+            sftp = paramiko.SFTPClient.from_transport(transport)
+            if sftp is None:  # paramiko's answer when the server opens no channel for it
+                raise SSHError(f"{self.name}: the SSH server opened no SFTP channel"
+                               " — check the instance is up, then retry")
+            self._sftp = sftp
         return self._sftp
 
     # -- Host ----------------------------------------------------------------------------------
@@ -339,7 +344,10 @@ class SSHHost:
         self.exec(f"kill -{int(sig)} {int(pid)} 2>/dev/null || true", timeout=60)
 
     def mode_of(self, path: str) -> int:
-        return stat.S_IMODE(self._sftp_client().stat(_sftp_path(path)).st_mode)
+        mode = self._sftp_client().stat(_sftp_path(path)).st_mode
+        if mode is None:  # SFTP attributes are optional; every OpenSSH server sends the mode
+            raise SSHError(f"{self.name}: the SSH server did not report the mode of {path}")
+        return stat.S_IMODE(mode)
 
 
 def wait_for_banner(host: str, port: int, timeout_s: float = 5.0) -> bool:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, Optional, cast
 
 from infra import manifest as tree
 from infra.host import Host
@@ -44,7 +44,8 @@ class SyncReport:
         line = (f"sync: {self.files_sent} files sent ({_human(self.bytes_sent)}), {self.files_deleted} deleted, "
                 f"{unchanged} unchanged in {self.seconds:.2f}s")
         if self.left_out:
-            shown = ", ".join(self.left_out[:8]) + (f" and {len(self.left_out) - 8} more" if len(self.left_out) > 8 else "")
+            more = len(self.left_out) - 8
+            shown = ", ".join(self.left_out[:8]) + (f" and {more} more" if more > 0 else "")
             line += (f"\nsync: left out {len(self.left_out)} likely secret{'s' if len(self.left_out) > 1 else ''} "
                      f"({shown}) — to send one, add a '!NAME' line to .mnist-launch-ignore")
         return line
@@ -122,7 +123,8 @@ def _manifest_tool(host: Host, python: str, op: str, remote_root: str, arg: Any)
     except FileNotFoundError:  # LocalHost: no such executable
         res = None
     if res is None or res.returncode == 127:  # the shell's "command not found"
-        raise SyncError(f"{python} not found on {host.name} — install Python 3 there; the sync runs it to compare files")
+        raise SyncError(f"{python} not found on {host.name}"
+                        " — install Python 3 there; the sync runs it to compare files")
     if res.returncode != 0:
         detail = (res.stderr.strip().splitlines() or ["no message"])[-1][:200]
         raise SyncError(f"{host.name}: {what} {remote_root} failed ({detail}) — "
@@ -180,7 +182,9 @@ def _tar_of(root: Path, paths: list[str]) -> tuple[BinaryIO, int]:
                     tar.addfile(info, f)
                 content += info.size
     buf.seek(0)
-    return buf, content
+    # A SpooledTemporaryFile is an IO[bytes], not typing's BinaryIO class, which Host.put_tar names.
+    # TODO(merge): Host.put_tar taking IO[bytes] (infra/host.py) would make this cast unnecessary.
+    return cast(BinaryIO, buf), content
 
 
 def sync_workdir(host: Host, local_root: Path, remote_root: str, python: str = "python3") -> SyncReport:

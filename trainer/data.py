@@ -90,7 +90,8 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     count = struct.unpack(">I", raw[4:8])[0]
     header = 16 if magic == 2051 else 8
     if len(raw) != _expected_size(magic, count):
-        raise DataError(f"{path}: truncated ({len(raw)} bytes, header says {_expected_size(magic, count)}) — re-download it")
+        raise DataError(f"{path}: truncated ({len(raw)} bytes, header says {_expected_size(magic, count)})"
+                        " — re-download it")
     arr = np.frombuffer(raw, dtype=np.uint8, offset=header)
     return arr.reshape(count, 1, 28, 28) if magic == 2051 else arr
 

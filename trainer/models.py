@@ -285,7 +285,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("model1", SkeletonNet, "004_3bd9a3d41f1d9b8d.txt", "Part-1: best test 98.87%, 8,716 params", 8716),
         ModelSpec("model2", LightGapNet, "004_3bd9a3d41f1d9b8d.txt", "Part-2: best test 98.69%, 3,964 params", 3964),
         ModelSpec(
-            "model3", EC2Net, "004_3bd9a3d41f1d9b8d.txt", "Part-3: >= 99.4% within 15 epochs (best 99.48%), 7,926 params", 7926
+            "model3", EC2Net, "004_3bd9a3d41f1d9b8d.txt",
+            "Part-3: >= 99.4% within 15 epochs (best 99.48%), 7,926 params", 7926,
         ),
         ModelSpec("model4", Model4, "000_cedc7f1e9801118b.txt", "Model_4: best test 99.1-99.3% in <= 15 epochs", 7204),
         ModelSpec("fc_baseline", FCBaseline, "001_0b3a81bf58e92569.txt", "Model_1: best 98.80% in 11-12 epochs", 26698),

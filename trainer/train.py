@@ -16,7 +16,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from trainer.config import Config, config_from_yaml
 from trainer.data import epoch_batches, load_mnist, steps_per_epoch
 from trainer.errors import DataError, RunError
 from trainer.events import EVENTS_FILE, EventWriter
-from trainer.models import MODELS, build_model, count_params, summarize
+from trainer.models import build_model, count_params, summarize
 from trainer.precision import cuda_capability, resolve_mixed_precision
 
 CHECKPOINTS = "checkpoints"
@@ -129,17 +129,17 @@ def build_scheduler(cfg: Config, optimizer, steps: int):
     if s.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs * steps), "batch"
     if s.name == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(
+        onecycle = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=s.max_lr or cfg.optimizer.lr, total_steps=cfg.train.epochs * steps,
             pct_start=s.pct_start, div_factor=s.div_factor, final_div_factor=s.final_div_factor,
             anneal_strategy=s.anneal_strategy, three_phase=s.three_phase,
         )
-        return sched, "batch"
+        return onecycle, "batch"
     if s.name == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=s.mode, factor=s.factor, patience=s.patience, min_lr=s.min_lr
         )
-        return sched, "metric"
+        return plateau, "metric"
     return None, "none"
 
 
@@ -250,7 +250,8 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     scheduler, sched_when = build_scheduler(cfg, optimizer, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     if tc.compile:
-        model = torch.compile(model)
+        # torch.compile(module) returns an OptimizedModule, a Module; its stub promises only a Callable.
+        model = cast(torch.nn.Module, torch.compile(model))
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     if scheduler is not None:
@@ -263,7 +264,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         if ckpt is None:
             raise RunError(f"{run_dir}: no complete checkpoint to resume from — start a new run instead")
         newest = latest_checkpoint(run_dir)
-        if main and newest != ckpt:
+        if main and newest is not None and newest != ckpt:
             print(f"trainer: {newest.name} was saved by another number of processes mid-epoch; "
                   f"resuming from {ckpt.name}", flush=True)
         accelerator.load_state(str(ckpt))
@@ -277,8 +278,9 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         print(f"trainer: {STEP_DELAY_ENV}={delay:g}: sleeping {delay:g}s after every step (a throttle for tests)",
               flush=True)
     if main:
-        accelerator.init_trackers("tensorboard", config={"model": cfg.model, "seed": tc.seed, "batch_size": tc.batch_size,
-                                                         "lr": cfg.optimizer.lr, "epochs": tc.epochs})
+        accelerator.init_trackers("tensorboard", config={"model": cfg.model, "seed": tc.seed,
+                                                         "batch_size": tc.batch_size, "lr": cfg.optimizer.lr,
+                                                         "epochs": tc.epochs})
         print_summary(cfg.model, rows, params)
     augment = BatchAugment(cfg.augment) if cfg.augment.active else None
     aug_gen = torch.Generator(device=device)
@@ -361,7 +363,8 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         elif sched_when == "metric":
             scheduler.step(test_acc if cfg.scheduler.mode == "max" else test_loss)
         record = {
-            "epoch": epoch, "train_loss": loss_sum.item() / total_seen, "train_accuracy": float(correct.item()) / total_seen,
+            "epoch": epoch, "train_loss": loss_sum.item() / total_seen,
+            "train_accuracy": float(correct.item()) / total_seen,
             "test_loss": test_loss, "test_accuracy": test_acc, "lr": lr, "seconds": round(train_time, 3),
             "images_per_second": round(total_seen / train_time, 1),
         }
@@ -394,7 +397,8 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         "final_test_accuracy": state.history[-1]["test_accuracy"] if state.history else None,
         "train_seconds": round(state.train_seconds, 3),
         "images_per_second": round(state.images_seen / state.train_seconds, 1) if state.train_seconds else None,
-        "mixed_precision": precision, "mixed_precision_requested": tc.mixed_precision, "num_processes": accelerator.num_processes,
+        "mixed_precision": precision, "mixed_precision_requested": tc.mixed_precision,
+        "num_processes": accelerator.num_processes,
         "device": device_name(device), "seed": tc.seed, "code_revision": meta.get("code_revision"),
         "torch": torch.__version__, "history": state.history,
     }
@@ -414,9 +418,11 @@ def save_checkpoint(accelerator: Accelerator, model, run_dir: Path, state: Train
         if is_best:
             from safetensors.torch import save_file
 
-            weights = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            state_dict = accelerator.unwrap_model(model).state_dict()
+            weights = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
             tmp = run_dir / "model.safetensors.tmp"
-            save_file(weights, str(tmp), metadata={"epoch": str(state.epoch), "test_accuracy": str(state.best_accuracy)})
+            save_file(weights, str(tmp),
+                      metadata={"epoch": str(state.epoch), "test_accuracy": str(state.best_accuracy)})
             os.replace(tmp, run_dir / "model.safetensors")
         files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
         write_json(path / MARKER, {"epoch": state.epoch, "files": files, "best": is_best})
