@@ -85,9 +85,6 @@ class S3Store:
     def key(self, run_id: str, name: str = "") -> str:
         return f"{self._runs_prefix()}{check_run_id(run_id)}/{Path(name).as_posix() if name else ''}"
 
-    def run_uri(self, run_id: str) -> str:
-        return f"{self.uri}/runs/{run_id}"
-
     @contextmanager
     def _errors(self) -> Iterator[None]:
         with aws_errors():  # credentials, endpoint, region: worded once in infra/aws.py

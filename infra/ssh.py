@@ -17,7 +17,6 @@ import re
 import shlex
 import signal
 import socket
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,12 +341,6 @@ class SSHHost:
 
     def kill(self, pid: int, sig: int = signal.SIGTERM) -> None:
         self.exec(f"kill -{int(sig)} {int(pid)} 2>/dev/null || true", timeout=60)
-
-    def mode_of(self, path: str) -> int:
-        mode = self._sftp_client().stat(_sftp_path(path)).st_mode
-        if mode is None:  # SFTP attributes are optional; every OpenSSH server sends the mode
-            raise SSHError(f"{self.name}: the SSH server did not report the mode of {path}")
-        return stat.S_IMODE(mode)
 
 
 def wait_for_banner(host: str, port: int, timeout_s: float = 5.0) -> bool:
