@@ -13,15 +13,38 @@ ranges are checked, and every message names the file (or ``--set``) and the dott
 
 from core.config.base import Range, Section
 from core.config.checks import (
-    AWS_ENV_ALLOWED, check_env, check_location, check_remote_path, check_s3_uri, has_control,
+    AWS_ENV_ALLOWED,
+    check_env,
+    check_location,
+    check_remote_path,
+    check_s3_uri,
+    has_control,
 )
 from core.config.data import DataConfig
 from core.config.launch import LaunchConfig
 from core.config.load import (
-    REDACTED, Config, UserYAML, apply_overrides, config_from_yaml, config_to_yaml, format_error, is_env_key,
-    load_config, load_yaml, parse_override, read_yaml, redact_argv, validate_config,
+    REDACTED,
+    Config,
+    UserYAML,
+    apply_overrides,
+    config_from_yaml,
+    config_to_yaml,
+    format_error,
+    is_env_key,
+    load_config,
+    load_yaml,
+    parse_override,
+    read_yaml,
+    redact_argv,
+    validate_config,
 )
-from core.config.training import MODEL_NAMES, AugmentConfig, OptimizerConfig, SchedulerConfig, TrainConfig
+from core.config.training import (
+    MODEL_NAMES,
+    AugmentConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainConfig,
+)
 
 __all__ = [
     "AWS_ENV_ALLOWED", "MODEL_NAMES", "REDACTED", "AugmentConfig", "Config", "DataConfig", "LaunchConfig",

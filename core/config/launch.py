@@ -11,7 +11,14 @@ from pydantic import Field, field_validator
 
 from core.config.base import Section
 from core.config.checks import (
-    AMI_ID, CLUSTER_NAME, INSTANCE_TYPE, PROGRAM, REGION, check_env, check_remote_path, has_control,
+    AMI_ID,
+    CLUSTER_NAME,
+    INSTANCE_TYPE,
+    PROGRAM,
+    REGION,
+    check_env,
+    check_remote_path,
+    has_control,
 )
 
 

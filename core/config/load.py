@@ -19,7 +19,13 @@ from core.config.base import Section
 from core.config.checks import check_location
 from core.config.data import DataConfig
 from core.config.launch import LaunchConfig
-from core.config.training import MODEL_NAMES, AugmentConfig, OptimizerConfig, SchedulerConfig, TrainConfig
+from core.config.training import (
+    MODEL_NAMES,
+    AugmentConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainConfig,
+)
 from core.errors import ConfigError
 
 
