@@ -65,7 +65,7 @@ def main() -> None:
         from launcher import cluster
         from launcher.remote import RemoteRequest, start_remote_run
         from tests.aws_helpers import ubuntu_ami
-        from trainer.config import LaunchConfig
+        from core.config import LaunchConfig
 
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bench")
         cluster.up(cluster.UpRequest(launch=LaunchConfig(name="bench", ami=ubuntu_ami(), identity=str(srv.client_key)),

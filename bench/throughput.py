@@ -86,7 +86,7 @@ def seed_pipeline(data_dir: str, device: str, workers: int, fraction: float, war
 
 
 def our_pipeline(data_dir: str, fraction: float, extra: list[str]) -> dict:
-    from trainer.config import config_to_yaml, load_config
+    from core.config import config_to_yaml, load_config
 
     overrides = ["train.epochs=1", "train.log_every=1000", *extra]
     if fraction < 1:

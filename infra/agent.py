@@ -33,8 +33,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from core import settings
+from core.errors import LaunchError, RunError
 from infra.store import CHECKPOINTS, MARKER
-from trainer.errors import LaunchError, RunError
 from trainer.events import EVENTS_FILE, EventWriter
 from trainer.precision import cuda_capability, resolve_mixed_precision
 
@@ -312,7 +313,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--spot-watch", action="store_true",
                         help="this host is an EC2 instance: watch its metadata service for spot interruption and "
                              "rebalance notices (the launcher passes it for cloud runs; without it nothing is asked)")
-    parser.add_argument("--imds-poll", type=float, default=float(os.environ.get("MNIST_LAUNCH_IMDS_POLL", "2")),
+    parser.add_argument("--imds-poll", type=float, default=settings.imds_poll(),
                         help="with --spot-watch: seconds between checks; 0: off (default 2, or $MNIST_LAUNCH_IMDS_POLL)")
     parser.add_argument("--preempt-grace", type=float, default=90.0,
                         help="seconds the trainer gets to checkpoint after a spot notice before it is stopped")

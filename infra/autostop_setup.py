@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Optional, Sequence
 
-from launcher.errors import SSHError
+from core.errors import SSHError
 
 SCRIPT = (Path(__file__).resolve().parent / "autostop.py").read_text()
 UNIT = "mnist-launch-autostop.service"

@@ -37,7 +37,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from launcher.errors import AWSError, ConfigError
+from core.errors import AWSError, ConfigError
 from infra.aws_retry import (
     NEW_GROUP, NEW_INSTANCE, NEW_KEY, NEW_PROFILE, NEW_ROLE, THROTTLE_ERRORS, MAX_ATTEMPTS_ENV, Transient,
     max_attempts, retry,

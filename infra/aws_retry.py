@@ -19,21 +19,22 @@ Two kinds of transient refusal, two mechanisms:
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from botocore.exceptions import ClientError
 
-from launcher.errors import AWSError
+from core import settings
+from core.errors import AWSError
 
 T = TypeVar("T")
 
-EC2_DEADLINE_ENV = "MNIST_LAUNCH_EC2_CONSISTENCY_S"  # how long a new EC2 resource may stay unseen (default 120)
-IAM_DEADLINE_ENV = "MNIST_LAUNCH_IAM_CONSISTENCY_S"  # how long a new role / instance profile may (default 300)
-MAX_ATTEMPTS_ENV = "MNIST_LAUNCH_AWS_MAX_ATTEMPTS"  # botocore's attempts per request for throttling/5xx (default 10)
-BACKOFF_CAP_ENV = "MNIST_LAUNCH_AWS_RETRY_CAP_S"  # the longest sleep between two tries (default 5)
+# the durations and attempts, read through core/settings.py (defaults and meaning: docs/settings.md)
+EC2_DEADLINE_ENV = settings.EC2_CONSISTENCY_S  # how long a new EC2 resource may stay unseen
+IAM_DEADLINE_ENV = settings.IAM_CONSISTENCY_S  # how long a new role / instance profile may
+MAX_ATTEMPTS_ENV = settings.AWS_MAX_ATTEMPTS  # botocore's attempts per request for throttling/5xx
+BACKOFF_CAP_ENV = settings.AWS_RETRY_CAP_S  # the longest sleep between two tries
 
 # what botocore's standard mode retries by itself; named here for the one line when it gave up
 THROTTLE_ERRORS = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "ThrottledException",
@@ -41,22 +42,9 @@ THROTTLE_ERRORS = {"RequestLimitExceeded", "Throttling", "ThrottlingException", 
                    "EC2ThrottledException", "BandwidthLimitExceeded"}
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise AWSError(f"{name}={raw!r}: expected a number of seconds — fix or unset it") from None
-    if value < 0:
-        raise AWSError(f"{name}={raw!r}: expected a number of seconds >= 0 — fix or unset it")
-    return value
-
-
 def max_attempts() -> int:
     """botocore's attempts per request (the first one included) before a throttle is an error."""
-    return max(1, int(_env_float(MAX_ATTEMPTS_ENV, 10)))
+    return settings.aws_max_attempts()
 
 
 @dataclass(frozen=True)
@@ -65,8 +53,7 @@ class Transient:
 
     what: str  # "the new security group": for the waiting line and the final one
     codes: frozenset
-    deadline_env: str
-    default_s: float
+    deadline_env: str  # its default is in core/settings.py
     messages: tuple = ()  # when set, the error message must contain one of them too (case-insensitive)
 
     def matches(self, err: ClientError) -> bool:
@@ -75,16 +62,16 @@ class Transient:
         return code in self.codes and (not self.messages or any(m.lower() in text.lower() for m in self.messages))
 
     def deadline_s(self) -> float:
-        return _env_float(self.deadline_env, self.default_s)
+        return settings.aws_seconds(self.deadline_env)
 
 
-NEW_INSTANCE = Transient("the new instance", frozenset({"InvalidInstanceID.NotFound"}), EC2_DEADLINE_ENV, 120)
-NEW_GROUP = Transient("the new security group", frozenset({"InvalidGroup.NotFound"}), EC2_DEADLINE_ENV, 120)
-NEW_KEY = Transient("the new key pair", frozenset({"InvalidKeyPair.NotFound"}), EC2_DEADLINE_ENV, 120)
+NEW_INSTANCE = Transient("the new instance", frozenset({"InvalidInstanceID.NotFound"}), EC2_DEADLINE_ENV)
+NEW_GROUP = Transient("the new security group", frozenset({"InvalidGroup.NotFound"}), EC2_DEADLINE_ENV)
+NEW_KEY = Transient("the new key pair", frozenset({"InvalidKeyPair.NotFound"}), EC2_DEADLINE_ENV)
 # RunInstances: "Value (x) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"
-NEW_PROFILE = Transient("the new instance profile", frozenset({"InvalidParameterValue"}), IAM_DEADLINE_ENV, 300,
+NEW_PROFILE = Transient("the new instance profile", frozenset({"InvalidParameterValue"}), IAM_DEADLINE_ENV,
                         messages=("instance profile", "iamInstanceProfile"))
-NEW_ROLE = Transient("the new role", frozenset({"NoSuchEntity"}), IAM_DEADLINE_ENV, 300)
+NEW_ROLE = Transient("the new role", frozenset({"NoSuchEntity"}), IAM_DEADLINE_ENV)
 
 
 def retry(call: Callable[[], T], *transients: Transient, what: str,
@@ -92,7 +79,7 @@ def retry(call: Callable[[], T], *transients: Transient, what: str,
     """``call()``, again with backoff while it fails with one of ``transients``, until that one's deadline
     (counted from its first refusal); then one AWSError line. Any other error is raised at once."""
     first: dict[Transient, float] = {}
-    delay, cap = 0.25, _env_float(BACKOFF_CAP_ENV, 5.0)
+    delay, cap = 0.25, settings.aws_seconds(BACKOFF_CAP_ENV)
     while True:
         try:
             return call()

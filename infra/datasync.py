@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from core.errors import SyncError
 from infra import manifest as tree
 from infra.host import Host
 from infra.sync import _delete_remote, _human, _manifest_tool
-from launcher.errors import SyncError
 from trainer.data import FILES, check_file, locate
 
 

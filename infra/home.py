@@ -16,12 +16,13 @@ from typing import Optional
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from core import settings
 from infra.safepath import safe_join
 from infra.store import check_run_id
 
 
 def launch_home() -> Path:
-    home = Path(os.environ.get("MNIST_LAUNCH_HOME") or "~/.mnist-launch").expanduser()
+    home = Path(settings.launch_home()).expanduser()
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     return home
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Optional
 
+from core.errors import SetupError
 from infra.host import Host
-from launcher.errors import SetupError
 
 RECIPE_VERSION = 2  # bump when the way the venv is built changes: every host rebuilds once
 STAMP = ".mnist-launch-setup"

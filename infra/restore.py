@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.errors import RunError
 from infra.safepath import UnsafePathError, safe_join
 from infra.store import CHECKPOINTS, MARKER, ArtifactStore, latest_stored_checkpoint
-from trainer.errors import RunError
 
 RUN_FILES = ("config.yaml", "meta.json", "events.jsonl", "train.log", "model.safetensors")
 

@@ -21,9 +21,9 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+from core.errors import AWSError, RunError
 from infra.aws import Clients, aws_errors, error_code, parse_s3_uri
 from infra.store import check_run_id, store_target
-from launcher.errors import AWSError, RunError
 
 # A missing key answers NoSuchKey to GET and a bare 404 to HEAD, when the caller may list the bucket.
 # When it may not (s3:ListBucket on that prefix), S3 answers 403 instead, as for a key it may not read:

@@ -24,11 +24,12 @@ from typing import BinaryIO, Optional
 
 import paramiko
 
+from core import settings
+from core.errors import SSHError
 from infra.home import known_hosts_path
 from infra.host import Completed
-from launcher.errors import SSHError
 
-ENDPOINT_ENV = "MNIST_LAUNCH_SSH_ENDPOINT"
+ENDPOINT_ENV = settings.SSH_ENDPOINT
 # paramiko logs a dropped connection with a traceback; our errors say it in one line instead
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
@@ -64,7 +65,7 @@ def parse_endpoint(text: str, default_user: str) -> Endpoint:
 
 def endpoint_for(host: Optional[str], user: str, port: int = 22) -> Endpoint:
     """Where to connect: MNIST_LAUNCH_SSH_ENDPOINT if set, else the instance's own address."""
-    override = os.environ.get(ENDPOINT_ENV)
+    override = settings.ssh_endpoint()
     if override:
         return parse_endpoint(override, user)
     if not host:

@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Protocol
 
+from core.errors import ConfigError, RunError
 from infra.safepath import UnsafePathError, check_name, safe_join
-from trainer.errors import ConfigError, RunError
 
 if TYPE_CHECKING:
     from infra.host import Host

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Optional, cast
 
+from core.errors import LaunchError, SyncError
 from infra import manifest as tree
 from infra.host import Host
-from launcher.errors import LaunchError, SyncError
 
 Manifest = dict[str, dict[str, Any]]
 

@@ -9,7 +9,6 @@ a traceback only with ``MNIST_LAUNCH_DEBUG=1``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from launcher.errors import ConfigError, LaunchError
+from core import settings
+from core.errors import ConfigError, LaunchError
 
 if TYPE_CHECKING:
     from infra.store import RunFiles
@@ -113,7 +113,7 @@ def _train_remote(config: Optional[Path], overrides: list[str], store: Optional[
     if not config:
         raise ConfigError("no config given — pass a recipe such as configs/model3.yaml (see `mnist-launch models`)")
     from launcher.remote import ReconnectingRun, RemoteRequest, start_remote_run
-    from trainer.config import load_config
+    from core.config import load_config
 
     if recover and not (store or load_config(str(config), overrides).store or "").startswith("s3://"):
         raise ConfigError("--recover/--spot resume a lost run from its checkpoints in S3 — pass --store s3://bucket/prefix")
@@ -375,7 +375,7 @@ def _usage_errors() -> tuple:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    debug = os.environ.get("MNIST_LAUNCH_DEBUG") == "1"
+    debug = settings.debug()
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="mnist-launch")
         return rc if isinstance(rc, int) else 0  # typer.Exit(n) comes back as n without standalone mode

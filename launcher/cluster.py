@@ -25,6 +25,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from core import settings
+from core.config import LaunchConfig, check_location, format_error, read_yaml
+from core.errors import AWSError, ConfigError, LaunchError, SSHError
 from infra import home
 from infra.aws import (
     DEFAULT_REGION,
@@ -41,16 +44,7 @@ from infra.aws import (
 )
 from infra.prices import PRICES_DATE, PRICES_REGION, cost_so_far, hourly_price
 from infra.ssh import HostKeyChangedError, KeyRefusedError, SSHHost, endpoint_for, public_key_of, wait_for_banner
-from launcher.errors import AWSError, ConfigError, LaunchError, SSHError
-from trainer.config import LaunchConfig, _format_error, check_location, read_yaml
 
-SSH_CIDR_ENV = "MNIST_LAUNCH_SSH_CIDR"  # like --ssh-cidr, for CI and machines without internet
-# where the autostop watcher lives on the instance; tests point it into a temporary folder
-AUTOSTOP_HOME_ENV = "MNIST_LAUNCH_AUTOSTOP_HOME"
-# "0": `up` does not install the watcher (tests whose "instance" is this very machine)
-AUTOSTOP_INSTALL_ENV = "MNIST_LAUNCH_AUTOSTOP_INSTALL"
-# passed on to the watcher when set here: tests replace its shutdown and let it ignore their SSH sessions
-AUTOSTOP_FORWARD_ENV = ("MNIST_LAUNCH_SHUTDOWN_CMD", "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH", "MNIST_LAUNCH_AUTOSTOP_POLL")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 
 
@@ -126,7 +120,7 @@ def launch_settings(config_path: Optional[str], flags: dict) -> tuple[LaunchConf
         if field in given and field != "env" and first["type"] == "value_error":
             msg = first["msg"].removeprefix("Value error, ")
             raise ConfigError(f"--{field.replace('_', '-')} {given[field]!r}: {msg} — fix it and run again") from None
-        raise ConfigError(f"{where}: {_format_error(err)} — fix it and run again") from None
+        raise ConfigError(f"{where}: {format_error(err)} — fix it and run again") from None
     store = flags.get("store") or store
     if store is not None:
         check_location(str(store), "--store" if flags.get("store") else f"{where}: store")
@@ -242,7 +236,7 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
     region = default_region(launch.region)
     timeout_s = parse_duration(launch.timeout, "--timeout") or 900.0
     autostop_s = parse_duration(launch.autostop, "--autostop")
-    cidr = validate_cidr(launch.ssh_cidr or os.environ.get(SSH_CIDR_ENV) or caller_cidr())
+    cidr = validate_cidr(launch.ssh_cidr or settings.ssh_cidr() or caller_cidr())
     # a cluster made with --identity keeps using that key when the flag is left out later
     identity = launch.identity or home.read_cluster_cache(name).get("identity")
     key = identity_for(identity, create=not req.dry_run)
@@ -306,7 +300,7 @@ def warn_autostop_off(instance_type: str, console: Console) -> None:
 
 
 def autostop_home() -> str:
-    return os.environ.get(AUTOSTOP_HOME_ENV) or "~/.mnist-launch"
+    return settings.autostop_home()  # where the watcher lives on the instance; tests point it into a temporary folder
 
 
 def setup_autostop(inst: InstanceInfo, key: Path, autostop_s: Optional[float], launch: LaunchConfig,
@@ -317,13 +311,13 @@ def setup_autostop(inst: InstanceInfo, key: Path, autostop_s: Optional[float], l
     from infra.autostop_setup import install_autostop
 
     again = f"run `mnist-launch up --name {inst.name}` again"
-    if os.environ.get(AUTOSTOP_INSTALL_ENV) == "0":
-        console.print(f"[yellow]warning:[/] autostop watcher not installed on {inst.id} ({AUTOSTOP_INSTALL_ENV}=0)")
+    if not settings.autostop_install():  # tests whose "instance" is this very machine
+        console.print(f"[yellow]warning:[/] autostop watcher not installed on {inst.id} ({settings.AUTOSTOP_INSTALL}=0)")
         return None
-    env = {k: os.environ[k] for k in AUTOSTOP_FORWARD_ENV if os.environ.get(k)}
+    env = settings.autostop_forwarded_env()  # tests replace its shutdown and let it ignore their SSH sessions
     jobs = sorted({"~/mnist-launch/jobs", f"{launch.remote_dir.rstrip('/')}/jobs"})
     try:
-        poll = float(env.pop("MNIST_LAUNCH_AUTOSTOP_POLL", 30))
+        poll = settings.autostop_poll()
         with SSHHost(endpoint_for(inst.public_ip, inst.user), key, alias=inst.id) as host:
             how = install_autostop(host, autostop_s, remote_home_dir=autostop_home(), jobs_dirs=jobs, env=env, poll_s=poll)
     except (LaunchError, OSError, EOFError, ValueError, paramiko.SSHException) as err:

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from core import settings
+from core.config import Config, apply_overrides, config_to_yaml, load_config, redact_argv, validate_config
+from core.errors import ConfigError, RunError
 from infra.host import Host, LocalHost
 from infra.store import HostRun, LocalStore, RunFiles, StoreRun, open_store, valid_run_id
-from launcher.errors import ConfigError, RunError
-from trainer.config import Config, apply_overrides, config_to_yaml, load_config, redact_argv, validate_config
 from trainer.data import check_dir
 from trainer.precision import cuda_capability, resolve_mixed_precision
 
@@ -75,7 +76,7 @@ def code_revision() -> Optional[str]:
 
 
 def resolve_data_dir(flag: Optional[str], cfg: Config) -> str:
-    chosen = flag or cfg.data.dir or os.environ.get("MNIST_LAUNCH_DATA") or DEFAULT_DATA_DIR
+    chosen = flag or cfg.data.dir or settings.data_dir() or DEFAULT_DATA_DIR
     return str(Path(chosen).expanduser().resolve())
 
 

@@ -30,15 +30,15 @@ from typing import Callable, Optional
 import paramiko
 from rich.console import Console
 
+from core.config import Config, config_to_yaml, load_config
+from core.errors import ConfigError, RunError, SSHError
 from infra import home
 from infra.datasync import fetch_mnist, ship_mnist
 from infra.remote_setup import ensure_env
 from infra.ssh import HostKeyChangedError, KeyRefusedError, SSHHost
 from infra.store import HostRun, RunFiles, StoreRun, open_store
 from infra.sync import sync_workdir
-from launcher.errors import ConfigError, RunError, SSHError
 from launcher.orchestrator import PROJECT_ROOT, TERMINAL, _valid_run_id, code_revision, new_run_id, resolve_data_dir
-from trainer.config import Config, config_to_yaml, load_config
 from trainer.data import check_dir
 
 @dataclass
@@ -86,7 +86,7 @@ def check_flags(req: RemoteRequest, cfg: Config) -> Config:
     checked by the same rules as the config file before anything runs; the config with them applied."""
     from pydantic import ValidationError
 
-    from trainer.config import LaunchConfig, _format_error, check_location
+    from core.config import LaunchConfig, check_location, format_error
 
     update = {k: v for k, v in (("name", req.name), ("instance", req.instance), ("identity", req.identity),
                                 ("ami", req.ami)) if v}
@@ -95,7 +95,7 @@ def check_flags(req: RemoteRequest, cfg: Config) -> Config:
             launch = LaunchConfig.model_validate({**cfg.launch.model_dump(), **update})
         except ValidationError as err:
             flags = ", ".join(f"--{k}" for k in update)
-            raise ConfigError(f"{flags}: {_format_error(err)} — fix it and run again") from None
+            raise ConfigError(f"{flags}: {format_error(err)} — fix it and run again") from None
         cfg = cfg.model_copy(update={"launch": launch})
     if req.store:
         check_location(req.store, "--store")
@@ -284,7 +284,7 @@ def _in_parallel(timings: dict[str, float], jobs: list[tuple[str, Callable[[], o
 def _argv() -> list[str]:
     import sys
 
-    from trainer.config import redact_argv
+    from core.config import redact_argv
 
     return redact_argv(sys.argv[1:])
 

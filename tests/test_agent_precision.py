@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from core.errors import ConfigError
 from infra.agent import accelerate_command, main as agent_main
-from launcher.errors import ConfigError
 from launcher.orchestrator import LocalRequest, start_run
 
 

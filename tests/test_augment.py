@@ -5,8 +5,8 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from core.config import AugmentConfig
 from trainer.augment import MEAN, STD, BatchAugment, inverse_affine, normalize, warp
-from trainer.config import AugmentConfig
 
 
 def images(n=64, seed=0):

@@ -10,11 +10,11 @@ import urllib.request
 import boto3
 import pytest
 
+from core.errors import AWSError
 from infra.aws import AWSProvider, Clients, ClusterSpec
 from infra.home import ensure_default_key
 from infra.s3 import S3Store
 from infra.ssh import public_key_of
-from launcher.errors import AWSError
 from tests.aws_helpers import fake_aws_env, nothing_left, start_moto_server, ubuntu_ami
 from tests.strict_aws import PROFILE_REFUSAL, StrictAWS, every_fault, light_schedule
 

@@ -9,6 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from core.errors import AWSError, ConfigError
 from infra.aws import (
     TAG_CLUSTER,
     TAG_MANAGED,
@@ -25,7 +26,6 @@ from infra.aws import (
 )
 from infra.home import ensure_default_key
 from infra.ssh import public_key_of
-from launcher.errors import AWSError, ConfigError
 from tests.aws_helpers import fake_aws_env, install_recorder, published_image, ubuntu_ami
 
 REGION = "us-east-1"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
+from core.errors import AWSError
 from infra.aws_retry import IAM_DEADLINE_ENV, NEW_GROUP, NEW_PROFILE, retry
-from launcher.errors import AWSError
 
 
 def refusal(code: str, message: str = "", op: str = "RunInstances") -> ClientError:

@@ -93,7 +93,7 @@ def test_pruned_checkpoints_leave_the_store_too(store, tmp_path):
 
 
 def test_bytes_that_do_not_read_back_as_sent_are_an_error_and_no_manifest_follows(store, tmp_path):
-    from launcher.errors import RunError
+    from core.errors import RunError
 
     run = tmp_path / "run"
     checkpoint(run, 1)

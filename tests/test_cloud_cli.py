@@ -16,9 +16,9 @@ import typer
 from moto import mock_aws
 from typer.testing import CliRunner
 
+from core.errors import LaunchError
 from infra.aws import TAG_MANAGED, AWSProvider, Clients, ClusterSpec
 from launcher.cloud_cli import register
-from launcher.errors import LaunchError
 from tests.aws_helpers import fake_aws_env, install_recorder, published_image, ubuntu_ami
 from tests.sshd_fixture import sshd  # noqa: F401
 

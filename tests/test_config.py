@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import load_config
-from trainer.errors import ConfigError
+from core.config import load_config
+from core.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 

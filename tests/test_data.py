@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import DataError
 from trainer.data import check_dir, epoch_batches, load_mnist, locate, steps_per_epoch, write_idx
-from trainer.errors import DataError
 
 
 def make_dir(root, n_train=20, n_test=10, compress=True, layout="flat"):

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import DataError, SyncError
 from infra.datasync import ship_mnist
 from infra.host import LocalHost
-from launcher.errors import SyncError
 from trainer.data import load_mnist, write_idx
-from trainer.errors import DataError
 
 NAMES = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
          "train-labels-idx1-ubyte.gz"]

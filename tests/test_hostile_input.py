@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.errors import ConfigError
-from trainer.config import load_config
+from core.config import load_config
+from core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

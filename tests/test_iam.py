@@ -20,6 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from core.errors import AWSError
 from infra.aws import (
     AWSProvider,
     Clients,
@@ -31,7 +32,6 @@ from infra.aws import (
 from infra.home import ensure_default_key
 from infra.s3 import S3Store
 from infra.ssh import public_key_of
-from launcher.errors import AWSError
 from tests import iam_world
 from tests.aws_helpers import (
     fake_aws_env,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainer.errors import ConfigError
+from core.errors import ConfigError
 from trainer.precision import cuda_capability, resolve_mixed_precision
 
 

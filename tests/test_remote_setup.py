@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import SetupError
 from infra.host import LocalHost
 from infra.remote_setup import STAMP, ensure_env, inputs_hash, project_requirements
 from infra.ssh import Endpoint, SSHHost
-from launcher.errors import SetupError
 
 # satisfied by the interpreter's own site-packages: pip adds nothing and needs no network
 PRESENT = ["pyyaml>=6"]

@@ -75,7 +75,7 @@ def test_a_run_lost_with_its_host_resumes_from_the_store_and_ends_the_same(small
 def test_no_complete_checkpoint_in_the_store_is_one_clear_error(tmp_path):
     import pytest
 
-    from trainer.errors import RunError
+    from core.errors import RunError
 
     store = LocalStore(tmp_path / "store")
     folder = store.run_dir("r") / "checkpoints" / "epoch_001"

@@ -13,10 +13,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
+from core.errors import AWSError, ConfigError, RunError
 from infra.aws import Clients
 from infra.s3 import S3Store, content_type, s3_error
 from infra.store import open_store
-from launcher.errors import AWSError, ConfigError, RunError
 from tests.aws_helpers import fake_aws_env, moto_bucket
 
 BUCKET = "artifacts"

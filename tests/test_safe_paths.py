@@ -16,11 +16,11 @@ from pathlib import Path
 import boto3
 import pytest
 
+from core.errors import ConfigError, RunError, SyncError
 from infra.host import LocalHost
-from infra.safepath import UnsafePathError, check_name, safe_join
 from infra.s3 import S3Store
+from infra.safepath import UnsafePathError, check_name, safe_join
 from infra.store import LocalStore, latest_stored_checkpoint
-from launcher.errors import ConfigError, RunError, SyncError
 from tests.aws_helpers import fake_aws_env, moto_bucket
 
 BUCKET = "artifacts"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.config import AWS_ENV_ALLOWED, REDACTED, config_to_yaml, load_config, redact_argv
+from core.errors import ConfigError
 from infra.host import LocalHost
-from launcher.errors import ConfigError
-from trainer.config import AWS_ENV_ALLOWED, REDACTED, config_to_yaml, load_config, redact_argv
 
 SECRET = "hunter2-s3cr3t"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from core.errors import SSHError
 from infra.home import ensure_default_key
 from infra.ssh import Endpoint, SSHHost, endpoint_for, parse_endpoint, public_key_of, wait_for_banner
-from launcher.errors import SSHError
 from tests.sshd_fixture import sshd  # noqa: F401
 
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from core.errors import SSHError
 from infra.ssh import Endpoint, SSHHost, wait_for_banner
-from launcher.errors import SSHError
 from tests.sshd_fixture import stop_sshd
 from tests.strict_instance import strict_instance
 

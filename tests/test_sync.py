@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import LaunchError, SyncError
 from infra.host import LocalHost
 from infra.manifest import ALWAYS_IGNORED, compile_rules, delete, is_ignored
 from infra.sync import _MAX_ARG_BYTES, SyncReport, _batches, plan_sync, sync_workdir
-from launcher.errors import LaunchError, SyncError
 
 
 class CountingHost:

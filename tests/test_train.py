@@ -159,7 +159,7 @@ def test_compare_puts_runs_side_by_side_with_an_overlay_plot(small_mnist, tmp_pa
 
 
 def test_the_step_throttle_is_read_from_the_environment(monkeypatch):
-    from trainer.errors import RunError
+    from core.errors import RunError
     from trainer.train import step_delay
 
     monkeypatch.delenv("MNIST_LAUNCH_STEP_DELAY", raising=False)

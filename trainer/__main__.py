@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from trainer.errors import LaunchError
+from core.errors import LaunchError
 
 
 def main(argv: list[str] | None = None) -> int:

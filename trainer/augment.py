@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from trainer.config import AugmentConfig
+from core.config import AugmentConfig
 
 MEAN, STD = 0.1307, 0.3081  # MNIST training-set pixel statistics (the seeds' Normalize)
 

@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from trainer.errors import DataError
+from core.errors import DataError
 
 FILES = {
     "train_images": ("train-images-idx3-ubyte", 2051, 60000),

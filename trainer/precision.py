@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from trainer.errors import ConfigError
+from core.errors import ConfigError
 
 CHOICES = ("auto", "no", "fp16", "bf16")
 

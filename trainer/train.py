@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from core import settings
+from core.config import Config, config_from_yaml
+from core.errors import DataError, RunError
 from trainer.augment import BatchAugment, normalize
-from trainer.config import Config, config_from_yaml
 from trainer.data import epoch_batches, load_mnist, steps_per_epoch
-from trainer.errors import DataError, RunError
 from trainer.events import EVENTS_FILE, EventWriter
 from trainer.models import build_model, count_params, summarize
 from trainer.precision import cuda_capability, resolve_mixed_precision
@@ -35,20 +36,10 @@ CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"  # written last: a checkpoint without it is incomplete and never resumed
 PREEMPTED_EXIT = 75  # the trainer saved a checkpoint on request (SIGUSR1) and stopped: resume continues it
 CHECK_EVERY_MULTI = 10  # with several ranks, the signal flags are agreed on (all-reduced) every N steps
-STEP_DELAY_ENV = "MNIST_LAUNCH_STEP_DELAY"  # seconds slept after each step: a throttle for tests and demos
+STEP_DELAY_ENV = settings.STEP_DELAY  # seconds slept after each step: a throttle for tests and demos
 
 
-def step_delay() -> float:
-    """The throttle from MNIST_LAUNCH_STEP_DELAY (0 when unset): it lets a test interrupt a short run
-    at a known point on any machine, however fast, instead of racing it."""
-    raw = os.environ.get(STEP_DELAY_ENV, "").strip()
-    if not raw:
-        return 0.0
-    try:
-        delay = float(raw)
-    except ValueError:
-        raise RunError(f"{STEP_DELAY_ENV}={raw!r} is not a number of seconds — unset it or give e.g. 0.2") from None
-    return max(delay, 0.0)
+step_delay = settings.step_delay  # MNIST_LAUNCH_STEP_DELAY (core/settings.py)
 
 
 class Preempted(Exception):

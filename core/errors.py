@@ -2,7 +2,7 @@
 
 Every failure a user can fix raises a ``LaunchError`` subclass whose message says what is
 wrong and what to do; the CLI prints ``error: <message>`` and exits non-zero. Anything else is
-a bug and only shows a traceback with ``MNIST_LAUNCH_DEBUG=1``.
+a bug and only shows a traceback with ``MNIST_LAUNCH_DEBUG=1`` (``core.settings.debug()``).
 
     raise ConfigError("configs/x.yaml: train.lr: must be > 0 (got -1)")
 """
@@ -26,3 +26,22 @@ class DataError(LaunchError):
 
 class RunError(LaunchError):
     """A run cannot be found, started, resumed or cancelled."""
+
+
+class AWSError(LaunchError):
+    """An AWS call failed in a way the user can act on (credentials, quota, capacity, access)."""
+
+
+class SSHError(LaunchError):
+    """The instance cannot be reached or refuses us (auth, host key, network)."""
+
+
+class SyncError(LaunchError):
+    """Mirroring the workdir to a host failed there (no python3, a path that is not a directory, permissions)."""
+
+
+class SetupError(LaunchError):
+    """Building a run's Python environment on a host failed (no interpreter, pip install)."""
+
+
+__all__ = ["AWSError", "ConfigError", "DataError", "LaunchError", "RunError", "SSHError", "SetupError", "SyncError"]

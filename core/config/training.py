@@ -1,0 +1,129 @@
+"""The training sections of a run's config: model, augmentation, optimizer, scheduler, loop.
+
+Owned by the trainer (trainer/ reads them; the launcher only passes them on). ``MODEL_NAMES`` is
+the zoo's names as the config accepts them; trainer/models.py builds one model per name
+(tests/unit/test_layers.py checks that the two agree).
+
+    train: {epochs: 15, batch_size: 128, mixed_precision: auto}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import Field, field_validator
+
+from core.config.base import Range, Section
+
+# the `model:` names (trainer.models.MODELS has one entry for each)
+MODEL_NAMES = ("model1", "model2", "model3", "model4", "fc_baseline", "fc_dropout", "one_epoch", "gap_19k", "record")
+
+
+class AugmentConfig(Section):
+    """Batched on-device augmentation; each field means what it means in torchvision."""
+
+    rotation: Union[float, Range] = 0.0  # RandomRotation(degrees): d -> uniform(-d, d) degrees, counter-clockwise
+    rotation_p: float = Field(1.0, ge=0, le=1)  # probability of the rotation (RandomApply); 1 = always
+    translate: Range = (0.0, 0.0)  # RandomAffine(translate=(a, b)): shift up to a*width, b*height pixels, rounded
+    scale: Range = (1.0, 1.0)  # RandomAffine(scale=(lo, hi)): zoom factor uniform in [lo, hi]
+    shear: Union[float, Range] = 0.0  # RandomAffine(shear=s): x-shear uniform(-s, s) degrees (or (lo, hi))
+    crop_p: float = Field(0.0, ge=0, le=1)  # RandomApply([CenterCrop(crop_size)], p) then Resize(28)
+    crop_size: int = Field(22, ge=4, le=28)  # CenterCrop side in pixels before resizing back to 28
+    brightness: float = Field(0.0, ge=0, lt=1)  # ColorJitter(brightness=b): factor uniform [1-b, 1+b]
+    contrast: float = Field(0.0, ge=0, lt=1)  # ColorJitter(contrast=c): blend with the image mean, factor in [1-c, 1+c]
+    fill: float = Field(0.0, ge=0, le=255)  # pixel value (0-255, like fill= on a PIL image) for uncovered areas
+
+    @field_validator("rotation", "translate", "scale", "shear", mode="before")
+    @classmethod
+    def _none_is_off(cls, v: Any, info: Any) -> Any:
+        """null means "off", as ``translate=None`` / ``scale=None`` do in torchvision's RandomAffine."""
+        return cls.model_fields[info.field_name].default if v is None else v
+
+    @field_validator("rotation", "shear")
+    @classmethod
+    def _symmetric(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)):
+            if v < 0:
+                raise ValueError("must be >= 0 (a single value d means the range (-d, d))")
+            return float(v)
+        return v
+
+    @field_validator("translate")
+    @classmethod
+    def _translate(cls, v: Range) -> Range:
+        if not all(0.0 <= t <= 1.0 for t in v):
+            raise ValueError("each fraction must be within [0, 1]")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: Range) -> Range:
+        if not (0 < v[0] <= v[1]):
+            raise ValueError("must be (lo, hi) with 0 < lo <= hi")
+        return v
+
+    @property
+    def active(self) -> bool:
+        return (
+            self.rotation_range != (0.0, 0.0)
+            or self.translate != (0.0, 0.0)
+            or self.scale != (1.0, 1.0)
+            or self.shear_range != (0.0, 0.0)
+            or self.crop_p > 0
+            or self.brightness > 0
+            or self.contrast > 0
+        )
+
+    @property
+    def rotation_range(self) -> Range:
+        r = self.rotation
+        return (-r, r) if isinstance(r, float) else tuple(r)  # type: ignore[return-value]
+
+    @property
+    def shear_range(self) -> Range:
+        s = self.shear
+        return (-s, s) if isinstance(s, float) else tuple(s)  # type: ignore[return-value]
+
+
+class OptimizerConfig(Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"  # torch.optim class
+    lr: float = Field(0.01, gt=0)  # base learning rate (OneCycle starts from max_lr/div_factor instead)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
+    nesterov: bool = False  # SGD only
+    weight_decay: float = Field(0.0, ge=0)  # L2 penalty as torch applies it (decoupled for adamw)
+
+
+class SchedulerConfig(Section):
+    name: Literal["none", "step", "onecycle", "plateau", "cosine"] = "none"
+    # step (StepLR, stepped per epoch)
+    step_size: int = Field(1, ge=1)  # epochs between decays
+    gamma: float = Field(0.1, gt=0, le=1)  # decay factor
+    # onecycle (OneCycleLR, stepped per batch)
+    max_lr: Optional[float] = Field(None, gt=0)  # peak learning rate; default optimizer.lr
+    pct_start: float = Field(0.3, gt=0, lt=1)  # fraction of the steps spent warming up
+    div_factor: float = Field(25.0, gt=0)  # initial lr = max_lr / div_factor
+    final_div_factor: float = Field(1e4, gt=0)  # final lr = initial lr / final_div_factor
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+    three_phase: bool = False
+    # plateau (ReduceLROnPlateau on test accuracy, stepped per epoch)
+    mode: Literal["max", "min"] = "max"  # max: watches test accuracy; min: watches test loss
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(10, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(1, ge=1, le=1000)  # passes over the training set
+    batch_size: int = Field(128, ge=1)  # images per step per process (the seeds' batch_size)
+    eval_batch_size: int = Field(2000, ge=1)  # test-set batch; larger is faster and changes nothing
+    seed: int = Field(1, ge=0)  # seeds the permutation, augmentation, init and dropout: same seed, same run
+    # autocast dtype via Accelerate, chosen where training runs (trainer/precision.py): auto -> no on
+    # CPU (bf16 there is 7.5x slower), fp16 on GPUs before compute capability 8.0 (T4, V100), bf16 on
+    # 8.0+ (A10G, L4, A100, H100); no / fp16 / bf16 force one (fp16 needs a GPU)
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    target_accuracy: Optional[float] = Field(None, gt=0, le=1)  # stop once test accuracy reaches it
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # CrossEntropyLoss(label_smoothing=...)
+    keep_checkpoints: int = Field(2, ge=1)  # last K per-epoch checkpoints kept (plus the best)
+    channels_last: bool = True  # memory format for convolutions (faster with cuDNN; harmless on CPU)
+    compile: bool = False  # torch.compile the model (pays a warm-up; see BENCHMARKS.md)
+    log_every: int = Field(20, ge=1)  # steps between progress events
