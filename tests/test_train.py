@@ -1,8 +1,10 @@
 """Real `accelerate launch` runs through the agent, on small IDX files cut from the real MNIST."""
 
 import io
+import itertools
 import json
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -44,7 +46,7 @@ def process_tree(pid):
     tree = {}
     for p in [pid, *descendants(pid)]:
         try:
-            tree[p] = open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")
+            tree[p] = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
         except OSError:
             pass  # gone meanwhile
     return tree
@@ -52,7 +54,7 @@ def process_tree(pid):
 
 def is_rank(argv):
     """A training process started by torchrun (`python -u -m trainer ...`), not `accelerate launch` itself."""
-    return any(a == b"-m" and b == b"trainer" for a, b in zip(argv, argv[1:])) \
+    return any(pair == (b"-m", b"trainer") for pair in itertools.pairwise(argv)) \
         and not any(b"accelerate" in a for a in argv)
 
 
