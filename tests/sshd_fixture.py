@@ -56,11 +56,13 @@ def _keygen(path: Path) -> str:
 
 
 def start_sshd(root: Path, extra_config: tuple[str, ...] = (), authorized_keys: Optional[Path] = None,
-               user: Optional[str] = None) -> SSHD:
+               user: Optional[str] = None, home: Optional[Path] = None) -> SSHD:
     """``extra_config``: more sshd_config lines, e.g. ``SetEnv K=V`` to give sessions what an
     instance's environment would have (its role's endpoint, in tests moto's). ``user`` logs in
     instead of the current one, with the client key in ``authorized_keys`` (a file that user can read:
-    sshd reads it as the user)."""
+    sshd reads it as the user). ``home``: the sessions' home instead of the user's own (``$HOME`` for
+    commands, the starting folder for SFTP), so a test writing to ``~`` writes under its tmp folder
+    (sshd takes the first SetEnv line only: not with a SetEnv in ``extra_config``)."""
     exe = shutil.which("sshd") or next((p for p in SSHD_CANDIDATES if os.path.exists(p)), None)
     if exe is None or shutil.which("ssh-keygen") is None:
         why = "OpenSSH sshd is not installed (apt-get install -y openssh-server)"
@@ -90,7 +92,8 @@ def start_sshd(root: Path, extra_config: tuple[str, ...] = (), authorized_keys: 
         "PermitRootLogin prohibit-password",
         "StrictModes no",
         "UsePAM no",
-        "Subsystem sftp internal-sftp",
+        f"Subsystem sftp internal-sftp -d {home}" if home else "Subsystem sftp internal-sftp",
+        *([f"SetEnv HOME={home}"] if home else []),
         "LogLevel VERBOSE",
         *extra_config,
         "",
