@@ -57,6 +57,7 @@ def test_a_run_lost_with_its_host_resumes_from_the_store_and_ends_the_same(small
     # the agent has uploaded a whole checkpoint (files, then its manifest): the plug is pulled at once
     wait_until(lambda: latest_stored_checkpoint(store, "lost"), "the agent uploaded no complete checkpoint")
     status = read_status(lost.run_dir)
+    assert status["state"] == "running", f"the store had no checkpoint while the run ran: {status}"
     os.killpg(os.getpgid(status["trainer_pid"]), signal.SIGKILL)  # the instance is gone: nothing ends cleanly
     os.kill(status["agent_pid"], signal.SIGKILL)
     wait_until(lambda: not LocalHost().is_alive(status["agent_pid"]), "the agent outlived SIGKILL")

@@ -78,9 +78,11 @@ def test_two_process_run_trains_shards_and_checkpoints(small_mnist, tmp_path):
     best = summary["best_epoch"]
     assert "epoch_002" in ckpts and set(ckpts) <= {"epoch_002", f"epoch_{best:03d}"}  # last K=1 plus the best
     assert (d / "checkpoints" / "epoch_002" / "checkpoint.json").is_file()
-    assert load_file(str(d / "model.safetensors"))  # best weights
+    weights, kept = load_file(str(d / "model.safetensors")), load_file(str(d / f"checkpoints/epoch_{best:03d}/model.safetensors"))
+    assert weights.keys() == kept.keys() and all(weights[k].equal(kept[k]) for k in kept)  # the best epoch's
     assert (d / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert list((d / "tensorboard").rglob("events.out.tfevents.*"))
+    # TensorBoard holds each epoch's metrics (one scalar event per epoch and tag; read without tensorboard)
+    assert sum(p.read_bytes().count(b"test_accuracy") for p in (d / "tensorboard").rglob("events.out.tfevents.*")) == 2
     assert "Layer (type)" in (d / "train.log").read_text()
     assert "finished" in text
 
