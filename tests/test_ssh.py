@@ -6,7 +6,6 @@ import io
 import stat
 import tarfile
 import time
-from pathlib import Path
 
 import paramiko
 import pytest
