@@ -11,7 +11,9 @@ The instance's InstanceInitiatedShutdownBehavior (stop or terminate) decides wha
     python3 autostop.py --idle 1800 --jobs-dir ~/mnist-launch/jobs --state ~/.mnist-launch/autostop.json
 
 MNIST_LAUNCH_SHUTDOWN_CMD replaces the shutdown (run with sh -c; tests use `touch FILE`);
-MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH=1 ignores SSH sessions (tests run it under a test sshd).
+MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH=1 ignores SSH sessions (tests run it under a test sshd);
+MNIST_LAUNCH_AUTOSTOP_PROC names the folder of processes to look at instead of /proc (tests give
+each watcher one holding links to their own processes only: other tests' agents are not its business).
 """
 
 import argparse
@@ -23,6 +25,7 @@ import time
 
 SHUTDOWN_ENV = "MNIST_LAUNCH_SHUTDOWN_CMD"
 IGNORE_SSH_ENV = "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH"
+PROC_ENV = "MNIST_LAUNCH_AUTOSTOP_PROC"
 
 
 def decide(idle_since, active, now, autostop_s):
@@ -155,12 +158,13 @@ def main(argv=None):
         with open(os.path.expanduser(args.pid_file), "w") as f:
             f.write("%d\n" % os.getpid())
     ignore_ssh = os.environ.get(IGNORE_SSH_ENV, "") not in ("", "0")
+    proc_root = os.environ.get(PROC_ENV) or "/proc"
     idle_since = None
     while True:
         now = time.time()
         runs = active_runs(dirs)
-        agents = run_agents()
-        sessions = 0 if ignore_ssh else ssh_sessions()
+        agents = run_agents(proc_root)
+        sessions = 0 if ignore_ssh else ssh_sessions(proc_root)
         idle_since, idle_s, fire = decide(idle_since, bool(runs) or bool(agents) or sessions > 0, now, args.idle)
         write_state(state_path, {"idle_since": idle_since, "idle_seconds": round(idle_s, 1), "autostop_s": args.idle,
                                  "updated_at": now, "poll_s": args.poll, "active_runs": runs, "agents": len(agents),

@@ -47,6 +47,16 @@ def kill_all(script: Path) -> None:
             pass
 
 
+def own_procs(tmp_path: Path, *pids: int) -> dict[str, str]:
+    """The environment that makes a watcher look at ``pids`` (links to their /proc entries) instead of every
+    process here: another test's agent, running at the same time, would keep it busy."""
+    root = tmp_path / "proc"
+    root.mkdir(exist_ok=True)
+    for pid in pids:
+        (root / str(pid)).symlink_to(f"/proc/{pid}")
+    return {autostop.PROC_ENV: str(root)}
+
+
 def wait_for(pred, timeout: float = 15.0, step: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -92,8 +102,7 @@ def test_any_running_agent_keeps_the_host_up_whatever_its_run_folder(tmp_path):
     assert autostop.run_agents(str(tmp_path)) == [11]
     # and a real one: an agent process started here is found in /proc
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "infra.agent"])
-    try:
-        time.sleep(0.2)
+    try:  # Popen returns once the child has exec'd: its command line is already the one above
         assert proc.pid in autostop.run_agents()
     finally:
         proc.kill()
@@ -131,7 +140,7 @@ def test_active_runs_reads_markers_with_live_pids(tmp_path):
 
 def run_watcher(tmp_path: Path, idle: float, jobs: Path, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "MNIST_LAUNCH_SHUTDOWN_CMD": f"touch {tmp_path / 'shutdown'}",
-           "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1", **(env_extra or {})}
+           "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1", **own_procs(tmp_path), **(env_extra or {})}
     return subprocess.Popen([sys.executable, str(SCRIPT), "--idle", str(idle), "--jobs-dir", str(jobs),
                              "--state", str(tmp_path / "state.json"), "--poll", "0.2"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -154,6 +163,9 @@ def test_watcher_keeps_a_busy_host_up_and_reports_its_state(tmp_path):
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     sleeper = subprocess.Popen(["sleep", "60"])
+    # and an agent of its own (by its command line) that outlives the run's marker
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "infra.agent"])
+    own_procs(tmp_path, agent.pid)
     proc = run_watcher(tmp_path, 0.5, jobs)
     try:
         (jobs / "r1").write_text(f"r1 {sleeper.pid} /runs/r1\n")
@@ -161,12 +173,20 @@ def test_watcher_keeps_a_busy_host_up_and_reports_its_state(tmp_path):
         assert proc.poll() is None and not (tmp_path / "shutdown").exists()
         state = json.loads((tmp_path / "state.json").read_text())
         assert state["idle_since"] is None and state["idle_seconds"] == 0 and state["active_runs"] == ["r1"]
+        assert state["agents"] == 1  # this test's agent: not every agent on the machine
         sleeper.kill()
-        sleeper.wait()  # the run ends: idle from now, shut down half a second later
+        sleeper.wait()  # the run ends; its agent still runs: busy
+        # a poll that saw no run but the agent, and counted the host busy (not idle since anything)
+        assert wait_for(lambda: json.loads((tmp_path / "state.json").read_text()) | {"updated_at": 0}
+                        == {**state, "active_runs": [], "updated_at": 0})
+        assert proc.poll() is None and not (tmp_path / "shutdown").exists()
+        agent.kill()
+        agent.wait()  # the agent ends: idle from now, shut down half a second later
         assert proc.wait(timeout=15) == 0
         assert (tmp_path / "shutdown").exists()
     finally:
         sleeper.kill()
+        agent.kill()
         proc.kill()
         proc.wait()
 
@@ -187,7 +207,7 @@ def test_install_runs_one_watcher_that_fires_and_reinstall_replaces_it(ssh_host,
     jobs = tmp_path / "mnist-launch" / "jobs"
     jobs.mkdir(parents=True)
     flag = tmp_path / "shutdown"
-    env = {"MNIST_LAUNCH_SHUTDOWN_CMD": f"touch {flag}", "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1"}
+    env = {"MNIST_LAUNCH_SHUTDOWN_CMD": f"touch {flag}", "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1", **own_procs(tmp_path)}
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         (jobs / "r1").write_text(f"r1 {sleeper.pid} /runs/r1\n")  # busy: it must not fire
@@ -222,7 +242,8 @@ def test_install_runs_one_watcher_that_fires_and_reinstall_replaces_it(ssh_host,
 def test_install_off_removes_the_watcher(ssh_host, tmp_path):
     rhome = tmp_path / "rhome"
     script = rhome / "autostop.py"
-    env = {"MNIST_LAUNCH_SHUTDOWN_CMD": f"touch {tmp_path / 'shutdown'}", "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1"}
+    env = {"MNIST_LAUNCH_SHUTDOWN_CMD": f"touch {tmp_path / 'shutdown'}", "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1",
+           **own_procs(tmp_path)}
     try:
         install_autostop(ssh_host, 600, remote_home_dir=str(rhome), jobs_dirs=[str(tmp_path / "jobs")],
                          python=sys.executable, env=env, poll_s=0.2)
@@ -363,7 +384,8 @@ def test_fallback_survives_a_reboot_through_one_crontab_line(cron_sshd, tmp_path
     srv, table = cron_sshd
     rhome = tmp_path / "rhome"
     script = rhome / "autostop.py"
-    env = {"MNIST_LAUNCH_SHUTDOWN_CMD": f"touch {tmp_path / 'shutdown'}", "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1"}
+    env = {"MNIST_LAUNCH_SHUTDOWN_CMD": f"touch {tmp_path / 'shutdown'}", "MNIST_LAUNCH_AUTOSTOP_IGNORE_SSH": "1",
+           **own_procs(tmp_path)}
     table.write_text("0 3 * * * echo someone else's job\n")
     try:
         with SSHHost(Endpoint(srv.user, srv.host, srv.port), srv.client_key, known_hosts=tmp_path / "kh") as host:

@@ -7,6 +7,7 @@ the payload stays a literal name, and nothing outside the intended folder is tou
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 import subprocess
 import sys
@@ -246,5 +247,6 @@ def test_hostile_paths_through_the_real_sshd_stay_literal(module_sshd, tmp_path)
     assert (Path(root) / "logs" / "a b.log").read_text() == "spawned\n"
     assert (base / "here").read_text().strip() == str(base)
     assert (base / "d" / "keep").exists()
-    assert not list(tmp_path.rglob("MARKER")) and not (Path.home() / "MARKER").exists()
+    login_dir = Path(pwd.getpwnam(srv.user).pw_dir)  # where a session starts (the tests' $HOME is another folder)
+    assert not list(tmp_path.rglob("MARKER")) and not (login_dir / "MARKER").exists()
     assert sorted(p.name for p in base.iterdir()) == sorted(["d", "here", HOSTILE_DIR])

@@ -9,6 +9,7 @@ instance's role gives its processes credentials: the launcher copies none. Each 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -145,7 +146,14 @@ def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, sm
     for name in ("config.yaml", "meta.json", "events.jsonl", "train.log", "summary.json", "status.json",
                  "model.safetensors", "curves.png"):
         assert name in objs, sorted(objs)
-    assert any(k.startswith("checkpoints/") for k in objs)
+    for name in ("config.yaml", "events.jsonl", "summary.json", "model.safetensors", "curves.png"):
+        assert objs[name] == (remote / "runs" / "e2e-1" / name).read_bytes(), name  # the run's final files
+    # the last epoch's checkpoint is complete in the bucket: every file its manifest names, bytes as hashed
+    manifest = json.loads(objs["checkpoints/epoch_002/checkpoint.json"])
+    assert manifest["epoch"] == 2 and manifest["files"]
+    for rel, entry in manifest["files"].items():
+        body = objs[f"checkpoints/epoch_002/{rel}"]
+        assert (len(body), hashlib.sha256(body).hexdigest()) == (entry["size"], entry["sha256"]), rel
     assert json.loads(objs["status.json"])["state"] == "succeeded"
     events = [json.loads(line) for line in objs["events.jsonl"].decode().splitlines()]
     assert [e["type"] for e in events].count("run_end") == 1

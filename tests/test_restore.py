@@ -15,22 +15,31 @@ import sys
 import time
 from pathlib import Path
 
-from infra.agent import ArtifactSync
+from infra.host import LocalHost
 from infra.restore import events_until, restore_run
-from infra.store import LocalStore
+from infra.store import LocalStore, latest_stored_checkpoint
 from launcher.orchestrator import PROJECT_ROOT, LocalRequest, read_status, start_run
 from tests.test_train import events_of, run_to_end
 
 
-def wait_for_checkpoint(path: Path, epoch: int, timeout: float = 300) -> None:
+class UploadingHost(LocalHost):
+    """This machine, where the agent also copies the run to ``store`` as it goes, as an instance's agent
+    does to S3 (``--store``): what it had uploaded when the host was lost is all a restore has."""
+
+    def __init__(self, store: Path, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+
+    def spawn(self, argv, cwd, log, env=None):
+        extra = ["--store", str(self.store), "--run-id", self.run_id, "--sync-every", "0.2"]
+        return super().spawn([*argv, *extra], cwd, log, env)
+
+
+def wait_until(pred, what: str, timeout: float = 300):
     deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text() if path.exists() else ""
-        if any(e.get("type") == "checkpoint" and e.get("epoch") == epoch
-               for e in (json.loads(line) for line in text.splitlines() if line.endswith("}"))):
-            return
-        assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch} in {path}"
-        time.sleep(0.05)
+    while not (found := pred()):
+        assert time.monotonic() < deadline, f"{what} after {timeout}s"
+        time.sleep(0.1)
+    return found
 
 
 def test_a_run_lost_with_its_host_resumes_from_the_store_and_ends_the_same(small_mnist, tmp_path, monkeypatch):
@@ -42,17 +51,17 @@ def test_a_run_lost_with_its_host_resumes_from_the_store_and_ends_the_same(small
     want = json.loads((straight.run_dir / "summary.json").read_text())
 
     monkeypatch.setenv("MNIST_LAUNCH_STEP_DELAY", "0.3")  # still running when the test pulls the plug, however fast
+    store = LocalStore(tmp_path / "store")
     lost = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path / "b"), data_dir=str(small_mnist),
-                                  overrides=overrides, run_id="lost"))
-    wait_for_checkpoint(lost.run_dir / "events.jsonl", 1)
+                                  overrides=overrides, run_id="lost"), host=UploadingHost(store.root, "lost"))
+    # the agent has uploaded a whole checkpoint (files, then its manifest): the plug is pulled at once
+    wait_until(lambda: latest_stored_checkpoint(store, "lost"), "the agent uploaded no complete checkpoint")
     status = read_status(lost.run_dir)
+    assert status["state"] == "running", f"the store had no checkpoint while the run ran: {status}"
     os.killpg(os.getpgid(status["trainer_pid"]), signal.SIGKILL)  # the instance is gone: nothing ends cleanly
     os.kill(status["agent_pid"], signal.SIGKILL)
-    store = LocalStore(tmp_path / "store")
-    sync = ArtifactSync(lost.run_dir, None, "lost")  # what the agent had uploaded as it went
-    sync.store = store
-    sync.sync()
-    assert sync.error is None
+    wait_until(lambda: not LocalHost().is_alive(status["agent_pid"]), "the agent outlived SIGKILL")
+    uploaded = latest_stored_checkpoint(store, "lost")  # exactly what the agent had uploaded, nothing added
     shutil.rmtree(lost.run_dir)  # a fresh host has none of it
     monkeypatch.delenv("MNIST_LAUNCH_STEP_DELAY")
 
@@ -68,7 +77,10 @@ def test_a_run_lost_with_its_host_resumes_from_the_store_and_ends_the_same(small
     evs = events_of(fresh)
     assert [e["epoch"] for e in evs if e["type"] == "epoch"] == [1, 2, 3]  # each epoch once
     restored = [e for e in evs if e["type"] == "restored"]
-    assert len(restored) == 1 and restored[0]["checkpoint"] == "epoch_001"
+    assert len(restored) == 1 and restored[0]["checkpoint"] == uploaded["name"]
+    assert uploaded["epoch"] < 3 and not uploaded["step"]  # an epoch's checkpoint from before the loss
+    starts = [e["start_epoch"] for e in evs if e["type"] == "start"]
+    assert starts == [1, uploaded["epoch"] + 1]  # the uploaded events, cut back to it, then the resumed attempt
     assert json.loads((fresh / "status.json").read_text())["state"] == "succeeded"
 
 

@@ -6,7 +6,6 @@ import io
 import stat
 import tarfile
 import time
-from pathlib import Path
 
 import paramiko
 import pytest
@@ -82,16 +81,32 @@ def test_write_text_sets_mode_and_creates_parents(sshd, tmp_path):  # noqa: F811
         assert not (target.parent / "secret.env.tmp").exists()
 
 
-def test_write_and_read_relative_to_home(sshd, tmp_path, monkeypatch):  # noqa: F811
-    with host_for(sshd) as host:
-        home = host.run(["sh", "-c", "echo $HOME"]).stdout.strip()
-        name = f"mnist-launch-test-{time.time_ns()}"
-        try:
-            host.write_text(f"~/{name}/x.txt", "hi")
-            assert Path(home, name, "x.txt").read_text() == "hi"
-            assert host.read_text(f"~/{name}/x.txt") == "hi"
-        finally:
-            host.run(["rm", "-rf", f"{home}/{name}"])
+def test_write_and_read_relative_to_home(tmp_path):
+    from tests.sshd_fixture import start_sshd, stop_sshd
+
+    home = tmp_path / "home-of-the-session"  # not the real home of the user sshd logs in as
+    home.mkdir()
+    server = start_sshd(tmp_path / "sshd", home=home)
+    try:
+        with host_for(server) as host:
+            assert host.run(["sh", "-c", "echo $HOME"]).stdout.strip() == str(home)
+            host.write_text("~/sub/x.txt", "hi")  # SFTP
+            assert (home / "sub" / "x.txt").read_text() == "hi"
+            assert host.read_text("~/sub/x.txt") == "hi"
+            host.put_tar(io.BytesIO(_tar_of({"y.txt": b"yo"})), "~/unpacked")  # a command: sh expands ~
+            assert (home / "unpacked" / "y.txt").read_bytes() == b"yo"
+    finally:
+        stop_sshd(server)
+
+
+def _tar_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def test_put_tar_unpacks_a_stream(sshd, tmp_path):  # noqa: F811

@@ -1,8 +1,10 @@
 """Real `accelerate launch` runs through the agent, on small IDX files cut from the real MNIST."""
 
 import io
+import itertools
 import json
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -25,6 +27,37 @@ def events_of(run_dir):
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
+def wait_for_event(run_dir, kind, timeout=120):
+    """Block until the run's events.jsonl holds a whole line of type ``kind`` (fail after ``timeout``)."""
+    path = run_dir / "events.jsonl"
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if any(line.endswith("}") and json.loads(line).get("type") == kind for line in text.splitlines()):
+            return
+        assert time.monotonic() < deadline, f"no {kind!r} event in {path} after {timeout}s"
+        time.sleep(0.1)
+
+
+def process_tree(pid):
+    """``pid`` and every process below it, each with its command line (read from /proc while it runs)."""
+    from infra.agent import descendants
+
+    tree = {}
+    for p in [pid, *descendants(pid)]:
+        try:
+            tree[p] = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            pass  # gone meanwhile
+    return tree
+
+
+def is_rank(argv):
+    """A training process started by torchrun (`python -u -m trainer ...`), not `accelerate launch` itself."""
+    return any(pair == (b"-m", b"trainer") for pair in itertools.pairwise(argv)) \
+        and not any(b"accelerate" in a for a in argv)
+
+
 def test_two_process_run_trains_shards_and_checkpoints(small_mnist, tmp_path):
     run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
                                  processes=2, overrides=["train.epochs=2", "train.batch_size=32", "train.keep_checkpoints=1"]))
@@ -35,16 +68,21 @@ def test_two_process_run_trains_shards_and_checkpoints(small_mnist, tmp_path):
     assert summary["num_processes"] == 2 and summary["epochs_completed"] == 2
     assert 0.5 < summary["final_test_accuracy"] <= 1.0
     start = next(e for e in events_of(d) if e["type"] == "start")
-    assert start["steps_per_epoch"] == 32  # 2,000 images / 2 ranks / batch 32 -> each rank its own shard
+    assert start["steps_per_epoch"] == 32  # 2,000 images / 2 ranks / batch 32
+    # each rank its own shard: the two ranks together trained on 2,000 different images every epoch
+    # (both on rank 0's shard would be 1,000)
+    assert [h["distinct_images"] for h in summary["history"]] == [2000, 2000]
     kinds = [e["type"] for e in events_of(d) if e["type"] != "step"]
     assert kinds == ["start", "epoch", "checkpoint", "epoch", "checkpoint", "finished", "run_end"]
     ckpts = sorted(p.name for p in (d / "checkpoints").iterdir())
     best = summary["best_epoch"]
     assert "epoch_002" in ckpts and set(ckpts) <= {"epoch_002", f"epoch_{best:03d}"}  # last K=1 plus the best
     assert (d / "checkpoints" / "epoch_002" / "checkpoint.json").is_file()
-    assert load_file(str(d / "model.safetensors"))  # best weights
+    weights, kept = load_file(str(d / "model.safetensors")), load_file(str(d / f"checkpoints/epoch_{best:03d}/model.safetensors"))
+    assert weights.keys() == kept.keys() and all(weights[k].equal(kept[k]) for k in kept)  # the best epoch's
     assert (d / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert list((d / "tensorboard").rglob("events.out.tfevents.*"))
+    # TensorBoard holds each epoch's metrics (one scalar event per epoch and tag; read without tensorboard)
+    assert sum(p.read_bytes().count(b"test_accuracy") for p in (d / "tensorboard").rglob("events.out.tfevents.*")) == 2
     assert "Layer (type)" in (d / "train.log").read_text()
     assert "finished" in text
 
@@ -113,10 +151,7 @@ def test_a_rank_killed_like_the_oom_killer_does_fails_the_run_with_that_reason(s
 
     run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
                                  overrides=["train.epochs=20"]))
-    deadline = time.monotonic() + 120
-    while '"type":"step"' not in ((run.run_dir / "events.jsonl").read_text() if (run.run_dir / "events.jsonl").exists() else ""):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for_event(run.run_dir, "step")
     launcher_pid = read_status(run.run_dir)["trainer_pid"]
     ranks = subprocess.run(["pgrep", "-P", str(launcher_pid)], capture_output=True, text=True).stdout.split()
     assert ranks, "accelerate launch has no child rank"
@@ -131,14 +166,19 @@ def test_a_rank_killed_like_the_oom_killer_does_fails_the_run_with_that_reason(s
 def test_cancel_stops_every_process_and_keeps_the_run(small_mnist, tmp_path):
     run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
                                  processes=2, overrides=["train.epochs=50"]))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and b'"type":"epoch"' not in (run.run_dir / "events.jsonl").read_bytes() \
-            if (run.run_dir / "events.jsonl").exists() else True:
-        time.sleep(0.2)
+    wait_for_event(run.run_dir, "checkpoint")  # epoch 1 saved: the ranks are well into epoch 2
+    # every process of this run, found from its agent while it runs: accelerate launch and both ranks
+    tree = process_tree(read_status(run.run_dir)["agent_pid"])
+    ranks = [pid for pid, argv in tree.items() if is_rank(argv)]
+    assert len(ranks) == 2, tree
     status = cancel_run(run.run_id, str(tmp_path))
     assert status["state"] == "cancelled"
     host = LocalHost()
-    assert not host.is_alive(status["agent_pid"]) and not host.is_alive(status["trainer_pid"])
+    assert {status["agent_pid"], status["trainer_pid"], *ranks} <= set(tree)
+    deadline = time.monotonic() + 10  # a SIGKILLed process is gone within moments: no rank may outlive the run
+    while (alive := [p for p in tree if host.is_alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive, {p: tree[p] for p in alive}
     assert events_of(run.run_dir)[-1]["type"] == "run_end"
     assert (run.run_dir / "checkpoints" / "epoch_001" / "checkpoint.json").is_file()
 

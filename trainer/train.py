@@ -292,6 +292,9 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         skip = 0
+        # which training images this rank took this epoch (a mark per image): summed over the ranks at
+        # the epoch's end, it shows that every rank trained on its own shard (``distinct_images``)
+        covered = torch.zeros(len(data.train_images), device=device)
         if partial is not None:  # continue the epoch a mid-epoch checkpoint stopped in, from its next step
             skip = state.step
             loss_sum = partial["loss_sum"].to(device)
@@ -304,7 +307,8 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         batches = epoch_batches(len(data.train_images), tc.batch_size, epoch, tc.seed,
                                 accelerator.process_index, accelerator.num_processes, device)
         for step, idx in enumerate(batches, 1):
-            if step <= skip:
+            covered[idx] = 1.0
+            if step <= skip:  # taken before the mid-epoch checkpoint this attempt resumed from
                 continue
             x = augment(data.train_images[idx], aug_gen) if augment else normalize(data.train_images[idx])
             y = data.train_labels[idx]
@@ -344,6 +348,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         if accelerator.num_processes > 1:
             totals = accelerator.reduce(torch.stack([loss_sum, correct.float()]), reduction="sum")
             loss_sum, correct = totals[0], totals[1]
+            covered = accelerator.reduce(covered, reduction="sum")
         train_time = time.perf_counter() - t0
         total_seen = seen * accelerator.num_processes
         test_loss, test_acc = evaluate(model, data.test_images, data.test_labels, tc.eval_batch_size,
@@ -358,6 +363,9 @@ def train(run_dir: Path, resume: bool = False) -> dict:
             "train_accuracy": float(correct.item()) / total_seen,
             "test_loss": test_loss, "test_accuracy": test_acc, "lr": lr, "seconds": round(train_time, 3),
             "images_per_second": round(total_seen / train_time, 1),
+            # different images trained on, all ranks together: equal to the images seen when the ranks'
+            # shards are disjoint (a rank reading another's shard shows here as fewer)
+            "distinct_images": int((covered > 0).sum().item()),
         }
         state.epoch = epoch
         state.history.append(record)
