@@ -7,9 +7,10 @@ from the cloud alone; ``remove`` and ``leftovers`` together make `down` verifiab
 
 Today one cloud implements it: ``infra.aws.AWSProvider`` (``infra/aws/``: clients, errors, instances,
 network, iam, images, and the provider composing them). A second cloud goes in a package of its own
-beside it, ``infra/<cloud>/``, split the same way, with a class that satisfies ``Provider`` (a mypy
-check: ``_: Provider = GCPProvider(...)``); the launcher picks the class by the cluster's cloud. What
-runs on the instance (SSH, sync, the agent, the store) is cloud-agnostic already.
+beside it, ``infra/<cloud>/``, split the same way, with a class that satisfies ``Provider`` (held to
+it by the type checker, as infra/aws/provider.py's ``_implements`` does); the launcher's cluster
+commands (launcher/cluster/) then pick the class by the cluster's cloud. What runs on the instance
+(SSH, sync, the agent, the store) is cloud-agnostic already.
 
     provider: Provider = AWSProvider(Clients.create("us-east-1"))
     plan = provider.plan(spec)          # read-only (plus the cloud's own dry run)

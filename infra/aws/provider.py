@@ -9,7 +9,7 @@ network, IAM and images modules of this package; it knows the order of things, t
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -21,7 +21,7 @@ from infra.aws.instances import NOT_TERMINATED, Instances, key_pair_name
 from infra.aws.network import Network, sg_name
 from infra.aws.tags import is_managed, tags
 from infra.prices import hourly_price
-from infra.provider import ClusterSpec, Created, InstanceInfo, Plan, Step, UpOutcome
+from infra.provider import ClusterSpec, Created, InstanceInfo, Plan, Provider, Step, UpOutcome
 from launcher.errors import AWSError, ConfigError  # TODO(merge): core/errors.py
 
 
@@ -293,3 +293,8 @@ class AWSProvider:
             except (ClientError, BotoCoreError, AWSError) as err:
                 self.log(f"could not roll back {item.kind} {item.id}: {one_line(str(err))} — delete it in the EC2/IAM console")
         return undone
+
+
+if TYPE_CHECKING:  # the type checker holds AWSProvider to the provisioning interface
+    def _implements(provider: AWSProvider) -> Provider:
+        return provider
