@@ -34,36 +34,43 @@ class Asked:
         return self.answer
 
 
-@pytest.fixture
-def aws(tmp_path, monkeypatch):
-    fake_aws_env(monkeypatch, tmp_path / "home")
-    with mock_aws():
-        yield
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory):
+    """One in-process moto for the module (its AMI catalogue loads once); each test has its own cluster."""
+    mp = pytest.MonkeyPatch()
+    fake_aws_env(mp, tmp_path_factory.mktemp("home"))
+    try:
+        with mock_aws():
+            yield
+    finally:
+        mp.undo()
 
 
-def live() -> list[str]:
+def live(cluster: str) -> list[str]:
     res = boto3.client("ec2", region_name="us-east-1").describe_instances(Filters=[
-        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+        {"Name": "tag:mnist-launch:cluster", "Values": [cluster]}])
     return [i["InstanceId"] for r in res["Reservations"] for i in r["Instances"]]
 
 
 def test_up_shows_the_plan_asks_and_a_no_creates_nothing(aws):
     out = io.StringIO()
     ask = Asked(False)
-    req = cluster.UpRequest(launch=LaunchConfig(name="ask", ami=ubuntu_ami(), ssh_cidr=CIDR), confirm=ask)
+    req = cluster.UpRequest(launch=LaunchConfig(name="no-up", ami=ubuntu_ami(), ssh_cidr=CIDR), confirm=ask)
     with pytest.raises(LaunchError, match="^cancelled — nothing was created$"):
         cluster.up(req, console=Console(file=out, width=200))
     assert ask.questions == [("create these resources?", True)]
     assert "plan for us-east-1: g4dn.xlarge on-demand" in out.getvalue()  # shown before the question
-    assert live() == []
+    assert live("no-up") == []
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    assert ec2.describe_key_pairs()["KeyPairs"] == []
+    assert ec2.describe_key_pairs(Filters=[{"Name": "tag:mnist-launch:cluster", "Values": ["no-up"]}])["KeyPairs"] == []
+    assert ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["mnist-launch-no-up"]}])["SecurityGroups"] == []
 
 
 def test_down_asks_through_confirm_and_only_a_yes_removes(aws):
     AWSProvider(Clients.create("us-east-1")).ensure(ClusterSpec(
         name="ask", region="us-east-1", public_key=public_key_of(ensure_default_key()), ssh_cidr=CIDR, ami=ubuntu_ami()))
-    [inst] = live()
+    [inst] = live("ask")
     quiet = Console(file=io.StringIO())
     with pytest.raises(ConfigError, match=r"down: terminate ask in us-east-1\? pass --yes to confirm"):
         cluster.down("ask", None, yes=False, console=quiet)  # nobody to ask: --yes needed
@@ -71,10 +78,7 @@ def test_down_asks_through_confirm_and_only_a_yes_removes(aws):
     with pytest.raises(LaunchError, match="^cancelled — nothing was changed$"):
         cluster.down("ask", None, yes=False, console=quiet, confirm=no)
     assert no.questions == [("terminate ask in us-east-1 and delete what mnist-launch created for it?", False)]
-    assert live() == [inst]
+    assert live("ask") == [inst]
     yes = Asked(True)
     done = cluster.down("ask", None, yes=False, poll_s=0.01, console=quiet, confirm=yes)
-    assert len(yes.questions) == 1 and f"instance {inst}" in done and live() == []
-    never = Asked(True)
-    cluster.down("ask", None, yes=True, console=quiet, confirm=never)  # --yes: not asked
-    assert never.questions == []
+    assert len(yes.questions) == 1 and f"instance {inst}" in done and live("ask") == []
