@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from core.errors import SSHError
+from infra.host import Completed
+from infra.ssh import SSHHost
 
 SCRIPT = (Path(__file__).resolve().parent / "autostop.py").read_text()
 UNIT = "mnist-launch-autostop.service"
@@ -29,7 +31,7 @@ def _abs(path: str, home: str) -> str:
     return f"{home}/{path[2:]}" if path.startswith("~/") else path
 
 
-def _probe(host) -> dict[str, str]:
+def _probe(host: SSHHost) -> dict[str, str]:
     res = host.exec(
         'echo "home=$HOME"; echo "uid=$(id -u)"; echo "user=$(id -un)"; '
         's=$(systemctl is-system-running 2>/dev/null); echo "systemd=$s"; '
@@ -58,12 +60,12 @@ def systemd_unit(argv: Sequence[str], env: dict[str, str], log: str) -> str:
     return "\n".join(lines)
 
 
-def _check(host, res, what: str) -> None:
+def _check(host: SSHHost, res: Completed, what: str) -> None:
     if res.returncode != 0:
         raise SSHError(f"{host.name}: autostop: {what} failed: {(res.stderr or res.stdout).strip()[:200]}")
 
 
-def install_autostop(host, autostop_s: Optional[float], remote_home_dir: str = "~/.mnist-launch",
+def install_autostop(host: SSHHost, autostop_s: Optional[float], remote_home_dir: str = "~/.mnist-launch",
                      jobs_dirs: Sequence[str] = ("~/mnist-launch/jobs",), python: str = "python3",
                      env: Optional[dict[str, str]] = None, poll_s: float = 30.0) -> str:
     """Install the watcher (idle limit ``autostop_s`` seconds) or, with None, remove it; says how."""

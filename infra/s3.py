@@ -87,7 +87,7 @@ class S3Store:
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
-        with aws_errors():  # credentials, endpoint, region: worded once in infra/aws.py
+        with aws_errors():  # credentials, endpoint, region: worded once in infra/aws/errors.py
             try:
                 yield
             except S3UploadFailedError as err:

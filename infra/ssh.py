@@ -19,8 +19,9 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from functools import wraps
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Callable, Concatenate, Optional, ParamSpec, TypeVar
 
 import paramiko
 
@@ -32,6 +33,23 @@ from infra.host import Completed
 ENDPOINT_ENV = settings.SSH_ENDPOINT
 # paramiko logs a dropped connection with a traceback; our errors say it in one line instead
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _transport_errors(method: Callable[Concatenate["SSHHost", P], T]) -> Callable[Concatenate["SSHHost", P], T]:
+    """paramiko's failures in the middle of a Host call (a channel refused, a connection that died after
+    ``connect``) as one SSHError line: callers catch SSHError and never need to name paramiko."""
+    @wraps(method)
+    def wrapper(self: "SSHHost", *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except (paramiko.SSHException, EOFError) as err:
+            raise SSHError(f"{self.name}: the SSH connection failed ({err or type(err).__name__}) — check the "
+                           "instance is up, then retry") from None
+    return wrapper
 
 
 class HostKeyChangedError(SSHError):
@@ -222,6 +240,7 @@ class SSHHost:
 
     # -- Host ----------------------------------------------------------------------------------
 
+    @_transport_errors
     def exec(self, command: str, timeout: Optional[float] = None, stdin: Optional[BinaryIO] = None) -> Completed:
         """Run one shell command line; stdout and stderr are drained together (no deadlock)."""
         chan = self.connect().open_session()
@@ -279,6 +298,7 @@ class SSHHost:
             raise SSHError(f"{self.name}: could not start {argv[0]}: {res.stderr.strip()[:200]} — check the path and cwd")
         return int(pid)
 
+    @_transport_errors
     def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes:
         try:
             with self._sftp_client().open(_sftp_path(path), "rb") as f:
@@ -287,6 +307,7 @@ class SSHHost:
         except FileNotFoundError:
             return b""
 
+    @_transport_errors
     def read_text(self, path: str) -> Optional[str]:
         try:
             with self._sftp_client().open(_sftp_path(path), "rb") as f:
@@ -294,6 +315,7 @@ class SSHHost:
         except FileNotFoundError:
             return None
 
+    @_transport_errors
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
         """Atomic write with ``mode`` set before any content lands (secrets never readable)."""
         parent = os.path.dirname(path)

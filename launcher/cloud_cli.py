@@ -1,17 +1,26 @@
-"""The cloud commands `up`, `status`, `down`, `ssh`: thin typer functions over launcher/cluster.py.
+"""The cloud commands `up`, `status`, `down`, `ssh`: thin typer functions over launcher/cluster/.
 
 Each raises LaunchError subclasses; the main CLI prints them as `error: ...` and exits non-zero.
+The questions (create these resources? terminate?) are asked here, on the terminal, and passed in.
 
     app = typer.Typer(); register(app)
 """
 
 from __future__ import annotations
 
+import sys
 from typing import List, Optional
 
 import typer
 
 from launcher import cluster
+
+
+def terminal_confirm() -> Optional[cluster.Confirm]:
+    """A yes/no question on the terminal; None when stdin is none (a script or CI: nobody to ask)."""
+    if not sys.stdin.isatty():
+        return None
+    return lambda question, default: typer.confirm(question, default=default)
 
 
 def up(
@@ -42,7 +51,7 @@ def up(
         identity=identity, ssh_cidr=ssh_cidr, autostop=autostop, autostop_terminate=autostop_terminate, timeout=timeout, store=store,
     ))
     cluster.up(cluster.UpRequest(launch=launch, store=store_uri, explicit_type=explicit, dry_run=dry_run,
-                                 yes=yes, force=force, status_checks=status_checks))
+                                 yes=yes, force=force, status_checks=status_checks, confirm=terminal_confirm()))
 
 
 def status(
@@ -61,7 +70,7 @@ def down(
     all_: bool = typer.Option(False, "--all", help="every mnist-launch cluster in the region"),
 ) -> None:
     """Terminate (or stop) a cluster and delete what mnist-launch created for it. Idempotent."""
-    cluster.down(name, region, yes, stop=stop, all_=all_)
+    cluster.down(name, region, yes, stop=stop, all_=all_, confirm=terminal_confirm())
 
 
 def ssh(

@@ -471,10 +471,3 @@ def cancel_cloud_run(run_id: str, store: Optional[str], timeout: float = 60.0) -
                 return st
             time.sleep(0.5)
     raise RunError(f"run '{run_id}' did not stop within {timeout:.0f}s — check `mnist-launch logs {run_id}`")
-
-
-def jobs_command(remote_dir: str = "~/mnist-launch") -> str:
-    """A shell line listing the active runs (their markers whose agent is alive) under ``remote_dir``."""
-    d = _rq_path(remote_dir)
-    return (f"for f in {d}/jobs/*; do [ -f \"$f\" ] || continue; read id pid dir < \"$f\"; "
-            "kill -0 \"$pid\" 2>/dev/null && echo \"$id\"; done; true")

@@ -349,7 +349,7 @@ def test_up_says_so_when_the_watcher_cannot_be_installed(cloud, module_sshd, mon
 
 
 def test_status_reads_jobs_and_the_watcher_state_from_one_answer():
-    from launcher.cluster import STATE_MARK, parse_activity
+    from infra.activity import STATE_MARK, parse_activity
 
     state = {"idle_since": 900.0, "idle_seconds": 100.0, "autostop_s": 1800, "updated_at": 1000.0, "poll_s": 30}
     assert parse_activity(f"r2\nr1\n{STATE_MARK}\n1010\n{json.dumps(state)}\n") == (["r1", "r2"], state)

@@ -1,4 +1,4 @@
-"""infra/aws_retry.retry: what it waits out, for how long, and the one line when the deadline passes."""
+"""infra/aws/errors.py retry: what it waits out, for how long, and the one line when the deadline passes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from core.errors import AWSError
-from infra.aws_retry import IAM_DEADLINE_ENV, NEW_GROUP, NEW_PROFILE, retry
+from infra.aws.errors import IAM_DEADLINE_ENV, NEW_GROUP, NEW_PROFILE, retry
 
 
 def refusal(code: str, message: str = "", op: str = "RunInstances") -> ClientError:

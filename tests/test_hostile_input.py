@@ -184,7 +184,7 @@ def test_setup_script_quotes_the_venv_and_the_interpreter(tmp_path):
 
 
 def test_jobs_command_quotes_any_remote_dir(tmp_path):
-    from launcher.remote import jobs_command
+    from infra.activity import jobs_command
 
     d = tmp_path / HOSTILE_DIR
     (d / "jobs").mkdir(parents=True)

@@ -188,14 +188,15 @@ def test_ssh_on_the_real_sshd_sends_no_environment_and_no_agent(tmp_path, monkey
     """A server that would accept every variable (AcceptEnv *) and agent forwarding receives neither.
     The control: the same ssh with SendEnv does deliver the variable, so the check can fail."""
     from launcher import cluster
+    from launcher.cluster import access
     from tests.sshd_fixture import start_sshd, stop_sshd
 
     srv = start_sshd(tmp_path / "sshd", ("AcceptEnv *", "AllowAgentForwarding yes"))
     try:
         monkeypatch.setenv("MNIST_LAUNCH_HOME", str(tmp_path / "home"))
         monkeypatch.setenv("MNIST_LAUNCH_SSH_ENDPOINT", srv.endpoint)
-        monkeypatch.setattr(cluster, "running_instance", lambda name, region: _instance(srv.user))
-        monkeypatch.setattr(cluster, "login_key", lambda inst, name, identity: srv.client_key)
+        monkeypatch.setattr(access, "running_instance", lambda name, region: _instance(srv.user))
+        monkeypatch.setattr(access, "login_key", lambda inst, name, identity: srv.client_key)
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
         monkeypatch.setenv("LC_MNIST_SECRET", SECRET)  # LC_* is what a default ssh_config sends
         agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True)

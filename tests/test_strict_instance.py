@@ -24,7 +24,7 @@ def test_ssh_is_reset_then_refused_then_dropped_then_served_while_the_instance_b
         host = SSHHost(Endpoint(inst.user, inst.host, inst.port), inst.client_key, known_hosts=tmp_path / "kh")
         errors = []
         deadline = time.monotonic() + 30
-        while True:  # what `up` does (launcher/cluster.py wait_until_ready): try again until it answers
+        while True:  # what `up` does (launcher/cluster/provision.py wait_until_ready): try again until it answers
             try:
                 res = host.run(["sh", "-c", "id -un; echo $HOME"])
                 break

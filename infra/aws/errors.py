@@ -1,4 +1,4 @@
-"""AWS as it really behaves: calls refused only because AWS has not caught up yet, retried until a deadline.
+"""AWS's failures: which are transient (retried), which are the user's to fix (one AWSError line).
 
 Two kinds of transient refusal, two mechanisms:
 
@@ -6,7 +6,7 @@ Two kinds of transient refusal, two mechanisms:
   can hit any call, so botocore's own "standard" retry mode handles them for every client made by
   ``infra.aws.Clients`` (jittered exponential backoff, at most ``max_attempts()`` attempts, about a
   minute with the default 10). It is per request, covers paginators, waiters and S3 transfers alike,
-  and needs no code at the call sites; when it gives up, ``infra.aws.aws_errors`` says so in one line.
+  and needs no code at the call sites; when it gives up, ``aws_errors`` says so in one line.
 - Eventual consistency is not an error botocore knows: ``InvalidInstanceID.NotFound`` right after
   RunInstances, ``InvalidGroup.NotFound`` right after CreateSecurityGroup, a new instance profile
   refused by RunInstances for a minute or more, ``NoSuchEntity`` right after CreateRole. Such an
@@ -14,16 +14,27 @@ Two kinds of transient refusal, two mechanisms:
   one wrap the call in ``retry`` with the ``Transient`` that fits it; its deadline (seconds to a
   couple of minutes for EC2, minutes for IAM) comes from the environment, so tests shorten it.
 
-    retry(lambda: ec2.describe_instances(InstanceIds=[i]), NEW_INSTANCE, what=f"describe {i}", log=print)
+Everything else ends in ``aws_errors``: boto's exceptions turned into one actionable AWSError line.
+
+    with aws_errors():
+        retry(lambda: ec2.describe_instances(InstanceIds=[i]), NEW_INSTANCE, what=f"describe {i}", log=print)
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
 
 from core import settings
 from core.errors import AWSError
@@ -40,6 +51,24 @@ BACKOFF_CAP_ENV = settings.AWS_RETRY_CAP_S  # the longest sleep between two trie
 THROTTLE_ERRORS = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "ThrottledException",
                    "RequestThrottled", "RequestThrottledException", "TooManyRequestsException", "SlowDown",
                    "EC2ThrottledException", "BandwidthLimitExceeded"}
+# Errors where another AZ may have what this one lacks.
+CAPACITY_ERRORS = {"InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacity", "Unsupported"}
+# Region-wide limits: another AZ cannot help.
+QUOTA_ERRORS = {"VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "InstanceLimitExceeded"}
+CREDENTIAL_ERRORS = {
+    "ExpiredToken", "ExpiredTokenException", "RequestExpired", "InvalidClientTokenId",
+    "UnrecognizedClientException", "AuthFailure", "SignatureDoesNotMatch", "InvalidToken",
+    "InvalidAccessKeyId",  # S3's word for an unknown key id
+}
+ACCESS_ERRORS = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"}
+
+
+def error_code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def max_attempts() -> int:
@@ -47,14 +76,59 @@ def max_attempts() -> int:
     return settings.aws_max_attempts()
 
 
+@contextmanager
+def aws_errors() -> Iterator[None]:
+    """Turn boto failures into one actionable line (AWSError); nothing here prints secrets."""
+    try:
+        yield
+    except (NoCredentialsError, PartialCredentialsError):
+        raise AWSError(
+            "no AWS credentials found — run `aws configure` (or `aws sso login`), or set AWS_PROFILE"
+        ) from None
+    except NoRegionError:
+        raise AWSError("no AWS region configured — pass --region or set AWS_DEFAULT_REGION") from None
+    except EndpointConnectionError as err:
+        raise AWSError(
+            f"cannot reach AWS at {err.kwargs.get('endpoint_url', '?')} — check the network (or AWS_ENDPOINT_URL)"
+        ) from None
+    except ClientError as err:
+        code = error_code(err)
+        op = getattr(err, "operation_name", "an AWS call")
+        if code in CREDENTIAL_ERRORS:
+            raise AWSError(
+                f"AWS rejected your credentials ({code}) — refresh them (`aws sso login` or `aws configure`) and run again"
+            ) from None
+        if code in THROTTLE_ERRORS:
+            raise AWSError(
+                f"AWS kept throttling {op} ({code}) through {max_attempts()} attempts — wait a minute and run again "
+                f"(other tools on this account may be using its API rate; {MAX_ATTEMPTS_ENV} allows more attempts)"
+            ) from None
+        if code in ACCESS_ERRORS:
+            raise AWSError(
+                f"AWS denied {op} ({code}) — your IAM identity needs the permissions in docs/laptop-policy.json "
+                "(EC2, IAM roles and instance profiles named mnist-launch-*, SSM read, the store read)"
+            ) from None
+        msg = one_line(err.response.get("Error", {}).get("Message", ""))
+        raise AWSError(f"AWS {op} failed: {code}: {msg} — fix the cause above and run again") from None
+    except BotoCoreError as err:
+        name = type(err).__name__
+        if "Token" in name or "SSO" in name:
+            raise AWSError(f"AWS login expired ({name}) — run `aws sso login` and run again") from None
+        raise AWSError(f"AWS client error: {one_line(str(err))} — check your AWS configuration") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# waiting: AWS catching up with what this call created, and polling for a state
+
+
 @dataclass(frozen=True)
 class Transient:
     """Answers AWS gives while it catches up with something just created, and how long to wait for it."""
 
     what: str  # "the new security group": for the waiting line and the final one
-    codes: frozenset
+    codes: frozenset[str]
     deadline_env: str  # its default is in core/settings.py
-    messages: tuple = ()  # when set, the error message must contain one of them too (case-insensitive)
+    messages: tuple[str, ...] = ()  # when set, the error message must contain one of them too (case-insensitive)
 
     def matches(self, err: ClientError) -> bool:
         code = err.response.get("Error", {}).get("Code", "")
@@ -103,5 +177,16 @@ def retry(call: Callable[[], T], *transients: Transient, what: str,
 
 
 def _code(err: ClientError) -> str:
-    return err.response.get("Error", {}).get("Code", "") or "?"
+    return error_code(err) or "?"
 
+
+class Backoff:
+    """Sleeps 0.25s, 0.5s, 1s, ... up to ``cap``: quick answers stay quick, long waits poll gently."""
+
+    def __init__(self, cap: float, first: float = 0.25) -> None:
+        self.cap = cap
+        self.delay = min(first, cap)
+
+    def sleep(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.cap)

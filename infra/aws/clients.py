@@ -1,0 +1,82 @@
+"""The boto3 clients of one region, created here and nowhere else (inject a Session in tests).
+
+Throttling, 5xx and dropped connections are retried per request by botocore's "standard" mode
+(see infra/aws/errors.py); ``AWS_ENDPOINT_URL`` is honoured by boto3 itself.
+
+    clients = Clients.create("us-east-1")
+    clients.ec2.describe_vpcs()
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+from infra.aws.errors import max_attempts
+
+DEFAULT_REGION = "us-east-1"
+
+
+class Clients:
+    """The boto3 clients of one region, created here and nowhere else (inject a Session in tests)."""
+
+    def __init__(self, session: boto3.Session, region: str) -> None:
+        self.session = session
+        self.region = region
+        self._cache: dict[str, Any] = {}
+
+    @classmethod
+    def create(cls, region: Optional[str] = None, session: Optional[boto3.Session] = None) -> "Clients":
+        session = session or boto3.Session()
+        return cls(session, region or session.region_name or DEFAULT_REGION)
+
+    def _client(self, service: str) -> Any:
+        if service not in self._cache:
+            # throttling, 5xx and dropped connections: retried per request by botocore (infra/aws/errors.py)
+            cfg = BotoConfig(retries={"mode": "standard", "total_max_attempts": max_attempts()}, connect_timeout=10,
+                             read_timeout=60)
+            self._cache[service] = self.session.client(service, region_name=self.region, config=cfg)
+        return self._cache[service]
+
+    @property
+    def ec2(self) -> Any:
+        return self._client("ec2")
+
+    @property
+    def iam(self) -> Any:
+        return self._client("iam")
+
+    @property
+    def ssm(self) -> Any:
+        return self._client("ssm")
+
+    @property
+    def s3(self) -> Any:
+        return self._client("s3")
+
+
+class Regional:
+    """What each part of the provider (instances, network, IAM, images) works through: one region's
+    clients, where its progress lines go, and how often it polls while waiting."""
+
+    def __init__(self, clients: Clients, log: Callable[[str], None] = lambda _msg: None, poll_s: float = 3.0) -> None:
+        self.clients = clients
+        self.region = clients.region
+        self.log = log
+        self.poll_s = poll_s
+
+
+def known_region(region: str) -> bool:
+    """Whether botocore's own endpoint data knows ``region`` for EC2 (no network call): a typo is caught
+    before any request. True when that data lists nothing (an unusual botocore)."""
+    session = boto3.Session()
+    known = set(session.get_available_regions("ec2")) | set(session.get_available_regions("ec2", "aws-cn")) \
+        | set(session.get_available_regions("ec2", "aws-us-gov"))
+    return not known or region in known
+
+
+def configured_region() -> str:
+    """The region of the boto3 chain (AWS_DEFAULT_REGION, the profile's config), else us-east-1."""
+    return boto3.Session().region_name or DEFAULT_REGION

@@ -1,0 +1,144 @@
+"""`status`: every instance mnist-launch created, with its price, cost so far, active runs and the
+autostop watcher's idle time (one SSH command per running instance, all at once), and one warning
+line per instance that looks forgotten.
+
+    status(["us-east-1"], as_json=False)
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from rich.table import Table
+
+from infra import home
+from infra.activity import activity_command, parse_activity
+from infra.autostop_setup import STATE_FILE
+from infra.aws import AWSProvider, Clients, InstanceInfo, aws_errors
+from infra.prices import PRICES_DATE, PRICES_REGION, cost_so_far, hourly_price
+from launcher.cluster.access import cluster_host
+from launcher.cluster.output import err_console, out_console
+from launcher.cluster.settings import autostop_home, default_region
+from core.errors import LaunchError
+
+WARN_IDLE_S = 30 * 60  # an instance idle this long is worth a line in `status`
+WARN_AGE_S = 12 * 3600  # and one up this long, busy or not
+
+
+def status_rows(regions: list[str], now: Optional[datetime] = None, jobs: bool = True) -> list[dict[str, Any]]:
+    now = now or datetime.now(timezone.utc)
+    rows: list[dict[str, Any]] = []
+    for region in regions:
+        with aws_errors():
+            for inst in AWSProvider(Clients.create(region)).find_instances():
+                up_s = inst.uptime_seconds(now)
+                rows.append({
+                    "name": inst.name, "id": inst.id, "region": region, "type": inst.instance_type,
+                    "state": inst.state, "market": "spot" if inst.spot else "on-demand",
+                    "uptime_s": round(up_s), "hourly_usd": hourly_price(inst.instance_type),
+                    # spot is billed at the spot price: the on-demand figure is an upper bound
+                    "cost_usd": cost_so_far(inst.instance_type, up_s), "public_ip": inst.public_ip,
+                    "user": inst.user, "autostop": inst.autostop, "autostop_action": inst.autostop_action,
+                    "launch_time": inst.launch_time.isoformat() if inst.launch_time else None,
+                    "jobs": inst if jobs and inst.state == "running" else None,
+                })
+    # one SSH command per running instance, all at once: an unreachable one costs its timeout, not more
+    asked = [r for r in rows if r["jobs"] is not None]
+    for r in rows:
+        r["idle_s"], r["autostop_watcher"] = None, None
+    if asked:
+        with ThreadPoolExecutor(max_workers=min(8, len(asked))) as pool:
+            for r, (found, watcher) in zip(asked, pool.map(lambda r: instance_activity(r["jobs"]), asked)):
+                r["jobs"] = found
+                r["idle_s"] = None if watcher is None else watcher.get("idle_seconds")
+                r["autostop_watcher"] = None if watcher is None else "stale" if watcher.get("stale") else "running"
+    return rows
+
+
+def instance_activity(inst: InstanceInfo) -> tuple[Optional[list[str]], Optional[dict[str, Any]]]:
+    """(run ids whose agent is alive, the autostop watcher's state) on ``inst`` in one SSH command;
+    None for what cannot be asked (unreachable, no watcher)."""
+    dirs = {"~/mnist-launch", *home.remote_dirs_of(inst.id)}
+    state = f"{autostop_home().rstrip('/')}/{STATE_FILE}"
+    try:
+        with cluster_host(inst, inst.name, None) as host:
+            host.connect_timeout = 5.0
+            res = host.exec(activity_command(dirs, state), timeout=15)
+    except LaunchError:
+        return None, None
+    if res.returncode != 0:
+        return None, None
+    return parse_activity(res.stdout)
+
+
+def active_jobs(inst: InstanceInfo) -> Optional[list[str]]:
+    """Run ids whose agent is alive on ``inst`` (one SSH command); None when it cannot be asked."""
+    return instance_activity(inst)[0]
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _autostop_cell(row: dict[str, Any]) -> str:
+    setting = row.get("autostop") or "?"
+    if setting == "off" or not row.get("autostop_action"):
+        return str(setting)
+    return f"{setting}, {row['autostop_action']}"
+
+
+def _idle_cell(row: dict[str, Any]) -> str:
+    if row.get("autostop_watcher") == "stale":
+        return "watcher not running — run `up` again"
+    if row["state"] == "running" and row.get("autostop") not in (None, "off") and row.get("autostop_watcher") is None \
+            and row.get("jobs") is not None:
+        return "no watcher — run `up` again"
+    return "-" if row.get("idle_s") is None else _hms(row["idle_s"])
+
+
+def status(regions: list[str], as_json: bool) -> list[dict[str, Any]]:
+    regions = [default_region(r) for r in regions] or [default_region(None)]
+    rows = status_rows(regions)
+    out = out_console()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return rows
+    if not rows:
+        out.print(f"no mnist-launch instances in {', '.join(regions)}")
+        return rows
+    table = Table("name", "id", "region", "type", "state", "market", "uptime", "$/h", "cost so far", "jobs",
+                  "autostop", "idle")
+    for r in rows:
+        table.add_row(r["name"], r["id"], r["region"], r["type"], r["state"], r["market"], _hms(r["uptime_s"]),
+                      "?" if r["hourly_usd"] is None else f"{r['hourly_usd']:.3f}",
+                      "?" if r["cost_usd"] is None else f"{r['cost_usd']:.2f}",
+                      "-" if r["state"] != "running" else "?" if r["jobs"] is None else ", ".join(r["jobs"]) or "idle",
+                      _autostop_cell(r), _idle_cell(r))
+    out.print(table)
+    out.print(f"prices: approximate on-demand list prices ({PRICES_REGION}, {PRICES_DATE}); spot costs less")
+    for line in orphan_warnings(rows):
+        err_console().print(f"[yellow]warning[/]: {line}")
+    return rows
+
+
+def orphan_warnings(rows: list[dict[str, Any]], idle_s: float = WARN_IDLE_S, age_s: float = WARN_AGE_S) -> list[str]:
+    """One line per running instance that looks forgotten: idle, very old, or with autostop off."""
+    out = []
+    for r in rows:
+        if r.get("state") != "running":
+            continue
+        why = []
+        if (r.get("idle_s") or 0) >= idle_s:
+            why.append(f"idle {_hms(r['idle_s'])}")
+        if (r.get("uptime_s") or 0) >= age_s:
+            why.append(f"up {_hms(r['uptime_s'])}")
+        if (r.get("autostop") or "").lower() == "off":
+            why.append("autostop off")
+        if why:
+            cost = f", ~${r['cost_usd']:.2f} so far" if r.get("cost_usd") is not None else ""
+            out.append(f"{r['name']} ({r['id']}) {', '.join(why)}{cost} — `mnist-launch down {r['name']}` if you are done")
+    return out
