@@ -33,13 +33,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from core.runstate import STATUS_FILE, RunState, StatusWriter
 from infra.store import CHECKPOINTS, MARKER
 from trainer.errors import LaunchError, RunError
 from trainer.events import EVENTS_FILE, EventWriter
 from trainer.precision import cuda_capability, resolve_mixed_precision
 
-TERMINAL = ("succeeded", "failed", "cancelled", "preempted")
-STATUS_FILE = "status.json"
 LOG_FILE = "train.log"
 
 
@@ -47,17 +46,9 @@ PREEMPT_SIGNAL = signal.SIGUSR1  # trainer: checkpoint at the next step boundary
 CHECKPOINT_SIGNAL = signal.SIGUSR2  # trainer: checkpoint at the next step boundary, keep training
 
 
-def write_status(run_dir: Path, **fields) -> dict:
-    path = run_dir / STATUS_FILE
-    try:
-        status = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        status = {}
-    status.update(fields, updated_at=round(time.time(), 3))
-    tmp = path.with_name(STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps(status, indent=2) + "\n")
-    os.replace(tmp, path)
-    return status
+def write_status(run_dir: Path, state: Optional[RunState] = None, **fields: object) -> dict:
+    """status.json on this host, through the one writer (core/runstate.py: the transition is checked)."""
+    return StatusWriter.for_path(run_dir / STATUS_FILE).update(state, **fields)
 
 
 def accelerate_command(run_dir: Path, processes: int, mixed_precision: str, resume: bool,
@@ -175,7 +166,6 @@ class ArtifactSync:
         by SHA-256 on arrival and by size after; its manifest (sizes, sha256) goes last, so a
         checkpoint is complete in the store exactly when its manifest is there. Checkpoints the
         trainer pruned are deleted from the store too (the last K plus the best stay)."""
-        import json
 
         from infra.manifest import file_sha256
 
@@ -362,7 +352,7 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
     except LaunchError as err:  # e.g. fp16 on a host without a GPU: the run fails with that one line
         with open(log_path, "a") as log:
             log.write(f"error: {err}\n")
-        write_status(run_dir, state="failed", agent_pid=os.getpid(), exit_code=err.exit_code, reason=str(err),
+        write_status(run_dir, RunState.FAILED, agent_pid=os.getpid(), exit_code=err.exit_code, reason=str(err),
                      finished_at=round(time.time(), 3))
         events.emit("run_end", state="failed", exit_code=err.exit_code, reason=str(err))
         sync.sync()
@@ -374,7 +364,7 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
     with open(log_path, "ab") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True, env={**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"})
-    write_status(run_dir, state="running", agent_pid=os.getpid(), trainer_pid=child.pid,
+    write_status(run_dir, RunState.RUNNING, agent_pid=os.getpid(), trainer_pid=child.pid,
                  launch_env=sorted(extra_env),  # the names only: values may be secrets
                  started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None,
                  spot_watch=bool(args.spot_watch and args.imds_poll > 0),
@@ -446,19 +436,19 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
         pass
 
     if cancelled["sig"] is not None:
-        state, reason = "cancelled", f"cancelled by signal {signal.Signals(cancelled['sig']).name}"
+        state, reason = RunState.CANCELLED, f"cancelled by signal {signal.Signals(cancelled['sig']).name}"
     elif rc == 0:  # finished before the notice mattered (or the notice came during the last step)
-        state, reason = "succeeded", None
+        state, reason = RunState.SUCCEEDED, None
     elif notice is not None:
-        state, reason = "preempted", preempt_reason(notice, run_dir)
+        state, reason = RunState.PREEMPTED, preempt_reason(notice, run_dir)
     else:
-        state, reason = "failed", failure_reason(log_path, rc)
-    write_status(run_dir, state=state, exit_code=rc, reason=reason, finished_at=round(time.time(), 3))
-    events.emit("run_end", state=state, exit_code=rc, reason=reason)
+        state, reason = RunState.FAILED, failure_reason(log_path, rc)
+    write_status(run_dir, state, exit_code=rc, reason=reason, finished_at=round(time.time(), 3))
+    events.emit("run_end", state=state.value, exit_code=rc, reason=reason)
     sync.sync()
     if sync.error:  # the run is complete on this host; say so where `logs` and `runs` look
         write_status(run_dir, upload_error=sync.error)
-    return 0 if state == "succeeded" else 1
+    return 0 if state is RunState.SUCCEEDED else 1
 
 
 if __name__ == "__main__":
