@@ -9,7 +9,6 @@ complete lines from an offset, so a follower that reconnects resumes exactly whe
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable, Optional
 
@@ -18,6 +17,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from core.runstate import ACTIVE, TERMINAL, RunState, parse_status
 from infra.host import Host
 from infra.store import HostRun, RunFiles
 from trainer.events import EVENTS_FILE, parse_events
@@ -126,16 +126,9 @@ def summary_table(rows: list[dict]) -> Table:
     return table
 
 
-TERMINAL = ("succeeded", "failed", "cancelled", "preempted")
-
-
 def read_status(files: RunFiles) -> dict:
     """The run's status.json, or {} while there is none (or it is being replaced)."""
-    try:
-        status = json.loads(files.read_text("status.json") or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return status if isinstance(status, dict) else {}
+    return parse_status(files.read_text("status.json"))
 
 
 def agent_gone(files: RunFiles) -> Optional[dict]:
@@ -148,18 +141,17 @@ def agent_gone(files: RunFiles) -> Optional[dict]:
                     "reason": status.get("reason")}
         return None  # it did finish: its run_end is in the file, read it
     # before the agent writes its pid, the pid it was spawned with (a launcher that knows it) stands in
-    pid = status.get("agent_pid") or getattr(files, "spawn_pid", None)
+    pid = status.get("agent_pid") or files.spawn_pid
     if pid and files.is_alive(int(pid)) is False:
-        lost = getattr(files, "instance_lost", None)  # a cloud run's source can ask EC2 why
-        if lost is not None and lost():
-            return {"type": "run_end", "state": "lost", "reason": "the instance is gone, and its agent with it"}
-        return {"type": "run_end", "state": "failed", "reason": "the agent stopped without finishing (killed?)"}
+        if files.instance_lost():  # a cloud run's source asks EC2 why
+            return {"type": "run_end", "state": RunState.LOST.value, "reason": "the instance is gone, and its agent with it"}
+        return {"type": "run_end", "state": RunState.FAILED.value, "reason": "the agent stopped without finishing (killed?)"}
     return None
 
 
 def _restarted(files: RunFiles, end: dict) -> bool:
     status = read_status(files)
-    if status.get("state") not in ("starting", "running"):
+    if status.get("state") not in ACTIVE:
         return False
     if files.mirrored:  # a copy uploaded before the run_end says "running" too: only a newer one counts
         return (status.get("updated_at") or 0) > (end.get("time") or float("inf"))
