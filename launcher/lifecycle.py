@@ -149,11 +149,11 @@ def attach(target: Target, attempt: Attempt, follow: Follow, note: Note, recover
     hosts, from the newest complete checkpoint in the store.
 
     The run_end (None when detached); a run that did not succeed is the caller's to report."""
-    recoveries, offset = 0, attempt.events_offset
+    recoveries = 0
     while True:
         files = target.files(attempt, note)
         try:
-            end = follow(files, offset)
+            end = follow(files, attempt.events_offset)  # a recovered attempt's: from its restored event
         except HostGone:
             end = {"state": RunState.LOST.value, "reason": f"instance {attempt.info.get('instance_id')} is gone"}
         lost = bool(recover and end and end.get("state") in ("failed", "lost", "preempted") and target.gone(attempt))
