@@ -3,7 +3,7 @@
 What runs: moto's ThreadedMotoServer as EC2/S3, a real OpenSSH sshd on 127.0.0.1 as the
 instance (reached through MNIST_LAUNCH_SSH_ENDPOINT, as in the tests), `up` once, one warm-up
 run (builds the venv, ships MNIST), then ``--repeats`` measured runs of the same tree, each
-through ``start_remote_run`` (what `train` calls) and a follow until the first event arrives.
+through ``lifecycle.start`` over the EC2 target (what `train` calls) and a follow until the first event arrives.
 
     python bench/remote_overhead.py [--repeats 5] [--data-dir ../shared/data/mnist]
 
@@ -62,10 +62,10 @@ def main() -> None:
     os.environ["MNIST_LAUNCH_SSH_ENDPOINT"] = srv.endpoint
     console = Console(file=open(os.devnull, "w"))
     try:
-        from launcher import cluster
-        from launcher.remote import RemoteRequest, start_remote_run
-        from tests.aws_helpers import ubuntu_ami
         from core.config import LaunchConfig
+        from launcher import cluster, lifecycle
+        from launcher.targets.ec2 import CloudFlags, EC2Target
+        from tests.aws_helpers import ubuntu_ami
 
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bench")
         cluster.up(cluster.UpRequest(launch=LaunchConfig(name="bench", ami=ubuntu_ami(), identity=str(srv.client_key)),
@@ -73,22 +73,19 @@ def main() -> None:
         remote = str(srv.remote(f"overhead-{os.getpid()}"))  # under the instance user's home
         rows = []
         for i in range(args.repeats + 1):  # run 0 is the warm-up: venv built, data shipped
-            req = RemoteRequest(config="configs/model3.yaml", store="s3://bench/mnist", run_id=f"overhead-{i}",
-                                data_dir=args.data_dir, name="bench",
-                                overrides=["train.epochs=1", f"launch.remote_dir={remote}",
-                                           f"launch.python={srv.python}"])
+            spec = lifecycle.RunSpec(config="configs/model3.yaml", run_id=f"overhead-{i}", data_dir=args.data_dir,
+                                     overrides=["train.epochs=1", f"launch.remote_dir={remote}",
+                                                f"launch.python={srv.python}"])
             t = time.monotonic()
-            run = start_remote_run(req, console)
+            run = lifecycle.start(EC2Target(CloudFlags(store="s3://bench/mnist", name="bench"), console), spec)
             launcher = time.monotonic() - t
             first = first_event_seconds(run.host, run.run_dir)
-            row = {**{k: round(v, 3) for k, v in run.timings.items()}, "launcher_overhead": round(launcher, 3),
+            row = {**{k: round(v, 3) for k, v in run.info["timings"].items()}, "launcher_overhead": round(launcher, 3),
                    "first_event_after_start": round(first, 3), "train_to_first_event": round(launcher + first, 3)}
             print(("warm-up " if i == 0 else f"run {i}   ") + json.dumps(row), flush=True)
             if i:
                 rows.append(row)
-            from launcher.remote import cancel_cloud_run
-
-            cancel_cloud_run(run.run_id, None)
+            lifecycle.cancel_anywhere(run.run_id, None)
             run.host.close()
         keys = [*PHASES, "launcher_overhead", "first_event_after_start", "train_to_first_event"]
         print("\n| phase | median (s) | min (s) | max (s) |\n| --- | ---: | ---: | ---: |")

@@ -35,12 +35,11 @@ from typing import Optional
 
 from core import settings
 from core.errors import LaunchError, RunError
-from infra.store import CHECKPOINTS, MARKER
+from core.runstate import STATUS_FILE, RunState, StatusWriter
+from infra.store import CHECKPOINTS, MARKER, ArtifactStore
 from trainer.events import EVENTS_FILE, EventWriter
 from trainer.precision import cuda_capability, resolve_mixed_precision
 
-TERMINAL = ("succeeded", "failed", "cancelled", "preempted")
-STATUS_FILE = "status.json"
 LOG_FILE = "train.log"
 
 
@@ -48,17 +47,9 @@ PREEMPT_SIGNAL = signal.SIGUSR1  # trainer: checkpoint at the next step boundary
 CHECKPOINT_SIGNAL = signal.SIGUSR2  # trainer: checkpoint at the next step boundary, keep training
 
 
-def write_status(run_dir: Path, **fields) -> dict:
-    path = run_dir / STATUS_FILE
-    try:
-        status = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        status = {}
-    status.update(fields, updated_at=round(time.time(), 3))
-    tmp = path.with_name(STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps(status, indent=2) + "\n")
-    os.replace(tmp, path)
-    return status
+def write_status(run_dir: Path, state: Optional[RunState] = None, **fields: object) -> dict:
+    """status.json on this host, through the one writer (core/runstate.py: the transition is checked)."""
+    return StatusWriter.for_path(run_dir / STATUS_FILE).update(state, **fields)
 
 
 def accelerate_command(run_dir: Path, processes: int, mixed_precision: str, resume: bool,
@@ -123,7 +114,7 @@ class ArtifactSync:
 
     def __init__(self, run_dir: Path, store_uri: Optional[str], run_id: str) -> None:
         self.run_dir, self.run_id = run_dir, run_id
-        self.store = None
+        self.store: Optional[ArtifactStore] = None
         if store_uri:
             from infra.store import open_store
 
@@ -135,20 +126,21 @@ class ArtifactSync:
 
     def sync(self) -> int:
         """Upload what changed; a failing store is logged (agent.log) and retried next pass, never fatal."""
-        if self.store is None:
+        store = self.store
+        if store is None:
             return 0
         try:
-            sent = self._sync()
+            sent = self._sync(store)
             self.error = None  # a failure that a later pass got through is not the run's last word
             return sent
         except Exception as err:  # S3 down, access denied, ...: training goes on, the next pass retries
-            msg = f"upload to {self.store.uri} failed: {err}"
+            msg = f"upload to {store.uri} failed: {err}"
             if msg != self.error:
                 print(f"agent: {msg}", file=sys.stderr, flush=True)
             self.error = msg
             return 0
 
-    def _sync(self) -> int:
+    def _sync(self, store: ArtifactStore) -> int:
         sent = 0
         for path in sorted(self.run_dir.rglob("*")):
             if not path.is_file() or path.name.endswith(self.SKIP_SUFFIXES):
@@ -164,19 +156,18 @@ class ArtifactSync:
             if self.seen.get(rel) == key:
                 continue
             try:
-                self.store.put_file(self.run_id, rel, path)
+                store.put_file(self.run_id, rel, path)
             except FileNotFoundError:
                 continue
             self.seen[rel] = key
             sent += 1
-        return sent + self._sync_checkpoints()
+        return sent + self._sync_checkpoints(store)
 
-    def _sync_checkpoints(self) -> int:
+    def _sync_checkpoints(self, store: ArtifactStore) -> int:
         """Each finished checkpoint (its trainer marker written) goes up file by file, each checked
         by SHA-256 on arrival and by size after; its manifest (sizes, sha256) goes last, so a
         checkpoint is complete in the store exactly when its manifest is there. Checkpoints the
         trainer pruned are deleted from the store too (the last K plus the best stay)."""
-        import json
 
         from infra.manifest import file_sha256
 
@@ -192,8 +183,8 @@ class ArtifactSync:
                 for rel in marker["files"]:
                     digest, size = file_sha256(str(folder / rel)), (folder / rel).stat().st_size
                     key = f"{CHECKPOINTS}/{name}/{rel}"
-                    self.store.put_verified(self.run_id, key, folder / rel, digest)
-                    if self.store.size_of(self.run_id, key) != size:
+                    store.put_verified(self.run_id, key, folder / rel, digest)
+                    if store.size_of(self.run_id, key) != size:
                         raise RunError(f"{key}: the store holds another size than {size} — uploaded again next pass")
                     files[rel] = {"size": size, "sha256": digest}
             except FileNotFoundError:
@@ -203,13 +194,13 @@ class ArtifactSync:
                                         "processes": marker.get("processes"),  # a resume reads these too
                                         "best": marker.get("best"), "files": files}))
             try:
-                self.store.put_file(self.run_id, f"{CHECKPOINTS}/{name}/{MARKER}", manifest)
+                store.put_file(self.run_id, f"{CHECKPOINTS}/{name}/{MARKER}", manifest)
             finally:
                 manifest.unlink(missing_ok=True)
             self.checkpoints_done.add(name)
             sent += len(files) + 1
         for name in sorted((self.checkpoints_done | self.checkpoints_started) - local):
-            self.store.delete_names(self.run_id, self.store.list_names(self.run_id, f"{CHECKPOINTS}/{name}/"))
+            store.delete_names(self.run_id, store.list_names(self.run_id, f"{CHECKPOINTS}/{name}/"))
             self.checkpoints_done.discard(name)
             self.checkpoints_started.discard(name)
         return sent
@@ -363,7 +354,7 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
     except LaunchError as err:  # e.g. fp16 on a host without a GPU: the run fails with that one line
         with open(log_path, "a") as log:
             log.write(f"error: {err}\n")
-        write_status(run_dir, state="failed", agent_pid=os.getpid(), exit_code=err.exit_code, reason=str(err),
+        write_status(run_dir, RunState.FAILED, agent_pid=os.getpid(), exit_code=err.exit_code, reason=str(err),
                      finished_at=round(time.time(), 3))
         events.emit("run_end", state="failed", exit_code=err.exit_code, reason=str(err))
         sync.sync()
@@ -372,10 +363,10 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
     # the ranks (which install their own handlers) without killing the launchers between.
     signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)
     signal.signal(CHECKPOINT_SIGNAL, signal.SIG_IGN)
-    with open(log_path, "ab") as log:
-        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True, env={**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"})
-    write_status(run_dir, state="running", agent_pid=os.getpid(), trainer_pid=child.pid,
+    write_status(run_dir, RunState.RUNNING, agent_pid=os.getpid(), trainer_pid=child.pid,
                  launch_env=sorted(extra_env),  # the names only: values may be secrets
                  started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None,
                  spot_watch=bool(args.spot_watch and args.imds_poll > 0),
@@ -447,19 +438,19 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
         pass
 
     if cancelled["sig"] is not None:
-        state, reason = "cancelled", f"cancelled by signal {signal.Signals(cancelled['sig']).name}"
+        state, reason = RunState.CANCELLED, f"cancelled by signal {signal.Signals(cancelled['sig']).name}"
     elif rc == 0:  # finished before the notice mattered (or the notice came during the last step)
-        state, reason = "succeeded", None
+        state, reason = RunState.SUCCEEDED, None
     elif notice is not None:
-        state, reason = "preempted", preempt_reason(notice, run_dir)
+        state, reason = RunState.PREEMPTED, preempt_reason(notice, run_dir)
     else:
-        state, reason = "failed", failure_reason(log_path, rc)
-    write_status(run_dir, state=state, exit_code=rc, reason=reason, finished_at=round(time.time(), 3))
-    events.emit("run_end", state=state, exit_code=rc, reason=reason)
+        state, reason = RunState.FAILED, failure_reason(log_path, rc)
+    write_status(run_dir, state, exit_code=rc, reason=reason, finished_at=round(time.time(), 3))
+    events.emit("run_end", state=state.value, exit_code=rc, reason=reason)
     sync.sync()
     if sync.error:  # the run is complete on this host; say so where `logs` and `runs` look
         write_status(run_dir, upload_error=sync.error)
-    return 0 if state == "succeeded" else 1
+    return 0 if state is RunState.SUCCEEDED else 1
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ class Host(Protocol):
 
     def run(self, argv: list[str], cwd: Optional[str] = None, timeout: Optional[float] = None) -> Completed: ...
 
+    def exec(self, command: str, timeout: Optional[float] = None, stdin: Optional[BinaryIO] = None) -> Completed:
+        """Run a shell command line on the host (every value in it already quoted by the caller)."""
+        ...
+
     def spawn(self, argv: list[str], cwd: str, log: str, env: Optional[dict[str, str]] = None) -> int:
         """Start ``argv`` detached (own session, survives the launcher); returns its pid."""
         ...
@@ -51,6 +55,10 @@ class Host(Protocol):
 
     def kill(self, pid: int, sig: int = signal.SIGTERM) -> None: ...
 
+    def close(self) -> None:
+        """Let go of the connection (the next call opens a new one); nothing for this machine."""
+        ...
+
 
 class LocalHost:
     """This machine. Detached children get their own session (setsid), like on an instance."""
@@ -60,6 +68,14 @@ class LocalHost:
     def run(self, argv: list[str], cwd: Optional[str] = None, timeout: Optional[float] = None) -> Completed:
         p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
         return Completed(p.returncode, p.stdout, p.stderr)
+
+    def exec(self, command: str, timeout: Optional[float] = None, stdin: Optional[BinaryIO] = None) -> Completed:
+        p = subprocess.run(["sh", "-c", command], input=stdin.read() if stdin is not None else None,
+                           capture_output=True, timeout=timeout)
+        return Completed(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+    def close(self) -> None:
+        pass
 
     def spawn(self, argv: list[str], cwd: str, log: str, env: Optional[dict[str, str]] = None) -> int:
         Path(log).parent.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,9 @@ def restore_run(store: ArtifactStore, run_id: str, run_dir: Path) -> dict:
     # the manifest's names came from the store: each is checked before anything is written
     folder = _target(run_dir, f"{CHECKPOINTS}/{ckpt['name']}", run_id, store)
     targets = {rel: _target(folder, rel, run_id, store) for rel in ckpt["files"]}
-    if not _fetch(store, run_id, "config.yaml", _target(run_dir, "config.yaml", run_id, store)):
+    config = _target(run_dir, "config.yaml", run_id, store)
+    # a config.yaml already here is this attempt's, written by the launcher (a --resume's --set applied)
+    if store.size_of(run_id, "config.yaml") is None or not (config.is_file() or _fetch(store, run_id, "config.yaml", config)):
         raise RunError(f"run '{run_id}': config.yaml is missing from {store.uri} — start a new run")
     for name in RUN_FILES[1:]:
         _fetch(store, run_id, name, _target(run_dir, name, run_id, store))

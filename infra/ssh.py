@@ -60,6 +60,15 @@ class KeyRefusedError(SSHError):
     """The server does not accept our key: retrying will not help."""
 
 
+# What a dropped or refused connection raises from SSHHost's calls (ours, paramiko's, the socket's): a
+# caller that reconnects catches these and never names paramiko. HostKeyChangedError and KeyRefusedError
+# are among them (SSHError) but never fix themselves: catch those first.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (SSHError, paramiko.SSHException, EOFError, ConnectionError)
+# a read over SFTP also fails with a plain OSError when its channel dies (FileNotFoundError is an answer: catch it first)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, OSError)
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (HostKeyChangedError, KeyRefusedError)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     user: str

@@ -50,6 +50,20 @@ class ArtifactStore(Protocol):
 
     def put_file(self, run_id: str, name: str, local_path: Path) -> None: ...
 
+    def put_verified(self, run_id: str, name: str, local_path: Path, sha256_hex: str) -> None:
+        """put_file, then RunError unless the stored object has ``sha256_hex`` (the agent's checkpoint uploads)."""
+        ...
+
+    def size_of(self, run_id: str, name: str) -> Optional[int]:
+        """The stored object's size in bytes; None if there is none."""
+        ...
+
+    def list_names(self, run_id: str, prefix: str = "") -> list[str]:
+        """Names under the run (relative to its folder) starting with ``prefix``."""
+        ...
+
+    def delete_names(self, run_id: str, names: list[str]) -> None: ...
+
     def download(self, run_id: str, dest: Path) -> Path: ...
 
     def read_from(self, run_id: str, name: str, offset: int, limit: int = 1 << 20) -> bytes:
@@ -194,6 +208,11 @@ def _safe_names(folder: str, files: dict) -> bool:
     return True
 
 
+def folder_store(uri: Optional[str]) -> Optional[LocalStore]:
+    """The folder store at ``uri``; None for an s3:// URI (decided from the URI alone: no boto3, no network)."""
+    return None if (uri or "").startswith("s3://") else LocalStore(uri or ".")
+
+
 def open_store(uri: Optional[str]) -> ArtifactStore:
     uri = uri or "."
     if uri.startswith("s3://"):
@@ -207,6 +226,7 @@ class RunFiles(Protocol):
     where: str  # for messages: the run folder or the run's URI
     mirrored: bool  # a copy that lags the run (uploads): status and events may arrive in either order
     poll: tuple[float, float]  # a follower's first and longest wait between reads (seconds)
+    spawn_pid: Optional[int]  # the agent's pid as the launcher spawned it (before status.json has it); None: unknown
 
     def read_from(self, name: str, offset: int, limit: int = 1 << 20) -> bytes: ...
 
@@ -216,12 +236,17 @@ class RunFiles(Protocol):
         """Whether the run's agent still runs; None when that cannot be told from here."""
         ...
 
+    def instance_lost(self) -> bool:
+        """Whether the machine the run was on is gone for good (asked once its agent is seen dead)."""
+        ...
+
 
 class HostRun:
     """A run folder on a Host (this machine for --local): the files the agent writes, as it writes them."""
 
     mirrored = False
     poll = (0.25, 0.25)
+    spawn_pid: Optional[int] = None
 
     def __init__(self, host: "Host", run_dir: str | Path) -> None:
         self.host, self.where = host, str(run_dir)
@@ -235,12 +260,26 @@ class HostRun:
     def is_alive(self, pid: int) -> Optional[bool]:
         return self.host.is_alive(pid)
 
+    def instance_lost(self) -> bool:
+        return False  # a host we can read from is there
+
+
+def run_files(store: ArtifactStore, run_id: str) -> "RunFiles":
+    """A run's files as a follower reads them: a folder store's run folder itself (written as we read),
+    any other store's copy."""
+    if isinstance(store, LocalStore):
+        from infra.host import LocalHost
+
+        return HostRun(LocalHost(), store.run_dir(run_id))
+    return StoreRun(store, run_id)
+
 
 class StoreRun:
     """A run in an ArtifactStore: on S3 each read is a GET (ranged from an offset), so followers back off."""
 
     mirrored = True
     poll = (0.5, 5.0)  # doubling while nothing new arrives: a long run costs few GETs
+    spawn_pid: Optional[int] = None
 
     def __init__(self, store: ArtifactStore, run_id: str) -> None:
         self.store, self.run_id = store, run_id
@@ -254,3 +293,6 @@ class StoreRun:
 
     def is_alive(self, pid: int) -> Optional[bool]:
         return None  # the agent runs on another machine: its pid means nothing here
+
+    def instance_lost(self) -> bool:
+        return False  # a copy says nothing about the machine: status.json tells the end

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -23,6 +23,7 @@ from core.errors import ConfigError, LaunchError
 
 if TYPE_CHECKING:
     from infra.store import RunFiles
+    from launcher.targets import Attempt, Target
 
 app = typer.Typer(
     name="mnist-launch",
@@ -76,94 +77,67 @@ def train(
     max_recoveries: int = typer.Option(3, "--max-recoveries", help="replacements before giving up"),
 ) -> None:
     """Train a recipe: on this machine with --local, else on the named EC2 cluster."""
-    if not local:
-        if spot:
-            set_ = [*set_, "launch.spot=true"]
-        if (recover or spot) and detach:
-            raise ConfigError("--recover/--spot keep watching the run to replace a lost instance — drop --detach")
-        _train_remote(config, list(set_), store, run_id, data_dir, processes, detach, resume, name, instance, identity,
-                      recover=recover or spot, max_recoveries=max_recoveries)
-        return
-    from infra.store import HostRun
-    from launcher.orchestrator import LocalRequest, start_run
+    from launcher import lifecycle
 
-    run = start_run(LocalRequest(config=str(config) if config else None, overrides=list(set_), store=store,
-                                 run_id=run_id, data_dir=data_dir, processes=processes, resume=resume))
-    console.print(f"run [bold]{run.run_id}[/] → {run.run_dir}")
+    spec = lifecycle.RunSpec(config=str(config) if config else None, overrides=list(set_), run_id=run_id,
+                             data_dir=data_dir, resume=resume)
+    if local:
+        from launcher.targets.local import LocalTarget
+
+        target: "Target" = LocalTarget(store, processes=processes)
+        attempt = lifecycle.start(target, spec)
+        console.print(f"run [bold]{attempt.run_id}[/] → {attempt.run_dir}")
+        failed = f"full log: {attempt.run_dir}/train.log"
+    else:
+        if spot:
+            spec.overrides.append("launch.spot=true")
+        recover = recover or spot
+        if recover and detach:
+            raise ConfigError("--recover/--spot keep watching the run to replace a lost instance — drop --detach")
+        if processes != 1:
+            raise ConfigError("--processes is for --local runs — on an instance set launch.gpus (default: every GPU)")
+        from launcher.cloud_cli import terminal_confirm
+        from launcher.targets.ec2 import CloudFlags, EC2Target
+
+        target = EC2Target(CloudFlags(store=store, name=name, instance=instance, identity=identity, data_dir=data_dir,
+                                      recover=recover),
+                           console, note=_note, confirm=terminal_confirm())
+        if recover and not resume and config:
+            from core.config import load_config
+
+            if not (store or load_config(str(config), spec.overrides).store or "").startswith("s3://"):
+                raise ConfigError("--recover/--spot resume a lost run from its checkpoints in S3 — "
+                                  "pass --store s3://bucket/prefix")
+        t0 = time.monotonic()
+        attempt = lifecycle.start(target, spec)
+        _print_cloud_start(attempt, time.monotonic() - t0)
+        failed = f"full log: mnist-launch logs {attempt.run_id} --raw"
     if detach:
-        console.print(f"detached. Follow: mnist-launch logs {run.run_id} --follow · stop: mnist-launch cancel {run.run_id}")
+        console.print(f"detached. Follow: mnist-launch logs {attempt.run_id} --follow · "
+                      f"stop: mnist-launch cancel {attempt.run_id}")
+        target.close(attempt)
         return
-    end = _follow(run.run_id, HostRun(run.host, run.run_dir), offset=run.events_offset)
+    end = lifecycle.attach(target, attempt, lambda files, offset: _follow(attempt.run_id, files, offset=offset), _note,
+                           recover=spec if (recover and not local) else None, max_recoveries=max_recoveries)
     if end and end.get("state") != "succeeded":
-        raise LaunchError(f"run {run.run_id} {end.get('state')}: {end.get('reason')} — full log: {run.run_dir / 'train.log'}")
+        raise LaunchError(f"run {attempt.run_id} {end.get('state')}: {end.get('reason')} — {failed}")
+    if end and not local and attempt.store:
+        console.print(f"artifacts: {attempt.store}/runs/{attempt.run_id} (fetch: mnist-launch results {attempt.run_id} "
+                      f"--store {attempt.store})")
 
 
 def _note(message: str) -> None:
     console.print(f"[yellow]{message}[/]")
 
 
-def _train_remote(config: Optional[Path], overrides: list[str], store: Optional[str], run_id: Optional[str],
-                  data_dir: Optional[str], processes: int, detach: bool, resume: Optional[str], name: Optional[str],
-                  instance: Optional[str], identity: Optional[str], recover: bool = False,
-                  max_recoveries: int = 3) -> None:
-    if resume:
-        raise ConfigError("--resume continues --local runs in this version — add --local, or start a new cloud run")
-    if processes != 1:
-        raise ConfigError("--processes is for --local runs — on an instance set launch.gpus (default: every GPU)")
-    if not config:
-        raise ConfigError("no config given — pass a recipe such as configs/model3.yaml (see `mnist-launch models`)")
-    from launcher.remote import ReconnectingRun, RemoteRequest, start_remote_run
-    from core.config import load_config
-
-    if recover and not (store or load_config(str(config), overrides).store or "").startswith("s3://"):
-        raise ConfigError("--recover/--spot resume a lost run from its checkpoints in S3 — pass --store s3://bucket/prefix")
-    t0 = time.monotonic()
-    run = start_remote_run(RemoteRequest(config=str(config), overrides=overrides, store=store, run_id=run_id,
-                                         data_dir=data_dir, name=name, instance=instance, identity=identity), console)
-    tm = run.timings
+def _print_cloud_start(attempt: "Attempt", seconds: float) -> None:
+    tm, info = attempt.info["timings"], attempt.info
     parts = (f"connect {tm['connect']:.2f}s · sync {tm['sync']:.2f}s, data {tm['data']:.2f}s, setup {tm['setup']:.2f}s "
              f"in parallel {tm['prepare']:.2f}s · start {tm['start']:.2f}s")
-    where = f"{run.store}/runs/{run.run_id}" if run.store else f"{run.cluster}:{run.run_dir} (no --store: kept on the instance only)"
-    console.print(f"run [bold]{run.run_id}[/] on {run.cluster} ({run.instance_id}) → {where}")
-    console.print(f"[dim]started in {time.monotonic() - t0:.2f}s ({parts})[/]")
-    if detach:
-        console.print(f"detached. Follow: mnist-launch logs {run.run_id} --follow · stop: mnist-launch cancel {run.run_id}")
-        run.host.close()
-        return
-    from launcher.remote import HostGone, instance_gone, restored_offset, settle_status
-
-    region = None
-    recoveries, offset = 0, 0
-    while True:
-        gone = (lambda r=run: instance_gone(r, region)) if recover else None
-        with run.host:
-            files = ReconnectingRun(run.host, run.run_dir, note=_note, spawn_pid=run.spawn_pid, gone=gone)
-            try:
-                end = _follow(run.run_id, files, offset=offset)
-            except HostGone:
-                end = {"state": "lost", "reason": f"instance {run.instance_id} is gone"}
-            if end and end.get("state") == "failed" and not (recover and instance_gone(run, region)):
-                settle_status(files, end)  # an agent that died unheard leaves no run saying "starting"
-        if not (recover and end and end.get("state") in ("failed", "lost", "preempted") and instance_gone(run, region)):
-            break
-        if recoveries >= max_recoveries:
-            raise LaunchError(f"run {run.run_id}: instance lost {recoveries + 1} times; gave up after --max-recoveries "
-                              f"{max_recoveries} — its checkpoints stay in the store: mnist-launch results {run.run_id} "
-                              f"--store {run.store}")
-        recoveries += 1
-        _note(f"{run.instance_id} is gone ({end.get('reason')}): recovery {recoveries}/{max_recoveries} on a "
-              "replacement instance" + (f" outside {run.az}" if run.az else "") + ", from the newest complete checkpoint in the store")
-        run = start_remote_run(RemoteRequest(config=str(config), overrides=overrides, store=run.store, run_id=run.run_id,
-                                             data_dir=data_dir, name=name, instance=run.instance_type or instance,
-                                             identity=identity, ami=run.image_id, avoid_az=run.az),
-                               console, recover=run.run_id)
-        with run.host:
-            offset = restored_offset(ReconnectingRun(run.host, run.run_dir, note=_note))
-    if end and end.get("state") != "succeeded":
-        raise LaunchError(f"run {run.run_id} {end.get('state')}: {end.get('reason')} — "
-                          f"full log: mnist-launch logs {run.run_id} --raw")
-    if end and run.store:
-        console.print(f"artifacts: {run.store}/runs/{run.run_id} (fetch: mnist-launch results {run.run_id} --store {run.store})")
+    where = (f"{attempt.store}/runs/{attempt.run_id}" if attempt.store
+             else f"{info['cluster']}:{attempt.run_dir} (no --store: kept on the instance only)")
+    console.print(f"run [bold]{attempt.run_id}[/] on {info['cluster']} ({info['instance_id']}) → {where}")
+    console.print(f"[dim]started in {seconds:.2f}s ({parts})[/]")
 
 
 @app.command()
@@ -174,11 +148,10 @@ def logs(
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Show a run's progress from its events (re-attaches to a running run with --follow)."""
+    from launcher.lifecycle import open_files
     from launcher.live import read_status
-    from launcher.orchestrator import open_run
-    from launcher.remote import open_cloud_run
 
-    files = open_cloud_run(run_id, store, note=_note) or open_run(run_id, store)
+    files = open_files(run_id, store, note=_note)
     if raw:
         _print_raw_log(files, follow)
         return
@@ -190,7 +163,8 @@ def logs(
 def _print_raw_log(files: "RunFiles", follow: bool) -> None:
     import codecs
 
-    from launcher.live import TERMINAL, read_status
+    from core.runstate import TERMINAL
+    from launcher.live import read_status
 
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split across reads
     offset = 0
@@ -216,10 +190,9 @@ def cancel(
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Stop a running run (its checkpoints so far are kept)."""
-    from launcher.orchestrator import cancel_run
-    from launcher.remote import cancel_cloud_run
+    from launcher.lifecycle import cancel_anywhere
 
-    status = cancel_cloud_run(run_id, store) or cancel_run(run_id, store)
+    status = cancel_anywhere(run_id, store)
     console.print(f"{run_id}: {status.get('state')}" + (f" ({status.get('reason')})" if status.get("reason") else ""))
 
 
@@ -277,14 +250,17 @@ def _compare(run_ids: list[str], store: Optional[str], plot: Path, as_json: bool
         table.add_column(c["run_id"], justify="right")
     for key in ["model", *differing]:
         table.add_row(key, *[str(c["settings"].get(key)) for c in columns])
-    for label, key, fmt in [("params", "params", lambda v: f"{v:,}" if v else "-"),
-                            ("state", "state", str),
-                            ("epochs", "epochs_completed", str),
-                            ("final test acc", "final_test_accuracy", pct),
-                            ("best test acc", "best_test_accuracy", pct),
-                            ("train time", "train_seconds", lambda v: f"{v:.1f}s" if v else "-"),
-                            ("img/s", "images_per_second", lambda v: f"{v:,.0f}" if v else "-"),
-                            ("device", "device", str)]:
+    rows: list[tuple[str, str, Callable[[Any], str]]] = [
+        ("params", "params", lambda v: f"{v:,}" if v else "-"),
+        ("state", "state", str),
+        ("epochs", "epochs_completed", str),
+        ("final test acc", "final_test_accuracy", pct),
+        ("best test acc", "best_test_accuracy", pct),
+        ("train time", "train_seconds", lambda v: f"{v:.1f}s" if v else "-"),
+        ("img/s", "images_per_second", lambda v: f"{v:,.0f}" if v else "-"),
+        ("device", "device", str),
+    ]
+    for label, key, fmt in rows:
         table.add_row(label, *[fmt(c["results"].get(key)) for c in columns])
     console.print(table)
     console.print(f"test-accuracy curves: {png}")
@@ -308,7 +284,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="print JSON instea
     """The model zoo: one recipe per seed, with parameter counts and the seed's claim."""
     from trainer.models import MODELS, build_model, count_params
 
-    rows = [{"name": s.name, "params": count_params(build_model(s.name)), "budget": s.budget, "seed": s.seed,
+    rows: list[dict[str, Any]] = [{"name": s.name, "params": count_params(build_model(s.name)), "budget": s.budget, "seed": s.seed,
              "claim": s.claim, "config": f"configs/{s.name}.yaml", "class": s.factory.__name__} for s in MODELS.values()]
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -351,20 +327,20 @@ def data_check(data_dir: Path = typer.Option(Path("data"), "--data-dir", help="f
     console.print(", ".join(f"{k}: {v:,}" for k, v in counts.items()))
 
 
-def _register_cloud_commands() -> None:
-    try:
-        from launcher import cloud_cli
-    except ImportError:
-        return
-    cloud_cli.register(app)
+def _register_cloud_commands(app: typer.Typer) -> None:
+    """`up`, `status`, `down`, `ssh`. Their dependencies are the project's own: an import that fails is a broken
+    install or a bug, and stops the CLI with it rather than leaving it without those commands."""
+    import importlib
+
+    importlib.import_module("launcher.cloud_cli").register(app)
 
 
-_register_cloud_commands()
+_register_cloud_commands(app)
 
 
 def _usage_errors() -> tuple:
     """Bad flags and arguments: typer >= 0.20 vendors click, older ones use it directly."""
-    classes = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    classes: list[type[Exception]] = [typer.TyperException] if hasattr(typer, "TyperException") else []
     try:
         import click
 

@@ -9,15 +9,23 @@ complete lines from an offset, so a follower that reconnects resumes exactly whe
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable, Optional
 
 from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
+from core.runstate import ACTIVE, TERMINAL, RunState, parse_status
 from infra.host import Host
 from infra.store import HostRun, RunFiles
 from trainer.events import EVENTS_FILE, parse_events
@@ -34,7 +42,8 @@ class RunView:
         self.console = console
         self.progress: Optional[Progress] = None
         self.live = live and console.is_terminal
-        self.epoch_task = self.step_task = None
+        self.epoch_task: Optional[TaskID] = None
+        self.step_task: Optional[TaskID] = None
         self.end: Optional[dict] = None
         self.finished: Optional[dict] = None
         self.header_done = False
@@ -66,7 +75,7 @@ class RunView:
                 self.print(summary_table(ev["summary"]))
             self._header()
             self._start_progress(ev["epochs"], ev["steps_per_epoch"], ev.get("start_epoch", 1))
-        elif kind == "step" and self.progress is not None:
+        elif kind == "step" and self.progress is not None and self.step_task is not None:
             self.progress.update(self.step_task, description=f"epoch {ev['epoch']}", completed=ev["step"],
                                  total=ev["steps"], info=f"loss {ev['loss']:.4f} · {ev['images_per_second']:,.0f} img/s")
         elif kind == "epoch":
@@ -75,7 +84,7 @@ class RunView:
                 f"{ev['epoch']:>5}  {ev['train_loss']:>10.4f}  {pct(ev['train_accuracy']):>9}  {ev['test_loss']:>9.4f}  "
                 f"{pct(ev['test_accuracy']):>8}{best:<2}  {ev['lr']:>9.2e}  {ev['images_per_second']:>9,.0f}  {ev['seconds']:>6.1f}s"
             )
-            if self.progress is not None:
+            if self.progress is not None and self.epoch_task is not None and self.step_task is not None:
                 self.progress.update(self.epoch_task, completed=ev["epoch"])
                 self.progress.reset(self.step_task, description=f"epoch {ev['epoch'] + 1}")
         elif kind == "restored":
@@ -126,16 +135,9 @@ def summary_table(rows: list[dict]) -> Table:
     return table
 
 
-TERMINAL = ("succeeded", "failed", "cancelled", "preempted")
-
-
 def read_status(files: RunFiles) -> dict:
     """The run's status.json, or {} while there is none (or it is being replaced)."""
-    try:
-        status = json.loads(files.read_text("status.json") or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return status if isinstance(status, dict) else {}
+    return parse_status(files.read_text("status.json"))
 
 
 def agent_gone(files: RunFiles) -> Optional[dict]:
@@ -148,18 +150,17 @@ def agent_gone(files: RunFiles) -> Optional[dict]:
                     "reason": status.get("reason")}
         return None  # it did finish: its run_end is in the file, read it
     # before the agent writes its pid, the pid it was spawned with (a launcher that knows it) stands in
-    pid = status.get("agent_pid") or getattr(files, "spawn_pid", None)
+    pid = status.get("agent_pid") or files.spawn_pid
     if pid and files.is_alive(int(pid)) is False:
-        lost = getattr(files, "instance_lost", None)  # a cloud run's source can ask EC2 why
-        if lost is not None and lost():
-            return {"type": "run_end", "state": "lost", "reason": "the instance is gone, and its agent with it"}
-        return {"type": "run_end", "state": "failed", "reason": "the agent stopped without finishing (killed?)"}
+        if files.instance_lost():  # a cloud run's source asks EC2 why
+            return {"type": "run_end", "state": RunState.LOST.value, "reason": "the instance is gone, and its agent with it"}
+        return {"type": "run_end", "state": RunState.FAILED.value, "reason": "the agent stopped without finishing (killed?)"}
     return None
 
 
 def _restarted(files: RunFiles, end: dict) -> bool:
     status = read_status(files)
-    if status.get("state") not in ("starting", "running"):
+    if status.get("state") not in ACTIVE:
         return False
     if files.mirrored:  # a copy uploaded before the run_end says "running" too: only a newer one counts
         return (status.get("updated_at") or 0) > (end.get("time") or float("inf"))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from core.errors import ConfigError
-from infra.agent import accelerate_command, main as agent_main
+from infra.agent import accelerate_command
+from infra.agent import main as agent_main
 from launcher.orchestrator import LocalRequest, start_run
 
 

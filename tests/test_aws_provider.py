@@ -11,11 +11,11 @@ from moto import mock_aws
 
 from core.errors import AWSError, ConfigError
 from infra.aws import (
+    SSH_RULE_DESCRIPTION,
     TAG_CLUSTER,
     TAG_MANAGED,
     AWSProvider,
     Clients,
-    SSH_RULE_DESCRIPTION,
     ClusterSpec,
     aws_errors,
     key_pair_name,

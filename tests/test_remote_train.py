@@ -399,6 +399,41 @@ def test_a_lost_instance_is_replaced_and_the_run_resumes_from_s3(cloud, small_mn
     assert new != old
 
 
+def test_resume_continues_a_cancelled_cloud_run_from_its_checkpoint_in_s3(cloud, small_mnist):
+    """`train --resume RUN_ID` without --local: the config comes from the store, the agent on the cluster restores
+    the newest complete checkpoint from S3 and trains the epochs after it; every epoch is in the run once."""
+    remote = cloud.sshd.remote("instance-s")
+    # 1 s a step (about 16 s an epoch) while it runs the first time: cancelled well before its last epoch on any
+    # machine; the value is not kept (launch.env), so the resumed attempt runs at full speed
+    p = cloud.cli(*train_args(cloud, small_mnist, "again", str(remote), "--detach", "--set", "train.epochs=3",
+                              "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=1.0"))
+    assert p.returncode == 0, p.stderr
+    deadline = time.monotonic() + 240
+    while "checkpoints/epoch_001/checkpoint.json" not in cloud.objects("again"):  # the agent uploaded it whole
+        assert time.monotonic() < deadline, cloud.cli("logs", "again", "--raw").stdout[-2000:]
+        time.sleep(0.5)
+    p = cloud.cli("cancel", "again")
+    assert p.returncode == 0 and "again: cancelled" in p.stdout, p.stdout + p.stderr
+    assert json.loads((remote / "runs" / "again" / "status.json").read_text())["state"] == "cancelled"
+    epochs_before = [e["epoch"] for e in events_on_instance(remote, "again") if e["type"] == "epoch"]
+    assert epochs_before in ([1], [1, 2])
+
+    p = cloud.cli("train", "--resume", "again", "--store", STORE, "--data-dir", str(small_mnist))
+    assert p.returncode == 0, p.stderr
+    assert "restored from s3://" in p.stdout and "finished" in p.stdout, p.stdout
+    restored = int(re.search(r"restored from s3://\S+ at \S+ \(epoch (\d+)\)", p.stdout).group(1))
+    # only the epochs after the restored checkpoint are trained and shown: what came before was shown already
+    assert [int(e) for e in EPOCH_ROW.findall(p.stdout)] == list(range(restored + 1, 4)) and restored >= 1
+    evs = events_on_instance(remote, "again")
+    assert [e["epoch"] for e in evs if e["type"] == "epoch"] == [1, 2, 3]  # each epoch once in the run's events
+    objs = cloud.objects("again")
+    assert json.loads(objs["status.json"])["state"] == "succeeded"
+    assert json.loads(objs["summary.json"])["epochs_completed"] == 3
+    # a run id that is not in the store is one line, and nothing starts
+    p = cloud.cli("train", "--resume", "nosuchrun", "--store", STORE)
+    assert p.returncode != 0 and f"run 'nosuchrun' not found in {STORE}" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_runs_write_nothing_outside_the_login_users_home(cloud, small_mnist):
     """Last in this file: what every run above (and this one) wrote as the instance's user lies under its home."""
     if cloud.sshd.login is None or not cloud.sshd.login.created:

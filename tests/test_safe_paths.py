@@ -6,10 +6,10 @@ crafted files and tars here. Each test checks both the one-line refusal and that
 from __future__ import annotations
 
 import hashlib
-import sys
 import io
 import json
 import os
+import sys
 import tarfile
 from pathlib import Path
 

@@ -91,7 +91,7 @@ def test_every_form_of_set_for_launch_env_is_redacted():
 
 
 def test_the_remote_run_records_its_command_line_redacted(monkeypatch):
-    from launcher.remote import _argv
+    from launcher.lifecycle import run_argv as _argv
 
     monkeypatch.setattr(sys, "argv", ["mnist-launch", "train", "c.yaml", f"--set=launch.env.K={SECRET}",
                                       "--set", f"launch.env={{K: {SECRET}}}"])

@@ -12,11 +12,11 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from botocore.exceptions import ClientError
 
+from core.errors import AWSError, ConfigError
 from infra.aws.clients import Regional
 from infra.aws.errors import NEW_ROLE, error_code, retry
 from infra.aws.tags import tags
 from infra.provider import Created, InstanceInfo, Step
-from core.errors import AWSError, ConfigError
 
 STORE_POLICY_NAME = "mnist-launch-store"
 RUN_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]

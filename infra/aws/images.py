@@ -11,10 +11,10 @@ from typing import Any, Optional
 
 from botocore.exceptions import ClientError
 
+from core.errors import AWSError
 from infra.aws.clients import Clients, Regional
 from infra.aws.errors import error_code
 from infra.provider import ClusterSpec, Step
-from core.errors import AWSError
 
 # The AWS Deep Learning AMI (PyTorch, GPU, Ubuntu 22.04), resolved per region; logs in as ubuntu.
 # Another parameter: launch.ami_parameter; another image: --ami.

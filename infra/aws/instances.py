@@ -15,12 +15,12 @@ from typing import Any, Callable, Optional
 
 from botocore.exceptions import ClientError
 
+from core.errors import AWSError
 from infra.aws.clients import Regional
 from infra.aws.errors import CAPACITY_ERRORS, NEW_INSTANCE, QUOTA_ERRORS, Backoff, Transient, error_code, retry
 from infra.aws.images import DLAMI_USER, Image
 from infra.aws.tags import TAG_AUTOSTOP, TAG_AUTOSTOP_ACTION, TAG_CLUSTER, TAG_MANAGED, TAG_USER, is_managed, tags
 from infra.provider import ClusterSpec, InstanceInfo
-from core.errors import AWSError
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 NOT_TERMINATED = [*LIVE_STATES, "shutting-down"]  # everything `down` must wait out

@@ -15,11 +15,11 @@ from typing import Any, Optional
 
 from botocore.exceptions import ClientError
 
+from core.errors import AWSError, ConfigError
 from infra.aws.clients import Regional
 from infra.aws.errors import NEW_GROUP, Backoff, error_code, one_line, retry
 from infra.aws.tags import tags
 from infra.provider import Step
-from core.errors import AWSError, ConfigError
 
 CHECKIP_URL = "https://checkip.amazonaws.com"
 # What `up` writes on the ingress rules it adds, so that it replaces its own rule (and only its own)

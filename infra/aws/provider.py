@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from core.errors import AWSError, ConfigError
 from infra.aws.clients import Clients
 from infra.aws.errors import NEW_GROUP, NEW_KEY, NEW_PROFILE, Transient, one_line
 from infra.aws.iam import IAM, parse_s3_uri
@@ -22,7 +23,6 @@ from infra.aws.network import Network, sg_name
 from infra.aws.tags import is_managed, tags
 from infra.prices import hourly_price
 from infra.provider import ClusterSpec, Created, InstanceInfo, Plan, Provider, Step, UpOutcome
-from core.errors import AWSError, ConfigError
 
 
 class AWSProvider:

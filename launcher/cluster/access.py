@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from core.errors import LaunchError, SSHError
 from infra import home
 from infra.aws import AWSProvider, Clients, InstanceInfo, aws_errors, key_pair_name
 from infra.ssh import SSHHost, endpoint_for, public_key_of
 from launcher.cluster.settings import check_name, default_region, identity_for
-from core.errors import LaunchError, SSHError
 
 
 class NoInstanceError(LaunchError):

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from rich.table import Table
 
+from core.errors import LaunchError
 from infra import home
 from infra.activity import activity_command, parse_activity
 from infra.autostop_setup import STATE_FILE
@@ -22,7 +23,6 @@ from infra.prices import PRICES_DATE, PRICES_REGION, cost_so_far, hourly_price
 from launcher.cluster.access import cluster_host
 from launcher.cluster.output import err_console, out_console
 from launcher.cluster.settings import autostop_home, default_region
-from core.errors import LaunchError
 
 WARN_IDLE_S = 30 * 60  # an instance idle this long is worth a line in `status`
 WARN_AGE_S = 12 * 3600  # and one up this long, busy or not

@@ -56,8 +56,6 @@ class UpRequest:
     poll_s: float = 3.0
     avoid_az: Optional[str] = None  # the AZ a lost instance was in: a replacement tries the others first
     # asked (with the plan shown) before anything is created, unless ``yes``; None: nobody to ask, go ahead
-    # TODO(merge): `train` bringing its cluster up asked on a terminal too (remote.py's _cluster, now the
-    # lifecycle's EC2 target): pass launcher.cloud_cli.terminal_confirm() down from the train command
     confirm: Optional[Confirm] = None
 
 

@@ -10,12 +10,12 @@ from typing import Optional
 
 from rich.console import Console
 
+from core.errors import AWSError, ConfigError, LaunchError
 from infra import home
 from infra.aws import AWSProvider, Clients, aws_errors
 from infra.aws.instances import NOT_TERMINATED
 from launcher.cluster.output import Confirm, err_console, phase
 from launcher.cluster.settings import check_name, default_region
-from core.errors import AWSError, ConfigError, LaunchError
 
 
 def _forget_host_keys(instance_ids: list[str]) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import paramiko
 import pytest
 
-from infra.ssh import Endpoint, SSHHost
 from core.errors import SSHError
+from infra.ssh import Endpoint, SSHHost
 from tests.sshd_fixture import start_sshd, stop_sshd
 
 

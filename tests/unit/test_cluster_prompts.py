@@ -11,13 +11,13 @@ import pytest
 from moto import mock_aws
 from rich.console import Console
 
+from core.config import LaunchConfig
+from core.errors import ConfigError, LaunchError
 from infra.aws import AWSProvider, Clients, ClusterSpec
 from infra.home import ensure_default_key
 from infra.ssh import public_key_of
 from launcher import cluster
-from core.errors import ConfigError, LaunchError
 from tests.aws_helpers import fake_aws_env, ubuntu_ami
-from core.config import LaunchConfig
 
 CIDR = "203.0.113.7/32"
 

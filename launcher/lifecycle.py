@@ -1,0 +1,247 @@
+"""One run lifecycle over every target: start, attach (follow), cancel, resume and recover.
+
+    starting -> running -> succeeded | failed | cancelled | preempted | lost   (core/runstate.py)
+
+The steps are written once here; a target (launcher/targets/) supplies the hosts, the run's
+paths on them and the store. ``--resume`` and a recovery are new attempts of the same run: the
+agent continues from the newest complete checkpoint (a folder run's own; from the store on an
+instance).
+
+    attempt = start(LocalTarget("."), RunSpec(config="configs/model3.yaml", overrides=["train.epochs=1"]))
+    end = attach(target, attempt, follow)
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from core.config import REDACTED, Config, apply_overrides, load_yaml, redact_argv, validate_config
+from core.errors import ConfigError, LaunchError, RunError
+from core.runstate import ACTIVE, STATUS_FILE, TERMINAL, RunState, StatusWriter, parse_status
+from infra.host import Host
+from infra.store import RunFiles, check_run_id, valid_run_id
+from launcher.targets import Attempt, Target
+
+_ROOT = Path(__file__).resolve().parent.parent  # the project: its git revision goes with every run
+Follow = Callable[[RunFiles, int], Optional[dict]]  # render events from an offset; the run_end (None: detached)
+Note = Callable[[str], None]
+
+
+@dataclass
+class RunSpec:
+    """What the user asked for: a new run of ``config``, or ``resume`` an existing one."""
+
+    config: Optional[str] = None  # a recipe YAML (not with resume)
+    overrides: list[str] = field(default_factory=list)  # --set key=value
+    run_id: Optional[str] = None
+    data_dir: Optional[str] = None
+    resume: Optional[str] = None  # run id to continue from its newest complete checkpoint
+
+
+def new_run_id(stem: str) -> str:
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def checked_new_run_id(spec: RunSpec) -> str:
+    """The id of a new run: ``--run-id`` if valid, else one made from the config's name."""
+    run_id = spec.run_id or new_run_id(Path(spec.config or "run").stem)
+    if not valid_run_id(run_id):
+        raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' only")
+    return run_id
+
+
+def host_status(host: Host, run_dir: str | Path) -> StatusWriter:
+    """The run's status.json on ``host``, written through the host (a rename there, like the agent's)."""
+    path = f"{run_dir}/{STATUS_FILE}"
+    return StatusWriter(lambda: host.read_text(path), lambda text: host.write_text(path, text))
+
+
+def resumed_config(text: str, where: str, overrides: list[str]) -> Config:
+    """A run's saved config with ``--set`` applied; a OneCycle schedule keeps its epochs."""
+    data = load_yaml(text)
+    launch = data.get("launch") if isinstance(data, dict) else None
+    if isinstance(launch, dict) and isinstance(launch.get("env"), dict):  # values were never kept: pass them again
+        launch["env"] = {k: v for k, v in launch["env"].items() if v != REDACTED}
+    cfg = validate_config(apply_overrides(data, overrides), where + (" with --set" if overrides else ""))
+    if cfg.scheduler.name == "onecycle" and cfg.train.epochs != data["train"]["epochs"]:
+        raise ConfigError("--set train.epochs: a OneCycle schedule is fixed at the start of a run — "
+                          "resume with the same epochs or start a new run")
+    return cfg
+
+
+def start(target: Target, spec: RunSpec, recover: Optional[str] = None) -> Attempt:
+    """Start a new run, ``spec.resume`` one, or ``recover`` a lost one (same spec, on the target's new hosts)."""
+    restart = bool(spec.resume or recover)
+    if spec.resume:
+        run_id = check_run_id(spec.resume)
+        cfg = resumed_config(*target.saved_config(run_id), spec.overrides)
+        target.check_resumable(run_id)  # before the hosts are prepared: nothing to resume from, nothing done
+    else:
+        if not spec.config:
+            raise ConfigError("no config given — pass a recipe such as configs/model3.yaml (see `mnist-launch models`)")
+        cfg = target.load_config(spec.config, spec.overrides)
+        run_id = recover or checked_new_run_id(spec)
+    attempt = target.prepare(run_id, cfg, spec.data_dir, restart)
+    status = host_status(attempt.host, attempt.run_dir)
+    if restart:
+        _end_previous(target, attempt, status, lost=bool(recover))
+    elif target.exists(attempt):
+        raise RunError(f"run '{run_id}' already exists {target.where} — pick another --run-id or --resume it")
+    meta = {"run_id": run_id, "created_at": round(time.time(), 3), "host": attempt.host.name, "config_file": spec.config,
+            "code_revision": code_revision(), "argv": run_argv()}
+    resumed = {"at": round(time.time(), 3), "overrides": redact_argv(spec.overrides)} if spec.resume else None
+    target.write_run(attempt, _config_yaml(cfg), meta, resumed, restart)
+    target.retrying(status.start)
+    attempt.agent_pid = target.spawn_agent(attempt, restart)
+    return attempt
+
+
+def _end_previous(target: Target, attempt: Attempt, status: StatusWriter, lost: bool) -> None:
+    """Before a new attempt: refuse while the last one runs; record the end of one that died unheard."""
+    current = target.retrying(status.read)
+    if current.get("state") not in ACTIVE:
+        return
+    if lost:  # the last attempt's hosts are gone: whatever its file says, it ended with them
+        target.retrying(lambda: status.settle(RunState.LOST, "the instance is gone, and its agent with it"))
+        return
+    pid = current.get("agent_pid")
+    if pid is None or target.retrying(lambda: attempt.host.is_alive(int(pid))):
+        raise RunError(f"run '{attempt.run_id}' is still running — follow it with "
+                       f"`mnist-launch logs {attempt.run_id} --follow`")
+    target.retrying(lambda: status.settle(RunState.FAILED, "the agent stopped without finishing (killed?)"))
+
+
+def run_argv() -> list[str]:
+    """This command line as a run records it (``launch.env`` values redacted)."""
+    return redact_argv(sys.argv[1:])
+
+
+def _config_yaml(cfg: Config) -> str:
+    from core.config import config_to_yaml
+
+    return config_to_yaml(cfg)
+
+
+def code_revision() -> Optional[str]:
+    """The git commit of the project (with '+dirty' for local changes), stored with every run."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=_ROOT, capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def attach(target: Target, attempt: Attempt, follow: Follow, note: Note, recover: Optional[RunSpec] = None,
+           max_recoveries: int = 3) -> Optional[dict]:
+    """Follow ``attempt`` to its end; with ``recover`` (the run's spec), a lost one goes on on replacement
+    hosts, from the newest complete checkpoint in the store.
+
+    The run_end (None when detached); a run that did not succeed is the caller's to report."""
+    recoveries = 0
+    while True:
+        files = target.files(attempt, note)
+        try:
+            end = follow(files, attempt.events_offset)  # a recovered attempt's: from its restored event
+        except HostGone:
+            end = {"state": RunState.LOST.value, "reason": f"instance {attempt.info.get('instance_id')} is gone"}
+        lost = bool(recover and end and end.get("state") in ("failed", "lost", "preempted") and target.gone(attempt))
+        if end and end.get("state") == "failed" and not lost:
+            # an agent that died unheard leaves no run saying "starting"
+            target.retrying(lambda: host_status(attempt.host, attempt.run_dir).settle(RunState.FAILED, end.get("reason")))
+        target.close(attempt)
+        if not lost:
+            return end
+        replacement = target.replacement(attempt)
+        if replacement is None or recover is None or end is None:
+            return end
+        if recoveries >= max_recoveries:
+            raise LaunchError(f"run {attempt.run_id}: instance lost {recoveries + 1} times; gave up after "
+                              f"--max-recoveries {max_recoveries} — its checkpoints stay in the store: "
+                              f"mnist-launch results {attempt.run_id} --store {attempt.store}")
+        recoveries += 1
+        az = attempt.info.get("az")
+        note(f"{attempt.info.get('instance_id')} is gone ({end.get('reason')}): recovery {recoveries}/{max_recoveries} "
+             "on a replacement instance" + (f" outside {az}" if az else "")
+             + ", from the newest complete checkpoint in the store")
+        target = replacement
+        attempt = start(target, recover, recover=attempt.run_id)
+
+
+class HostGone(RunError):
+    """The run's instance is no longer running (terminated, stopped, reclaimed)."""
+
+
+def restored_offset(files: RunFiles, timeout: float = 600.0) -> int:
+    """Byte offset of the ``restored`` event on a new attempt's host: what came before it was shown already."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = files.read_from("events.jsonl", 0, 64 << 20)
+        offset = 0
+        for line in data.splitlines(keepends=True):
+            if b'"type":"restored"' in line or b'"type": "restored"' in line:
+                return offset
+            offset += len(line)
+        if parse_status(files.read_text(STATUS_FILE)).get("state") in TERMINAL:
+            return 0  # it ended before restoring: show everything, with its reason
+        time.sleep(0.5)
+    return 0
+
+
+def cancel(target: Target, run_id: str, timeout: float = 30.0, poll: float = 0.2) -> dict:
+    """Stop a run (SIGTERM to its agent, which records the end and stops the trainer's group); its status."""
+    attempt = target.locate(run_id)
+    if attempt is None:
+        raise RunError(f"run '{run_id}' not found {target.where} — `mnist-launch runs` lists them")
+    try:
+        status = host_status(attempt.host, attempt.run_dir)
+        st = status.read()
+        if st.get("state") in TERMINAL:
+            return st
+        pid = st.get("agent_pid")
+        if pid is None:
+            raise RunError(f"run '{run_id}' has not started its agent yet — try again in a few seconds")
+        attempt.host.kill(int(pid), signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # done when the agent has recorded the end and exited
+            st = status.read()
+            alive = attempt.host.is_alive(int(pid))
+            if st.get("state") in TERMINAL and not alive:
+                return st
+            if not alive:
+                break  # it died without recording an end
+            time.sleep(poll)
+    finally:
+        target.close(attempt)
+    raise RunError(f"run '{run_id}' did not stop within {timeout:.0f}s — check `mnist-launch logs {run_id}`")
+
+
+def open_files(run_id: str, store: Optional[str], note: Note) -> RunFiles:
+    """A run's files for `logs`: live from its instance while that runs, else its folder or its store's copy."""
+    from launcher.orchestrator import open_run
+    from launcher.targets.ec2 import open_cloud_run
+
+    return open_cloud_run(run_id, store, note=note) or open_run(run_id, store)
+
+
+def cancel_anywhere(run_id: str, store: Optional[str]) -> dict:
+    """`cancel`: through the run's instance for a cloud run, else on this machine (a folder store)."""
+    from launcher.orchestrator import cancel_run
+    from launcher.targets.ec2 import CloudFlags, EC2Target, run_record
+
+    if run_record(run_id, store):
+        from rich.console import Console
+
+        return cancel(EC2Target(CloudFlags(store=store), Console(quiet=True)), run_id, timeout=60.0, poll=0.5)
+    return cancel_run(run_id, store)
