@@ -1,6 +1,6 @@
 """A run's state, its allowed transitions, and the one writer of ``status.json``.
 
-    created -> starting -> running -> succeeded | failed | cancelled | preempted | lost
+    (no status.json) -> starting -> running -> succeeded | failed | cancelled | preempted | lost
     any terminal state -> starting (``--resume``, a recovery on a replacement instance)
 
 The agent writes the file on the host that trains (tmp file + rename); the launcher writes it
@@ -19,6 +19,8 @@ import time
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
+
+from core.errors import RunError
 
 STATUS_FILE = "status.json"
 
@@ -47,9 +49,8 @@ ALLOWED: dict[Optional[RunState], frozenset[RunState]] = {
 }
 
 
-class TransitionError(ValueError):
+class TransitionError(RunError):
     """A state change the lifecycle does not allow (a bug or two writers racing, never user input)."""
-    # TODO(merge): a subclass of core.errors.RunError once core/errors.py exists
 
 
 def parse_state(value: object) -> Optional[RunState]:
