@@ -45,7 +45,8 @@ def parse_activity(stdout: str) -> tuple[list[str], Optional[dict[str, Any]]]:
     try:
         loaded = json.loads(state_out) if state_out.strip() else None
         watcher = loaded if isinstance(loaded, dict) else None
-        if watcher is not None and float(clock) - float(watcher.get("updated_at", 0)) > 3 * float(watcher.get("poll_s", 30)) + 60:
+        if (watcher is not None
+                and float(clock) - float(watcher.get("updated_at", 0)) > 3 * float(watcher.get("poll_s", 30)) + 60):
             watcher = {**watcher, "idle_seconds": None, "stale": True}
     except (ValueError, TypeError):
         watcher = None

@@ -295,7 +295,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--store", default=None, help="artifact store URI to copy the run to as it goes")
     parser.add_argument("--run-id", default=None)
     parser.add_argument("--sync-every", type=float, default=5.0)
-    parser.add_argument("--env-file", type=Path, default=None, help="KEY=VALUE lines for the trainer (deleted once read)")
+    parser.add_argument("--env-file", type=Path, default=None,
+                        help="KEY=VALUE lines for the trainer (deleted once read)")
     parser.add_argument("--jobs-dir", type=Path, default=None, help="keep a marker RUN_ID here while the run is active")
     parser.add_argument("--tmp-dir", type=Path, default=None,
                         help="TMPDIR for the agent and training (torch's caches): the run leaves nothing in /tmp")
@@ -305,7 +306,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="this host is an EC2 instance: watch its metadata service for spot interruption and "
                              "rebalance notices (the launcher passes it for cloud runs; without it nothing is asked)")
     parser.add_argument("--imds-poll", type=float, default=settings.imds_poll(),
-                        help="with --spot-watch: seconds between checks; 0: off (default 2, or $MNIST_LAUNCH_IMDS_POLL)")
+                        help="with --spot-watch: seconds between checks; 0: off "
+                             "(default 2, or $MNIST_LAUNCH_IMDS_POLL)")
     parser.add_argument("--preempt-grace", type=float, default=90.0,
                         help="seconds the trainer gets to checkpoint after a spot notice before it is stopped")
     args = parser.parse_args(argv)

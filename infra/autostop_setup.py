@@ -75,11 +75,13 @@ def install_autostop(host: SSHHost, autostop_s: Optional[float], remote_home_dir
     script, pid_file, state, log = f"{d}/autostop.py", f"{d}/autostop.pid", f"{d}/{STATE_FILE}", f"{d}/autostop.log"
     root = info.get("uid") == "0"
     sudo = "" if root else "sudo -n "
-    systemd = info.get("systemd") in ("running", "degraded", "starting", "initializing") and (root or info.get("sudo") == "yes")
+    systemd = (info.get("systemd") in ("running", "degraded", "starting", "initializing")
+               and (root or info.get("sudo") == "yes"))
     cron = info.get("cron") == "yes"
 
     # the previous watcher, whichever way it was started: one watcher per host
-    stop_old = (f"pid=$(cat {shlex.quote(pid_file)} 2>/dev/null) && grep -q autostop /proc/\"$pid\"/cmdline 2>/dev/null && "
+    stop_old = (f"pid=$(cat {shlex.quote(pid_file)} 2>/dev/null) && "
+                "grep -q autostop /proc/\"$pid\"/cmdline 2>/dev/null && "
                 "{ kill \"$pid\"; for i in $(seq 50); do kill -0 \"$pid\" 2>/dev/null || break; sleep 0.1; done; }; "
                 f"rm -f {shlex.quote(pid_file)}; true")
     if systemd:
@@ -94,7 +96,8 @@ def install_autostop(host: SSHHost, autostop_s: Optional[float], remote_home_dir
         return "off"
 
     host.write_text(script, SCRIPT, 0o755)
-    argv = [python, script, "--idle", f"{autostop_s:g}", "--state", state, "--poll", f"{poll_s:g}", "--pid-file", pid_file]
+    argv = [python, script, "--idle", f"{autostop_s:g}", "--state", state, "--poll", f"{poll_s:g}",
+            "--pid-file", pid_file]
     for j in jobs_dirs:
         argv += ["--jobs-dir", _abs(j, home)]
     env = dict(env or {})

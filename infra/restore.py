@@ -75,7 +75,8 @@ def restore_run(store: ArtifactStore, run_id: str, run_dir: Path) -> dict:
     targets = {rel: _target(folder, rel, run_id, store) for rel in ckpt["files"]}
     config = _target(run_dir, "config.yaml", run_id, store)
     # a config.yaml already here is this attempt's, written by the launcher (a --resume's --set applied)
-    if store.size_of(run_id, "config.yaml") is None or not (config.is_file() or _fetch(store, run_id, "config.yaml", config)):
+    if (store.size_of(run_id, "config.yaml") is None
+            or not (config.is_file() or _fetch(store, run_id, "config.yaml", config))):
         raise RunError(f"run '{run_id}': config.yaml is missing from {store.uri} — start a new run")
     for name in RUN_FILES[1:]:
         _fetch(store, run_id, name, _target(run_dir, name, run_id, store))
@@ -85,7 +86,8 @@ def restore_run(store: ArtifactStore, run_id: str, run_dir: Path) -> dict:
     for rel, meta in ckpt["files"].items():
         _fetch(store, run_id, f"{CHECKPOINTS}/{ckpt['name']}/{rel}", targets[rel])
         if targets[rel].stat().st_size != meta["size"]:
-            raise RunError(f"{CHECKPOINTS}/{ckpt['name']}/{rel} changed in {store.uri} while it was fetched — try again")
+            raise RunError(f"{CHECKPOINTS}/{ckpt['name']}/{rel} changed in {store.uri} "
+                           "while it was fetched — try again")
     from infra.manifest import file_sha256
 
     bad = [rel for rel, meta in ckpt["files"].items() if file_sha256(str(folder / rel)) != meta["sha256"]]

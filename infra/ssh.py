@@ -64,7 +64,8 @@ class KeyRefusedError(SSHError):
 # caller that reconnects catches these and never names paramiko. HostKeyChangedError and KeyRefusedError
 # are among them (SSHError) but never fix themselves: catch those first.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (SSHError, paramiko.SSHException, EOFError, ConnectionError)
-# a read over SFTP also fails with a plain OSError when its channel dies (FileNotFoundError is an answer: catch it first)
+# a read over SFTP also fails with a plain OSError when its channel dies
+# (FileNotFoundError is an answer: catch it first)
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, OSError)
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (HostKeyChangedError, KeyRefusedError)
 
@@ -96,7 +97,8 @@ def endpoint_for(host: Optional[str], user: str, port: int = 22) -> Endpoint:
     if override:
         return parse_endpoint(override, user)
     if not host:
-        raise SSHError("the instance has no public IP address — check its subnet assigns one, or set MNIST_LAUNCH_SSH_ENDPOINT")
+        raise SSHError("the instance has no public IP address — check its subnet assigns one, "
+                       "or set MNIST_LAUNCH_SSH_ENDPOINT")
     return Endpoint(user, host, port)
 
 
@@ -110,9 +112,11 @@ def public_key_of(identity: Path) -> str:
     except FileNotFoundError:
         raise SSHError(f"identity {identity} not found — pass an existing private key to --identity") from None
     except paramiko.PasswordRequiredException:
-        raise SSHError(f"identity {identity} is passphrase-protected — put its .pub next to it, or use another key") from None
+        raise SSHError(f"identity {identity} is passphrase-protected — "
+                       "put its .pub next to it, or use another key") from None
     except (paramiko.SSHException, ValueError) as err:
-        raise SSHError(f"identity {identity} is not a private key we can read ({err}) — pass an OpenSSH private key") from None
+        raise SSHError(f"identity {identity} is not a private key we can read ({err}) — "
+                       "pass an OpenSSH private key") from None
     return f"{key.get_name()} {key.get_base64()}"
 
 
@@ -197,7 +201,8 @@ class SSHHost:
         except FileNotFoundError:
             raise SSHError(f"identity {self.key_path} not found — pass an existing private key to --identity") from None
         except paramiko.PasswordRequiredException:
-            raise SSHError(f"identity {self.key_path} is passphrase-protected — use an unencrypted key for mnist-launch") from None
+            raise SSHError(f"identity {self.key_path} is passphrase-protected — "
+                           "use an unencrypted key for mnist-launch") from None
         try:
             sock = socket.create_connection((ep.host, ep.port), timeout=self.connect_timeout)
         except OSError as err:
@@ -220,17 +225,20 @@ class SSHHost:
             elif server_key.get_name() != pinned.get_name() or server_key.asbytes() != pinned.asbytes():
                 transport.close()
                 raise HostKeyChangedError(
-                    f"host key of {self.alias} ({ep.host}:{ep.port}) changed from the one pinned in {self.known_hosts} — "
+                    f"host key of {self.alias} ({ep.host}:{ep.port}) changed "
+                    f"from the one pinned in {self.known_hosts} — "
                     f"if the instance was really replaced, run `ssh-keygen -R {self.alias} -f {self.known_hosts}`; "
                     "otherwise do not connect"
                 )
             transport.auth_publickey(ep.user, pkey)
         except paramiko.AuthenticationException:
             transport.close()
-            raise KeyRefusedError(f"{ep} refused key {self.key_path} — pass the key the instance was created with (--identity)") from None
+            raise KeyRefusedError(f"{ep} refused key {self.key_path} — "
+                                  "pass the key the instance was created with (--identity)") from None
         except (paramiko.SSHException, OSError, EOFError) as err:
             transport.close()
-            raise SSHError(f"SSH to {ep} failed ({err or type(err).__name__}) — check the instance is up, then retry") from None
+            raise SSHError(f"SSH to {ep} failed ({err or type(err).__name__}) — "
+                           "check the instance is up, then retry") from None
         transport.set_keepalive(30)
         self._transport = transport
         self.connects += 1
@@ -279,7 +287,8 @@ class SSHHost:
                     time.sleep(0.01)
             code = chan.recv_exit_status()
             if code == -1:  # the channel closed without an exit status: the connection dropped
-                raise SSHError(f"{self.name}: the connection dropped while a command ran — check the network, then retry")
+                raise SSHError(f"{self.name}: the connection dropped while a command ran — "
+                               "check the network, then retry")
             return Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
         finally:
             chan.close()
@@ -304,7 +313,8 @@ class SSHHost:
         res = self.exec(cmd, timeout=60)
         pid = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
         if res.returncode != 0 or not pid.isdigit():
-            raise SSHError(f"{self.name}: could not start {argv[0]}: {res.stderr.strip()[:200]} — check the path and cwd")
+            raise SSHError(f"{self.name}: could not start {argv[0]}: {res.stderr.strip()[:200]} — "
+                           "check the path and cwd")
         return int(pid)
 
     @_transport_errors
@@ -358,9 +368,11 @@ class SSHHost:
     def put_tar(self, stream: BinaryIO, dest: str) -> None:
         """Unpack a tar stream into ``dest`` on the host (created if missing)."""
         # --no-same-owner: files belong to the login user, not to whatever uid the sender had (tar as root keeps it)
-        res = self.exec(f"mkdir -p {_rq(dest)} && tar -x --no-same-owner -f - -C {_rq(dest)}", stdin=stream, timeout=3600)
+        res = self.exec(f"mkdir -p {_rq(dest)} && tar -x --no-same-owner -f - -C {_rq(dest)}",
+                        stdin=stream, timeout=3600)
         if res.returncode != 0:
-            raise SSHError(f"{self.name}: unpacking into {dest} failed: {res.stderr.strip()[:200]} — check disk space and permissions")
+            raise SSHError(f"{self.name}: unpacking into {dest} failed: {res.stderr.strip()[:200]} — "
+                           "check disk space and permissions")
 
     def is_alive(self, pid: int) -> bool:
         # a zombie is dead for our purposes

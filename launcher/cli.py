@@ -65,15 +65,18 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="override a config key: --set train.epochs=3 (repeatable)"),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="name the run [default: CONFIG-DATE-TIME-XXXX]"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="folder with the MNIST IDX files [default: data.dir or ./data]"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir",
+                                           help="folder with the MNIST IDX files [default: data.dir or ./data]"),
     processes: int = typer.Option(1, "--processes", help="training processes (accelerate launch --num_processes)"),
     detach: bool = typer.Option(False, "--detach", help="start the run and return; follow later with `logs --follow`"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue RUN_ID from its latest checkpoint"),
     name: Optional[str] = typer.Option(None, "--name", help="cluster to run on [default: launch.name, mnist]"),
     instance: Optional[str] = typer.Option(None, "--instance", help="instance type if the cluster has to be created"),
-    identity: Optional[str] = typer.Option(None, "--identity", help="private key for the cluster [default: the one it was made with]"),
+    identity: Optional[str] = typer.Option(None, "--identity",
+                                           help="private key for the cluster [default: the one it was made with]"),
     spot: bool = typer.Option(False, "--spot", help="a spot instance if the cluster is created; implies --recover"),
-    recover: bool = typer.Option(False, "--recover", help="if the instance is lost, replace it and resume from the store"),
+    recover: bool = typer.Option(False, "--recover",
+                                 help="if the instance is lost, replace it and resume from the store"),
     max_recoveries: int = typer.Option(3, "--max-recoveries", help="replacements before giving up"),
 ) -> None:
     """Train a recipe: on this machine with --local, else on the named EC2 cluster."""
@@ -200,9 +203,11 @@ def cancel(
 def runs(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
-    compare: Optional[List[str]] = typer.Option(None, "--compare", help="RUN_ID to compare (repeat, or list them after it)"),
+    compare: Optional[List[str]] = typer.Option(None, "--compare",
+                                                help="RUN_ID to compare (repeat, or list them after it)"),
     more: Optional[List[str]] = typer.Argument(None, hidden=True),
-    plot: Path = typer.Option(Path("compare.png"), "--plot", help="where --compare writes its overlay of test-accuracy curves"),
+    plot: Path = typer.Option(Path("compare.png"), "--plot",
+                              help="where --compare writes its overlay of test-accuracy curves"),
 ) -> None:
     """List the runs in the store with their results; --compare puts chosen runs side by side."""
     from launcher.live import pct
@@ -284,8 +289,10 @@ def models(as_json: bool = typer.Option(False, "--json", help="print JSON instea
     """The model zoo: one recipe per seed, with parameter counts and the seed's claim."""
     from trainer.models import MODELS, build_model, count_params
 
-    rows: list[dict[str, Any]] = [{"name": s.name, "params": count_params(build_model(s.name)), "budget": s.budget, "seed": s.seed,
-             "claim": s.claim, "config": f"configs/{s.name}.yaml", "class": s.factory.__name__} for s in MODELS.values()]
+    rows: list[dict[str, Any]] = [
+        {"name": s.name, "params": count_params(build_model(s.name)), "budget": s.budget, "seed": s.seed,
+         "claim": s.claim, "config": f"configs/{s.name}.yaml", "class": s.factory.__name__}
+        for s in MODELS.values()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -371,7 +378,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if type(err).__name__ == "NoArgsIsHelpError":  # bare `mnist-launch` or `mnist-launch data`
             print(err.ctx.get_help() if getattr(err, "ctx", None) else err.format_message())
             return 0
-        cmd = f" {err.ctx.command_path.split(' ', 1)[1]}" if getattr(err, "ctx", None) and " " in err.ctx.command_path else ""
+        cmd = (f" {err.ctx.command_path.split(' ', 1)[1]}"
+               if getattr(err, "ctx", None) and " " in err.ctx.command_path else "")
         err_console.print(f"error: {err.format_message()} — see `mnist-launch{cmd} --help`", markup=False,
                           highlight=False, soft_wrap=True)
         return 2

@@ -26,20 +26,26 @@ def terminal_confirm() -> Optional[cluster.Confirm]:
 def up(
     instance: Optional[str] = typer.Option(None, "--instance", help="EC2 instance type, e.g. g4dn.xlarge"),
     name: Optional[str] = typer.Option(None, "--name", help="cluster name (tag) to reuse or create [default: mnist]"),
-    region: Optional[str] = typer.Option(None, "--region", help="AWS region [default: the AWS config's, else us-east-1]"),
+    region: Optional[str] = typer.Option(None, "--region",
+                                         help="AWS region [default: the AWS config's, else us-east-1]"),
     spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="request a spot instance"),
     disk_gb: Optional[int] = typer.Option(None, "--disk-gb", help="root volume size in GB (encrypted gp3)"),
     ami: Optional[str] = typer.Option(None, "--ami", help="image id [default: the region's PyTorch Deep Learning AMI]"),
     ami_parameter: Optional[str] = typer.Option(None, "--ami-parameter",
-                                                help="SSM parameter naming the default image [default: the PyTorch DLAMI's]"),
-    identity: Optional[str] = typer.Option(None, "--identity", help="your private key [default: one generated under MNIST_LAUNCH_HOME]"),
+                                                help="SSM parameter naming the default image "
+                                                     "[default: the PyTorch DLAMI's]"),
+    identity: Optional[str] = typer.Option(None, "--identity",
+                                           help="your private key [default: one generated under MNIST_LAUNCH_HOME]"),
     ssh_cidr: Optional[str] = typer.Option(None, "--ssh-cidr", help="who may reach SSH [default: your public IP /32]"),
-    autostop: Optional[str] = typer.Option(None, "--autostop", help="idle time before the instance stops itself, e.g. 30m, or off"),
+    autostop: Optional[str] = typer.Option(None, "--autostop",
+                                           help="idle time before the instance stops itself, e.g. 30m, or off"),
     autostop_terminate: Optional[bool] = typer.Option(None, "--autostop-terminate/--autostop-stop",
                                                       help="when idle, terminate the instance instead of stopping it"),
-    timeout: Optional[str] = typer.Option(None, "--timeout", help="how long to wait for the instance and SSH, e.g. 15m"),
+    timeout: Optional[str] = typer.Option(None, "--timeout",
+                                          help="how long to wait for the instance and SSH, e.g. 15m"),
     store: Optional[str] = typer.Option(None, "--store", help="s3://bucket/prefix the instance may read and write"),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="take defaults from this config's launch: section"),
+    config: Optional[str] = typer.Option(None, "--config", "-c",
+                                         help="take defaults from this config's launch: section"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and change nothing"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask before creating resources"),
     force: bool = typer.Option(False, "--force", help="go beyond launch.max_instances"),
@@ -48,7 +54,8 @@ def up(
     """Provision or reuse a GPU instance: find it by its tags, start it, or create it."""
     launch, store_uri, explicit = cluster.launch_settings(config, dict(
         instance=instance, name=name, region=region, spot=spot, disk_gb=disk_gb, ami=ami, ami_parameter=ami_parameter,
-        identity=identity, ssh_cidr=ssh_cidr, autostop=autostop, autostop_terminate=autostop_terminate, timeout=timeout, store=store,
+        identity=identity, ssh_cidr=ssh_cidr, autostop=autostop, autostop_terminate=autostop_terminate,
+        timeout=timeout, store=store,
     ))
     cluster.up(cluster.UpRequest(launch=launch, store=store_uri, explicit_type=explicit, dry_run=dry_run,
                                  yes=yes, force=force, status_checks=status_checks, confirm=terminal_confirm()))

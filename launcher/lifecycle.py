@@ -94,8 +94,8 @@ def start(target: Target, spec: RunSpec, recover: Optional[str] = None) -> Attem
         _end_previous(target, attempt, status, lost=bool(recover))
     elif target.exists(attempt):
         raise RunError(f"run '{run_id}' already exists {target.where} — pick another --run-id or --resume it")
-    meta = {"run_id": run_id, "created_at": round(time.time(), 3), "host": attempt.host.name, "config_file": spec.config,
-            "code_revision": code_revision(), "argv": run_argv()}
+    meta = {"run_id": run_id, "created_at": round(time.time(), 3), "host": attempt.host.name,
+            "config_file": spec.config, "code_revision": code_revision(), "argv": run_argv()}
     resumed = {"at": round(time.time(), 3), "overrides": redact_argv(spec.overrides)} if spec.resume else None
     target.write_run(attempt, _config_yaml(cfg), meta, resumed, restart)
     target.retrying(status.start)
@@ -159,7 +159,8 @@ def attach(target: Target, attempt: Attempt, follow: Follow, note: Note, recover
         lost = bool(recover and end and end.get("state") in ("failed", "lost", "preempted") and target.gone(attempt))
         if end and end.get("state") == "failed" and not lost:
             # an agent that died unheard leaves no run saying "starting"
-            target.retrying(lambda: host_status(attempt.host, attempt.run_dir).settle(RunState.FAILED, end.get("reason")))
+            target.retrying(
+                lambda: host_status(attempt.host, attempt.run_dir).settle(RunState.FAILED, end.get("reason")))
         target.close(attempt)
         if not lost:
             return end

@@ -68,8 +68,10 @@ class RunView:
             resumed = f", resumed at epoch {ev['start_epoch']}" if ev.get("resumed") else ""
             chosen = " (auto)" if ev.get("mixed_precision_requested") == "auto" else ""
             self.print(
-                f"[bold]{ev['model']}[/] {ev['params']:,} params · {ev['train_size']:,} train / {ev['test_size']:,} test images · "
-                f"{ev['num_processes']} process(es) on {ev['device_name']} · mixed precision {ev['mixed_precision']}{chosen}{resumed}"
+                f"[bold]{ev['model']}[/] {ev['params']:,} params · "
+                f"{ev['train_size']:,} train / {ev['test_size']:,} test images · "
+                f"{ev['num_processes']} process(es) on {ev['device_name']} · "
+                f"mixed precision {ev['mixed_precision']}{chosen}{resumed}"
             )
             if ev.get("summary") and not ev.get("resumed"):
                 self.print(summary_table(ev["summary"]))
@@ -77,18 +79,21 @@ class RunView:
             self._start_progress(ev["epochs"], ev["steps_per_epoch"], ev.get("start_epoch", 1))
         elif kind == "step" and self.progress is not None and self.step_task is not None:
             self.progress.update(self.step_task, description=f"epoch {ev['epoch']}", completed=ev["step"],
-                                 total=ev["steps"], info=f"loss {ev['loss']:.4f} · {ev['images_per_second']:,.0f} img/s")
+                                 total=ev["steps"],
+                                 info=f"loss {ev['loss']:.4f} · {ev['images_per_second']:,.0f} img/s")
         elif kind == "epoch":
             best = " *" if ev.get("best") else ""
             self.print(
-                f"{ev['epoch']:>5}  {ev['train_loss']:>10.4f}  {pct(ev['train_accuracy']):>9}  {ev['test_loss']:>9.4f}  "
-                f"{pct(ev['test_accuracy']):>8}{best:<2}  {ev['lr']:>9.2e}  {ev['images_per_second']:>9,.0f}  {ev['seconds']:>6.1f}s"
+                f"{ev['epoch']:>5}  {ev['train_loss']:>10.4f}  {pct(ev['train_accuracy']):>9}  "
+                f"{ev['test_loss']:>9.4f}  {pct(ev['test_accuracy']):>8}{best:<2}  {ev['lr']:>9.2e}  "
+                f"{ev['images_per_second']:>9,.0f}  {ev['seconds']:>6.1f}s"
             )
             if self.progress is not None and self.epoch_task is not None and self.step_task is not None:
                 self.progress.update(self.epoch_task, completed=ev["epoch"])
                 self.progress.reset(self.step_task, description=f"epoch {ev['epoch'] + 1}")
         elif kind == "restored":
-            self.print(f"[yellow]restored[/] from {ev.get('store')} at {ev.get('checkpoint')} (epoch {ev.get('epoch')})")
+            self.print(f"[yellow]restored[/] from {ev.get('store')} at {ev.get('checkpoint')} "
+                       f"(epoch {ev.get('epoch')})")
         elif kind == "finished":
             self.finished = ev
         elif kind == "run_end":
@@ -153,8 +158,10 @@ def agent_gone(files: RunFiles) -> Optional[dict]:
     pid = status.get("agent_pid") or files.spawn_pid
     if pid and files.is_alive(int(pid)) is False:
         if files.instance_lost():  # a cloud run's source asks EC2 why
-            return {"type": "run_end", "state": RunState.LOST.value, "reason": "the instance is gone, and its agent with it"}
-        return {"type": "run_end", "state": RunState.FAILED.value, "reason": "the agent stopped without finishing (killed?)"}
+            return {"type": "run_end", "state": RunState.LOST.value,
+                    "reason": "the instance is gone, and its agent with it"}
+        return {"type": "run_end", "state": RunState.FAILED.value,
+                "reason": "the agent stopped without finishing (killed?)"}
     return None
 
 

@@ -76,7 +76,8 @@ def open_run(run_id: str, store_uri: Optional[str]) -> RunFiles:
     if store.read_text(run_id, "config.yaml") is None:
         if not store.uri.startswith("s3://"):
             find_run(run_id, store_uri)  # raises, naming the latest run there
-        raise RunError(f"run '{run_id}' not found in {store.uri} — `mnist-launch runs --store {store.uri}` lists the runs there")
+        raise RunError(f"run '{run_id}' not found in {store.uri} — "
+                       f"`mnist-launch runs --store {store.uri}` lists the runs there")
     return run_files(store, run_id)
 
 

@@ -210,7 +210,8 @@ class ReconnectingRun:
                 if since is None:
                     since = now
                     self.reconnects += 1
-                    self.note(f"connection to {self.host.name} lost ({str(err).split(' — ')[0][:120] or type(err).__name__}); reconnecting")
+                    self.note(f"connection to {self.host.name} lost "
+                              f"({str(err).split(' — ')[0][:120] or type(err).__name__}); reconnecting")
                 elif self.gone is not None and self.gone():
                     raise HostGone(f"{self.host.name}: the instance is gone") from None
                 elif now - since > self.give_up_after:

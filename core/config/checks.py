@@ -23,7 +23,8 @@ AMI_ID = re.compile(r"ami-[0-9a-f]{1,32}")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
 CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-S3_BUCKET = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")  # AWS wants 3+ characters; the charset is what matters here
+# AWS wants 3+ characters; the charset is what matters here
+S3_BUCKET = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 
 # AWS_* names that may be set in launch.env: plain client settings. Every other AWS_* name is refused:
 # the instance reaches AWS with its own role, and an AWS_* variable either carries credentials
@@ -95,8 +96,8 @@ def check_env(env: dict[str, str]) -> None:
         if not ENV_NAME.fullmatch(key):
             raise ValueError(f"{key!r} is not a valid variable name — use letters, digits and _ (not first a digit)")
         if key.upper().startswith("AWS_") and key.upper() not in AWS_ENV_ALLOWED:
-            raise ValueError(f"{key} would copy your AWS credentials (or where to find them) to the instance — remove it; "
-                             "the instance reaches the store with its own role (`up --store s3://...`)")
+            raise ValueError(f"{key} would copy your AWS credentials (or where to find them) to the instance "
+                             "— remove it; the instance reaches the store with its own role (`up --store s3://...`)")
         if has_control(val):
             raise ValueError(f"the value of {key} holds a control character (newline, tab, escape, ...) — "
                              "give it on one line of printable characters")

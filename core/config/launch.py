@@ -43,7 +43,8 @@ class LaunchConfig(Section):
     env: dict[str, str] = Field(default_factory=dict)  # environment for training (sent in a 0600 file)
     max_instances: int = Field(2, ge=1)  # `up` refuses to go beyond this without --force
     ssh_cidr: Optional[str] = None  # the only source allowed to reach SSH; default: this machine's public IP as /32
-    identity: Optional[str] = None  # private key to log in with (only its public half goes to AWS); default: one generated under MNIST_LAUNCH_HOME
+    # private key to log in with (only its public half goes to AWS); default: one generated under MNIST_LAUNCH_HOME
+    identity: Optional[str] = None
     timeout: str = "15m"  # how long `up` waits for running, status checks and SSH (e.g. 90s, 15m)
 
     @field_validator("env", mode="before")

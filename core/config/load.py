@@ -110,7 +110,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not p for p in key.split(".")):
-        shown = "'launch.env...'" if is_env_key(key.split("=")[0][:10]) or key.lower().startswith("launch.env") else repr(item)
+        shown = ("'launch.env...'" if is_env_key(key.split("=")[0][:10]) or key.lower().startswith("launch.env")
+                 else repr(item))
         raise ConfigError(f"--set {shown}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3")
     if key.startswith("launch.env."):  # an environment value is taken as written: 007 stays 007, as in a shell
         return key.split("."), raw
@@ -158,7 +159,8 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     data = read_yaml(path)
     validate_config(data, str(path))
     if overrides:
-        return validate_config(apply_overrides(data, overrides), f"{path} with --set {' '.join(redact_argv(overrides))}")
+        return validate_config(apply_overrides(data, overrides),
+                               f"{path} with --set {' '.join(redact_argv(overrides))}")
     return validate_config(data, str(path))
 
 

@@ -96,7 +96,8 @@ def aws_errors() -> Iterator[None]:
         op = getattr(err, "operation_name", "an AWS call")
         if code in CREDENTIAL_ERRORS:
             raise AWSError(
-                f"AWS rejected your credentials ({code}) — refresh them (`aws sso login` or `aws configure`) and run again"
+                f"AWS rejected your credentials ({code}) — refresh them (`aws sso login` or `aws configure`) "
+                "and run again"
             ) from None
         if code in THROTTLE_ERRORS:
             raise AWSError(
@@ -168,9 +169,9 @@ def retry(call: Callable[[], T], *transients: Transient, what: str,
             waited = now - first[t]
             if waited >= t.deadline_s():
                 raise AWSError(
-                    f"{what}: AWS still answered {_code(err)} for {t.what} after {t.deadline_s():g}s — AWS is slower than "
-                    f"usual to see new resources; run the command again (what this call created is rolled back), or "
-                    f"raise {t.deadline_env}"
+                    f"{what}: AWS still answered {_code(err)} for {t.what} after {t.deadline_s():g}s — "
+                    "AWS is slower than usual to see new resources; run the command again "
+                    f"(what this call created is rolled back), or raise {t.deadline_env}"
                 ) from None
             sleep(min(delay, cap, max(0.0, t.deadline_s() - waited)))
             delay *= 2

@@ -155,7 +155,8 @@ class IAM(Regional):
         return (not store or canonical_s3(store) in grants[0]) and (not data or canonical_s3(data) in grants[1])
 
     def check_profile(self, name: str, inst: InstanceInfo, what: str) -> None:
-        """Refuse in one line when the instance has no instance profile of ours: nothing it runs could reach ``what``."""
+        """Refuse in one line when the instance has no instance profile of ours: nothing it runs could reach
+        ``what``."""
         role = self.role_name(name)
         if not (inst.profile_arn or "").endswith(f":instance-profile/{role}"):
             raise AWSError(
@@ -180,7 +181,8 @@ class IAM(Regional):
             return None
         self.clients.iam.put_role_policy(RoleName=role, PolicyName=STORE_POLICY_NAME, PolicyDocument=json.dumps(
             store_policy(sorted(grants[0] | want_s), sorted(grants[1] | want_d))))
-        added = [f"read/write {s}/runs/" for s in sorted(want_s - grants[0])] + [f"read {d}/" for d in sorted(want_d - grants[1])]
+        added = ([f"read/write {s}/runs/" for s in sorted(want_s - grants[0])]
+                 + [f"read {d}/" for d in sorted(want_d - grants[1])])
         return Step("instance profile", "update", f"{role}: add {', '.join(added)}")
 
     def delete_profile(self, name: str) -> list[str]:

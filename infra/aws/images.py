@@ -101,7 +101,8 @@ class Images(Regional):
                     ) from None
                 return self._image(img, note=(
                     f"SSM parameter {parameter} not found in {self.region}: using the newest image named like the "
-                    f"Deep Learning AMI, {img['ImageId']} ({img.get('Name', '?')}, created {img.get('CreationDate', '?')})"))
+                    f"Deep Learning AMI, {img['ImageId']} ({img.get('Name', '?')}, "
+                    f"created {img.get('CreationDate', '?')})"))
         try:
             images = ec2.describe_images(ImageIds=[ami])["Images"]
         except ClientError as err:

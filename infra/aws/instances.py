@@ -85,7 +85,8 @@ class Instances(Regional):
         if not st:
             return False
         s = st[0]
-        return bool(s.get("InstanceStatus", {}).get("Status") == "ok" and s.get("SystemStatus", {}).get("Status") == "ok")
+        return bool(s.get("InstanceStatus", {}).get("Status") == "ok"
+                    and s.get("SystemStatus", {}).get("Status") == "ok")
 
     def wait_state(self, instance_id: str, state: str, timeout_s: float,
                    tick: Callable[[InstanceInfo], None] = lambda _i: None) -> InstanceInfo:
@@ -97,9 +98,11 @@ class Instances(Regional):
             if info.state == state:
                 return info
             if state == "running" and info.state in ("terminated", "shutting-down", "stopped"):
-                raise AWSError(f"instance {instance_id} went {info.state} while starting — check the EC2 console, then run `up` again")
+                raise AWSError(f"instance {instance_id} went {info.state} while starting — "
+                               "check the EC2 console, then run `up` again")
             if time.monotonic() > deadline:
-                raise AWSError(f"instance {instance_id} still {info.state} after {timeout_s:.0f}s — check the EC2 console or raise --timeout")
+                raise AWSError(f"instance {instance_id} still {info.state} after {timeout_s:.0f}s — "
+                               "check the EC2 console or raise --timeout")
             backoff.sleep()
 
     def volumes(self, cluster: str) -> list[str]:
@@ -176,14 +179,16 @@ class Instances(Regional):
         for az, subnet in subnets:
             try:
                 # the same ClientToken on every try: a retried launch never makes a second instance
-                res = retry(partial(self.clients.ec2.run_instances, **params, SubnetId=subnet, ClientToken=f"{token}-{az}"),
+                res = retry(partial(self.clients.ec2.run_instances, **params, SubnetId=subnet,
+                                    ClientToken=f"{token}-{az}"),
                             *new, what=f"RunInstances in {az}", log=self.log)
             except ClientError as err:
                 code = error_code(err)
                 if code in QUOTA_ERRORS:
                     raise AWSError(
                         f"{spec.type_or_default} in {self.region}: {code} (account quota) — request more at "
-                        f"https://console.aws.amazon.com/servicequotas/home?region={self.region}#!/services/ec2/quotas, "
+                        "https://console.aws.amazon.com/servicequotas/home"
+                        f"?region={self.region}#!/services/ec2/quotas, "
                         "or pick a smaller --instance type" + (" or drop --spot" if spec.spot else "")
                     ) from None
                 if code in CAPACITY_ERRORS:
@@ -214,7 +219,8 @@ class Instances(Regional):
         self.clients.ec2.modify_instance_attribute(
             InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior", Value=spec.shutdown_behavior)
         self.clients.ec2.create_tags(Resources=[instance_id], Tags=[
-            {"Key": TAG_AUTOSTOP, "Value": spec.autostop}, {"Key": TAG_AUTOSTOP_ACTION, "Value": spec.shutdown_behavior}])
+            {"Key": TAG_AUTOSTOP, "Value": spec.autostop},
+            {"Key": TAG_AUTOSTOP_ACTION, "Value": spec.shutdown_behavior}])
 
     def start(self, instance_id: str) -> None:
         self.clients.ec2.start_instances(InstanceIds=[instance_id])

@@ -45,7 +45,8 @@ def validate_cidr(cidr: str) -> str:
     except ValueError:
         raise ConfigError(f"--ssh-cidr {cidr!r}: not a CIDR — pass your address as A.B.C.D/32") from None
     if net.prefixlen == 0:
-        raise ConfigError(f"--ssh-cidr {cidr}: refusing to open SSH to the whole internet — pass your address as A.B.C.D/32")
+        raise ConfigError(f"--ssh-cidr {cidr}: refusing to open SSH to the whole internet — "
+                          "pass your address as A.B.C.D/32")
     if net.version != 4:
         raise ConfigError(f"--ssh-cidr {cidr}: only IPv4 is supported — pass your address as A.B.C.D/32")
     return str(net)
@@ -79,7 +80,8 @@ class Network(Regional):
         vpcs = self.clients.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
         if not vpcs:
             raise AWSError(
-                f"no default VPC in {self.region} — create one (`aws ec2 create-default-vpc --region {self.region}`) or pick another --region"
+                f"no default VPC in {self.region} — create one "
+                f"(`aws ec2 create-default-vpc --region {self.region}`) or pick another --region"
             )
         return str(vpcs[0]["VpcId"])
 
@@ -100,9 +102,11 @@ class Network(Regional):
         if offered and any(az in offered for az, _ in pairs):
             pairs = [p for p in pairs if p[0] in offered]
         elif offered == set() and pairs:
-            raise AWSError(f"{instance_type} is not offered in {self.region} — pick another --instance type or --region")
+            raise AWSError(f"{instance_type} is not offered in {self.region} — "
+                           "pick another --instance type or --region")
         if not pairs:
-            raise AWSError(f"the default VPC in {self.region} has no default subnets — create them or pick another --region")
+            raise AWSError(f"the default VPC in {self.region} has no default subnets — "
+                           "create them or pick another --region")
         return sorted(pairs, key=lambda pair: pair[0] == avoid)  # stable
 
     def find_group(self, cluster: str, vpc_id: Optional[str] = None) -> Optional[dict[str, Any]]:

@@ -91,7 +91,8 @@ class AWSProvider:
             if spec.store:
                 self.iam.check_profile(spec.name, existing, spec.store)
                 if not self.iam.grants_cover(self.role_name(spec.name), spec.store):
-                    steps.append(Step("instance profile", "update", f"{self.role_name(spec.name)}: add read/write {spec.store}/runs/"))
+                    steps.append(Step("instance profile", "update",
+                                      f"{self.role_name(spec.name)}: add read/write {spec.store}/runs/"))
             return Plan(self.region, steps, existing.instance_type, existing.image_id, existing.user,
                         existing.spot, hourly_price(existing.instance_type), existing)
         image = self.resolve_image(spec.ami, spec.ami_parameter)
@@ -105,7 +106,8 @@ class AWSProvider:
             steps.append(Step("key pair", "create", "from a new ed25519 key (generated under MNIST_LAUNCH_HOME)"))
         sg = self.network.find_group(spec.name, vpc)
         if sg is None:
-            steps.append(Step("security group", "create", f"{sg_name(spec.name)} in {vpc}: tcp/22 from {spec.ssh_cidr} only"))
+            steps.append(Step("security group", "create",
+                              f"{sg_name(spec.name)} in {vpc}: tcp/22 from {spec.ssh_cidr} only"))
         else:
             steps.append(self.network.update_ssh(sg, spec.ssh_cidr, apply=False)
                          or Step("security group", "reuse", f"{sg['GroupId']}: tcp/22 from {spec.ssh_cidr}"))
@@ -113,15 +115,18 @@ class AWSProvider:
             parse_s3_uri(spec.store)
             role = self.role_name(spec.name)
             have = self.iam.profile_exists(spec.name)
-            steps.append(Step("instance profile", "reuse" if have else "create", f"{role}: read/write {spec.store}/runs/ only"))
+            steps.append(Step("instance profile", "reuse" if have else "create",
+                              f"{role}: read/write {spec.store}/runs/ only"))
         else:
             steps.append(Step("instance profile", "none", "no s3:// store configured: the instance gets no AWS access"))
         subnets = self.network.subnets_by_az(vpc, spec.type_or_default, spec.avoid_az)
         market = "spot" if spec.spot else "on-demand"
         steps.append(Step("instance", "create", f"{spec.type_or_default} {market} in {subnets[0][0]} "
-                          f"(then {', '.join(az for az, _ in subnets[1:]) or 'no other AZ'}), {spec.disk_gb} GB gp3 encrypted, IMDSv2"))
+                          f"(then {', '.join(az for az, _ in subnets[1:]) or 'no other AZ'}), "
+                          f"{spec.disk_gb} GB gp3 encrypted, IMDSv2"))
         self.instances.dry_run(spec, image.id, subnets[0][1])
-        return Plan(self.region, steps, spec.type_or_default, image.id, image.user, spec.spot, hourly_price(spec.type_or_default))
+        return Plan(self.region, steps, spec.type_or_default, image.id, image.user, spec.spot,
+                    hourly_price(spec.type_or_default))
 
     @staticmethod
     def _check_same_type(spec: ClusterSpec, existing: InstanceInfo) -> None:
@@ -171,7 +176,8 @@ class AWSProvider:
             inst = self.wait_state(inst.id, "stopped", timeout_s=600)
         if (inst.autostop, inst.autostop_action) != (spec.autostop, spec.shutdown_behavior):
             self.set_autostop(inst.id, spec)
-            steps.append(Step("instance", "update", f"{inst.id}: autostop {spec.autostop}, then {spec.shutdown_behavior}"))
+            steps.append(Step("instance", "update",
+                              f"{inst.id}: autostop {spec.autostop}, then {spec.shutdown_behavior}"))
             inst = replace(inst, autostop=spec.autostop, autostop_action=spec.shutdown_behavior)
         if inst.state == "stopped":
             self.instances.start(inst.id)
@@ -291,7 +297,8 @@ class AWSProvider:
                 undone.append(f"{item.kind} {item.id}")
                 self.log(f"rolled back {item.kind} {item.id}")
             except (ClientError, BotoCoreError, AWSError) as err:
-                self.log(f"could not roll back {item.kind} {item.id}: {one_line(str(err))} — delete it in the EC2/IAM console")
+                self.log(f"could not roll back {item.kind} {item.id}: {one_line(str(err))} — "
+                         "delete it in the EC2/IAM console")
         return undone
 
 

@@ -30,7 +30,8 @@ def running_instance(name: str, region: Optional[str]) -> InstanceInfo:
     with aws_errors():
         running = [i for i in provider.find_instances(check_name(name)) if i.state == "running"]
     if not running:
-        raise NoInstanceError(f"no running instance for cluster '{name}' in {region} — `mnist-launch up --name {name}` first")
+        raise NoInstanceError(f"no running instance for cluster '{name}' in {region} — "
+                              f"`mnist-launch up --name {name}` first")
     return running[0]
 
 
@@ -48,7 +49,8 @@ def login_key(inst: InstanceInfo, name: str, identity: Optional[str]) -> Path:
     cached = home.read_cluster_cache(name).get("identity")
     key = identity_for(identity or cached, create=False)
     if key is None or (not identity and not cached and inst.key_name != key_pair_name(public_key_of(key))):
-        raise SSHError(f"{inst.id} was created with key pair {inst.key_name}, which is not ours — pass its private key with --identity")
+        raise SSHError(f"{inst.id} was created with key pair {inst.key_name}, which is not ours — "
+                       "pass its private key with --identity")
     return key
 
 

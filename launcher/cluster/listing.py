@@ -140,5 +140,6 @@ def orphan_warnings(rows: list[dict[str, Any]], idle_s: float = WARN_IDLE_S, age
             why.append("autostop off")
         if why:
             cost = f", ~${r['cost_usd']:.2f} so far" if r.get("cost_usd") is not None else ""
-            out.append(f"{r['name']} ({r['id']}) {', '.join(why)}{cost} — `mnist-launch down {r['name']}` if you are done")
+            out.append(f"{r['name']} ({r['id']}) {', '.join(why)}{cost} — "
+                       f"`mnist-launch down {r['name']}` if you are done")
     return out

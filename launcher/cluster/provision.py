@@ -80,7 +80,8 @@ def wait_until_ready(provider: AWSProvider, inst: InstanceInfo, key: Path, timeo
         with phase(console, "status checks") as tick:
             while not provider.status_checks_ok(inst.id):
                 if time.monotonic() > deadline:
-                    raise AWSError(f"{inst.id} status checks not ok after {timeout_s:.0f}s — check the EC2 console or raise --timeout")
+                    raise AWSError(f"{inst.id} status checks not ok after {timeout_s:.0f}s — "
+                                   "check the EC2 console or raise --timeout")
                 tick("")
                 backoff.sleep()
     ep = endpoint_for(inst.public_ip, inst.user)
@@ -88,7 +89,8 @@ def wait_until_ready(provider: AWSProvider, inst: InstanceInfo, key: Path, timeo
     with phase(console, f"SSH banner from {ep.host}:{ep.port}") as tick:
         while not wait_for_banner(ep.host, ep.port, timeout_s=min(5.0, left())):
             if time.monotonic() > deadline:
-                raise SSHError(f"no SSH answer from {ep.host}:{ep.port} after {timeout_s:.0f}s — check --ssh-cidr is your address, or raise --timeout")
+                raise SSHError(f"no SSH answer from {ep.host}:{ep.port} after {timeout_s:.0f}s — "
+                               "check --ssh-cidr is your address, or raise --timeout")
             tick("")
             backoff.sleep()
     backoff = Backoff(poll_s)
@@ -105,7 +107,8 @@ def wait_until_ready(provider: AWSProvider, inst: InstanceInfo, key: Path, timeo
             except SSHError as err:
                 last = str(err)
             if time.monotonic() > deadline:
-                raise SSHError(f"SSH login to {ep} kept failing for {timeout_s:.0f}s ({last}) — raise --timeout or check the image")
+                raise SSHError(f"SSH login to {ep} kept failing for {timeout_s:.0f}s ({last}) — "
+                               "raise --timeout or check the image")
             tick("")
             backoff.sleep()
     return inst
@@ -134,7 +137,8 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
     spec = ClusterSpec(
         name=name, region=region, public_key=public_key_of(key) if key else "", ssh_cidr=cidr,
         instance_type=launch.instance if req.explicit_type else None, spot=launch.spot,
-        disk_gb=launch.disk_gb, ami=launch.ami, ami_parameter=launch.ami_parameter, store=req.store if (req.store or "").startswith("s3://") else None,
+        disk_gb=launch.disk_gb, ami=launch.ami, ami_parameter=launch.ami_parameter,
+        store=req.store if (req.store or "").startswith("s3://") else None,
         autostop="off" if autostop_s is None else launch.autostop, autostop_terminate=launch.autostop_terminate,
         avoid_az=req.avoid_az,
     )
@@ -154,7 +158,8 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
             live = [i for i in everything if i.state in ("pending", "running")]
             if len(live) >= launch.max_instances:
                 raise LaunchError(
-                    f"{len(live)} mnist-launch instances already run in {region} (max_instances={launch.max_instances}) — "
+                    f"{len(live)} mnist-launch instances already run in {region} "
+                    f"(max_instances={launch.max_instances}) — "
                     "`mnist-launch down NAME` one, or pass --force"
                 )
         if not existing and not req.yes and req.confirm is not None:
@@ -176,7 +181,8 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
                                     "identity": str(Path(identity).expanduser().resolve()) if identity else None})
     setup_autostop(inst, key, autostop_s, launch, console)
     price = hourly_price(inst.instance_type)
-    console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, ssh {endpoint_for(inst.public_ip, inst.user)}"
+    console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, "
+                  f"ssh {endpoint_for(inst.public_ip, inst.user)}"
                   + (f", ~${price:.3f}/h" if price is not None else "")
                   + f" — `mnist-launch ssh {name}`, `mnist-launch down {name}`")
     return UpResult(inst, None, outcome.steps)
@@ -184,9 +190,10 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
 
 def warn_autostop_off(instance_type: str, console: Console) -> None:
     price = hourly_price(instance_type)
-    cost = f"~${price * 24:.2f} per day ({instance_type} on-demand)" if price is not None else f"{instance_type} by the hour"
-    console.print(f"[yellow]warning:[/] --autostop off: the instance runs until you stop it — an idle one costs {cost}; "
-                  "`mnist-launch down` when done")
+    cost = (f"~${price * 24:.2f} per day ({instance_type} on-demand)" if price is not None
+            else f"{instance_type} by the hour")
+    console.print(f"[yellow]warning:[/] --autostop off: the instance runs until you stop it — "
+                  f"an idle one costs {cost}; `mnist-launch down` when done")
 
 
 def setup_autostop(inst: InstanceInfo, key: Path, autostop_s: Optional[float], launch: LaunchConfig,
@@ -194,14 +201,16 @@ def setup_autostop(inst: InstanceInfo, key: Path, autostop_s: Optional[float], l
     """Install (or, for 'off', remove) the idle watcher on the instance; a failure is one warning line."""
     again = f"run `mnist-launch up --name {inst.name}` again"
     if not settings.autostop_install():  # tests whose "instance" is this very machine
-        console.print(f"[yellow]warning:[/] autostop watcher not installed on {inst.id} ({settings.AUTOSTOP_INSTALL}=0)")
+        console.print(f"[yellow]warning:[/] autostop watcher not installed on {inst.id} "
+                      f"({settings.AUTOSTOP_INSTALL}=0)")
         return None
     env = settings.autostop_forwarded_env()  # tests replace its shutdown and let it ignore their SSH sessions
     jobs = sorted({"~/mnist-launch/jobs", f"{launch.remote_dir.rstrip('/')}/jobs"})
     try:
         poll = settings.autostop_poll()
         with SSHHost(endpoint_for(inst.public_ip, inst.user), key, alias=inst.id) as host:
-            how = install_autostop(host, autostop_s, remote_home_dir=autostop_home(), jobs_dirs=jobs, env=env, poll_s=poll)
+            how = install_autostop(host, autostop_s, remote_home_dir=autostop_home(), jobs_dirs=jobs, env=env,
+                                   poll_s=poll)
     except (LaunchError, OSError, ValueError) as err:  # SSHError is a LaunchError: infra/ssh.py maps paramiko's
         console.print(f"[yellow]warning:[/] the autostop watcher could not be installed on {inst.id} ({err}) — "
                       f"it will NOT stop itself when idle; {again}")

@@ -34,7 +34,8 @@ def parse_duration(text: str, what: str) -> Optional[float]:
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
-        raise ConfigError(f"--name {name!r}: use 1-31 lowercase letters, digits and dashes, starting with a letter or digit")
+        raise ConfigError(f"--name {name!r}: use 1-31 lowercase letters, digits and dashes, "
+                          "starting with a letter or digit")
     return name
 
 
@@ -83,7 +84,8 @@ def identity_for(launch_identity: Optional[str], create: bool) -> Optional[Path]
     if launch_identity:
         path = Path(launch_identity).expanduser()
         if not path.is_file():
-            raise ConfigError(f"--identity {launch_identity}: no such file — pass a private key (its .pub is read if present)")
+            raise ConfigError(f"--identity {launch_identity}: no such file — "
+                              "pass a private key (its .pub is read if present)")
         return path
     if create:
         return home.ensure_default_key()

@@ -43,7 +43,8 @@ def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = Fal
         if not yes:
             if confirm is None:
                 raise ConfigError(f"down: {verb} {', '.join(names)} in {region}? pass --yes to confirm")
-            if not confirm(f"{verb} {', '.join(names)} in {region} and delete what mnist-launch created for it?", False):
+            if not confirm(f"{verb} {', '.join(names)} in {region} and delete what mnist-launch created for it?",
+                           False):
                 raise LaunchError("cancelled — nothing was changed")
         done: list[str] = []
         for n in names:

@@ -73,13 +73,14 @@ class EC2Target:
     def saved_config(self, run_id: str) -> tuple[str, str]:
         store = self.flags.store or home.read_run_record(run_id).get("store")
         if not (store or "").startswith("s3://"):
-            raise ConfigError(f"--resume {run_id}: a cloud run resumes from its store — pass --store s3://bucket/prefix "
-                              "(or add --local for a run in a folder)")
+            raise ConfigError(f"--resume {run_id}: a cloud run resumes from its store — "
+                              "pass --store s3://bucket/prefix (or add --local for a run in a folder)")
         self.flags = replace(self.flags, store=store)
         s = open_store(store)
         text = s.read_text(run_id, "config.yaml")
         if text is None:
-            raise RunError(f"run '{run_id}' not found in {store} — `mnist-launch runs --store {store}` lists the runs there")
+            raise RunError(f"run '{run_id}' not found in {store} — "
+                           f"`mnist-launch runs --store {store}` lists the runs there")
         try:
             self.local_data_dir = json.loads(s.read_text(run_id, "meta.json") or "{}").get("local_data_dir")
         except json.JSONDecodeError:
@@ -242,7 +243,8 @@ def host_for(rec: dict[str, Any]) -> SSHHost:
 
 
 def open_cloud_run(run_id: str, store: Optional[str], note: Callable[[str], None]) -> Optional[RunFiles]:
-    """The files of a cloud run: live over SSH while its instance runs, else the store's copy; None if not a cloud run."""
+    """The files of a cloud run: live over SSH while its instance runs, else the store's copy;
+    None if not a cloud run."""
     rec = run_record(run_id, store)
     if not rec:
         return None
