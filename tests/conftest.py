@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # names this machine (port 1: nothing listens there).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = "http://127.0.0.1:1"
+
+# Each test process (an xdist worker, or the one pytest) has a HOME and an MNIST_LAUNCH_HOME of its
+# own, for itself and every process it starts: no test reads or writes the real ~ (keys, pinned host
+# keys, cluster caches), and two workers never share a launcher's state. Removed at exit.
+_TEST_HOME = Path(tempfile.mkdtemp(prefix="mnist-launch-test-home-"))
+atexit.register(shutil.rmtree, _TEST_HOME, True)
+os.environ["HOME"] = str(_TEST_HOME)
+os.environ["MNIST_LAUNCH_HOME"] = str(_TEST_HOME / ".mnist-launch")
 
 # And in this process a connection anywhere else is refused and fails the test that tried it (an
 # address moto invented for an instance, the metadata service, the internet): see _loopback_only.

@@ -105,6 +105,17 @@ def _as_user(user: LoginUser, argv: list[str]) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(argv, 126, "", str(err))
 
 
+def _retry_locked(argv: list[str], wait_s: float = 60.0) -> subprocess.CompletedProcess:
+    """Run ``useradd``/``userdel``, again while another process holds the lock on /etc/passwd or
+    /etc/group (parallel test workers each make their user at the same moment; both give up at once)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode == 0 or "lock" not in done.stderr.lower() or time.monotonic() > deadline:
+            return done
+        time.sleep(0.05)
+
+
 def login_user() -> LoginUser:
     """The session's login user (see the module doc); made once per process."""
     global _user
@@ -118,13 +129,12 @@ def login_user() -> LoginUser:
         else:
             name = f"mli{os.getpid()}"[:32]
             # password '*': none, yet not locked (sshd without PAM refuses a locked '!' account)
-            made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", "--user-group",
-                                   "--password", "*", name],
-                                  capture_output=True, text=True)
+            made = _retry_locked(["useradd", "--create-home", "--shell", "/bin/sh", "--user-group",
+                                  "--password", "*", name])
             if made.returncode != 0:
                 _user = _current_user(f"useradd {name} failed: {made.stderr.strip()[:200]}")
             else:
-                atexit.register(lambda: subprocess.run(["userdel", "--remove", "--force", name], capture_output=True))
+                atexit.register(_retry_locked, ["userdel", "--remove", "--force", name])
                 pw = pwd.getpwnam(name)
                 _user = LoginUser(name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir), created=True)
         return _user
