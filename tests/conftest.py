@@ -7,20 +7,19 @@ import ipaddress
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.data import real_mnist_dir
+
 
 # Tests send traffic to 127.0.0.1 only. botocore's credential chain and our IMDS client would ask
 # 169.254.169.254: off for this process and every one it starts (CLI runs, local agents, trainers);
 # a test that exercises the spot watch points the endpoint at its own 127.0.0.1 server and turns this
-# back on for itself (tests/test_preempt.py). Were anything to ignore the switch, the endpoint still
+# back on for itself (tests/integration/test_preempt.py). Were anything to ignore the switch, the endpoint still
 # names this machine (port 1: nothing listens there).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = "http://127.0.0.1:1"
@@ -65,14 +64,6 @@ def _loopback_only():
     yield
     tried = _REFUSED[seen:]
     assert not tried, f"this test tried to reach {', '.join(tried)}: tests send traffic to 127.0.0.1 only"
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
-
-
-def real_mnist_dir() -> Path:
-    path = Path(os.environ.get("MNIST_LAUNCH_TEST_DATA", SHARED_MNIST))
-    if not (path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file() and not any(path.rglob("train-images*")):
-        pytest.skip(f"real MNIST not found at {path} (set MNIST_LAUNCH_TEST_DATA)")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -94,18 +85,10 @@ def small_mnist(tmp_path_factory) -> Path:
     return out
 
 
-def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real CLI (`python -m launcher ...`) in a subprocess, as a user would."""
-    base = {k: v for k, v in os.environ.items() if k != "MNIST_LAUNCH_DEBUG"}
-    full_env = {**base, "PYTHONPATH": str(ROOT), "COLUMNS": "120", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def module_sshd(tmp_path_factory):
     """One real sshd for a whole test module: starting one per test would dominate the runtime."""
-    from tests.sshd_fixture import start_sshd, stop_sshd
+    from tests.support.sshd_fixture import start_sshd, stop_sshd
 
     srv = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield srv

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from launcher.errors import ConfigError
+from tests.support import ROOT
 from trainer.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def payloads(marker: Path) -> list[str]:
@@ -105,7 +105,7 @@ def test_store_and_env_names_refuse_hostile_values(tmp_path):
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
     """No AWS anywhere: credentials that exist nowhere and an endpoint where nothing listens."""
-    from tests.aws_helpers import fake_aws_env
+    from tests.support.aws_helpers import fake_aws_env
 
     fake_aws_env(monkeypatch, tmp_path / "home")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")

@@ -4,7 +4,7 @@ Runs as the current user (root in CI: PermitRootLogin, StrictModes no, UsePAM no
 foreground (-D -e), on a free port; torn down after the test. Skips only if sshd is missing
 (Debian: `apt-get install openssh-server`).
 
-    from tests.sshd_fixture import sshd  # noqa: F401
+    from tests.support.sshd_fixture import sshd  # noqa: F401
     def test_x(sshd): SSHHost(Endpoint(sshd.user, sshd.host, sshd.port), sshd.client_key)
 """
 

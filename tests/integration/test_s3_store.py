@@ -17,7 +17,7 @@ from infra.aws import Clients
 from infra.s3 import S3Store, content_type, s3_error
 from infra.store import open_store
 from launcher.errors import AWSError, ConfigError, RunError
-from tests.aws_helpers import fake_aws_env, moto_bucket
+from tests.support.aws_helpers import fake_aws_env, moto_bucket
 
 BUCKET = "artifacts"
 URI = f"s3://{BUCKET}/team/mnist"
@@ -235,7 +235,7 @@ def test_real_cli_reaches_s3_through_aws_endpoint_url(monkeypatch, tmp_path):
 
     from moto.server import ThreadedMotoServer
 
-    from tests.conftest import cli
+    from tests.support.cli import cli
 
     fake_aws_env(monkeypatch, tmp_path / "home")
     with socket.socket() as s:

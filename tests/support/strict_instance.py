@@ -24,6 +24,7 @@ import base64
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -35,8 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from tests.sshd_fixture import SSHD, start_sshd
+from tests.support.sshd_fixture import SSHD, start_sshd
 
+# an epoch row of the live view ("  3   0.1234   97.50% ..."): group 1 is the epoch
+EPOCH_ROW = re.compile(r"^\s+(\d+)\s+\d+\.\d{4}\s+\d+\.\d\d%", re.M)
 # how long a booting instance refuses connections, then accepts and drops them, from the first attempt
 REFUSE_S = 1.0
 DROP_S = 1.5
@@ -269,8 +272,53 @@ class BootingFront:
             pass
 
 
+class CuttableProxy:
+    """A TCP forwarder to the sshd whose live connections can be cut (a dropped Wi-Fi, a sleeping laptop)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.paused = False  # while True, new connections are dropped at once (the network is down)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.paused:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.conns += [client, upstream]
+            splice(client, upstream)
+
+    def cut(self) -> int:
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+        return len(conns) // 2
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
 def strict_instance(where: Path, extra_config: tuple[str, ...] = (), booting: bool = True) -> Instance:
-    """Start sshd as an AMI-like instance (see the module doc). Stop it with ``tests.sshd_fixture.stop_sshd``."""
+    """Start sshd as an AMI-like instance (see the module doc). Stop it with ``tests.support.sshd_fixture.stop_sshd``."""
     user = login_user()
     where.mkdir(parents=True, exist_ok=True)
     if user.created:

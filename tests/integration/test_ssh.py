@@ -14,7 +14,7 @@ import pytest
 from infra.home import ensure_default_key
 from infra.ssh import Endpoint, SSHHost, endpoint_for, parse_endpoint, public_key_of, wait_for_banner
 from launcher.errors import SSHError
-from tests.sshd_fixture import sshd  # noqa: F401
+from tests.support.sshd_fixture import sshd  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
