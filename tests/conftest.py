@@ -120,3 +120,19 @@ def tiny_mnist(tmp_path):
         write_idx(d / f"{name}-images-idx3-ubyte", np.zeros((n, 28, 28), np.uint8))
         write_idx(d / f"{name}-labels-idx1-ubyte", np.zeros(n, np.uint8))
     return d
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """How many workers `-n auto` starts: twice the cores, as most of a test's time is spent waiting on
+    other processes (sshd, accelerate, a throttled trainer) rather than computing; at least 2, and no
+    more than memory allows (about 1.5 GiB per worker at its peak: a worker, its CLI, agent and ranks).
+    MNIST_LAUNCH_TEST_WORKERS=N overrides."""
+    override = os.environ.get("MNIST_LAUNCH_TEST_WORKERS", "").strip()
+    if override:
+        return int(override)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gib = 8.0
+    return max(2, min(2 * cores, int(mem_gib / 1.5)))

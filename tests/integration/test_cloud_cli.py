@@ -191,16 +191,12 @@ def test_status_without_instances(aws):
 
 @pytest.fixture
 def moto_server(home, monkeypatch):
-    from moto.server import ThreadedMotoServer
+    from tests.support.aws_helpers import plain_moto_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    server, url = plain_moto_server()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         server.stop()
 

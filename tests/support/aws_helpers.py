@@ -67,6 +67,18 @@ def moto_bucket(monkeypatch: pytest.MonkeyPatch, home_dir: Path, bucket: str) ->
         yield client
 
 
+def plain_moto_server():
+    """moto's ThreadedMotoServer on 127.0.0.1, on a port the OS picks as it binds (a port found free
+    first could be taken by another test worker before the server binds it, and then start() would
+    wait forever): (server, url). Stop it with ``server.stop()``."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"http://{host}:{port}"
+
+
 def start_moto_server(strict: Optional[bool] = None, schedule: Optional[Callable] = None):
     """moto's ThreadedMotoServer on a free 127.0.0.1 port, for other processes (an agent behind sshd):
     (server, url). Stop it with ``server.stop()``.
@@ -75,16 +87,7 @@ def start_moto_server(strict: Optional[bool] = None, schedule: Optional[Callable
     behaves like real AWS (tests/support/strict_aws.py): a missing S3 key answers 403, and ``schedule(proxy)``
     (default: ``light_schedule``, one throttle and one not-yet-visible answer of each kind per session)
     injects faults. The proxy is ``server.proxy``."""
-    import socket
-
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
+    server, url = plain_moto_server()
     if strict is None:
         strict = os.environ.get(STRICT_ENV) == "1"
     if not strict:

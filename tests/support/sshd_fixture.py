@@ -55,6 +55,29 @@ def _keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
+def _wait_ready(proc: subprocess.Popen, log: Path, port: int, wait_s: float = 60.0) -> bool:
+    """True once this sshd listens on ``port`` and answers; False if it could not bind it (taken)."""
+    listening = f"Server listening on 127.0.0.1 port {port}".encode()
+    deadline = time.monotonic() + wait_s  # generous: a loaded CI machine starts processes slowly
+    while True:
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace")
+            if "Address already in use" in text:
+                return False
+            raise RuntimeError(f"sshd exited with {proc.returncode}: {text}")
+        if listening in log.read_bytes():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    if s.recv(8).startswith(b"SSH-"):
+                        return True
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"sshd did not answer on port {port}: {log.read_text(errors='replace')}")
+        time.sleep(0.05)
+
+
 def start_sshd(root: Path, extra_config: tuple[str, ...] = (), authorized_keys: Optional[Path] = None,
                user: Optional[str] = None) -> SSHD:
     """``extra_config``: more sshd_config lines, e.g. ``SetEnv K=V`` to give sessions what an
@@ -73,42 +96,36 @@ def start_sshd(root: Path, extra_config: tuple[str, ...] = (), authorized_keys: 
     # sshd insists on its privilege separation directory even for one test server
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    port = _free_port()
-    config = root / "sshd_config"
-    config.write_text("\n".join([
-        f"Port {port}",
-        "ListenAddress 127.0.0.1",
-        f"HostKey {root / 'host_ed25519'}",
-        f"AuthorizedKeysFile {keys}",
-        f"PidFile {root / 'sshd.pid'}",
-        "PubkeyAuthentication yes",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "PermitRootLogin prohibit-password",
-        "StrictModes no",
-        "UsePAM no",
-        "Subsystem sftp internal-sftp",
-        "LogLevel VERBOSE",
-        *extra_config,
-        "",
-    ]))
-    log = open(root / "sshd.log", "wb")
-    proc = subprocess.Popen([exe, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited with {proc.returncode}: {(root / 'sshd.log').read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(8).startswith(b"SSH-"):
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"sshd did not answer on port {port}: {(root / 'sshd.log').read_text()}")
-        time.sleep(0.05)
+    # A free port can be taken by another test worker before sshd binds it: then sshd cannot bind and
+    # exits, and the next free port is tried. Ready means *this* sshd says it listens, then answers.
+    for _ in range(5):
+        port = _free_port()
+        config = root / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {root / 'host_ed25519'}",
+            f"AuthorizedKeysFile {keys}",
+            f"PidFile {root / 'sshd.pid'}",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password",
+            "StrictModes no",
+            "UsePAM no",
+            "Subsystem sftp internal-sftp",
+            "LogLevel VERBOSE",
+            *extra_config,
+            "",
+        ]))
+        log = open(root / "sshd.log", "wb")
+        proc = subprocess.Popen([exe, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        if _wait_ready(proc, root / "sshd.log", port):
+            break
+        log.close()
+    else:
+        raise RuntimeError(f"sshd could not bind a free port in 5 tries: {(root / 'sshd.log').read_text()}")
     return SSHD("127.0.0.1", port, user or getpass.getuser(), root / "client_ed25519", host_pub, root, proc)
 
 

@@ -181,6 +181,22 @@ def image_env(where: Path, user: LoginUser) -> tuple[Optional[Path], str]:
     return None, why
 
 
+_built: dict[str, Path] = {}  # login user -> its image env's python, built once per process
+
+
+def _built_image_env(where: Path, user: LoginUser) -> tuple[Optional[Path], str]:
+    """:func:`image_env`, built once per login user and process: every instance of a session boots the
+    same image (tests only read it: what a run installs goes into the run's own venv)."""
+    with _lock:
+        python = _built.get(user.name)
+        if python is not None and python.exists():
+            return python, ""
+        python, why = image_env(where, user)
+        if python is not None:
+            _built[user.name] = python
+        return python, why
+
+
 def _pipe(a: socket.socket, b: socket.socket) -> None:
     try:
         while data := a.recv(1 << 16):
@@ -325,11 +341,11 @@ def strict_instance(where: Path, extra_config: tuple[str, ...] = (), booting: bo
         env_dir = user.home / ".image-env"  # like /opt/pytorch: the image's, not the run's
     else:
         env_dir = where / "image-env"
-    python, why = image_env(env_dir, user)
+    python, why = _built_image_env(env_dir, user)
     if python is None and user.created:  # the made user cannot use this interpreter: log in as ourselves
         print(f"strict instance: logging in as the current user: {why}", file=sys.stderr)
         user = _current_user(why)
-        python, why = image_env(where / "image-env", user)
+        python, why = _built_image_env(where / "image-env", user)
     if python is None:
         raise RuntimeError(f"cannot make the image's environment: {why}")
     keys = None
