@@ -136,3 +136,17 @@ def pytest_xdist_auto_num_workers(config) -> int:
     except (ValueError, OSError):
         mem_gib = 8.0
     return max(2, min(2 * cores, int(mem_gib / 1.5)))
+
+
+# The modules whose tests take longest (tens of seconds each: several processes, throttled runs), started
+# first so that parallel workers end together instead of one finishing a long test alone at the end.
+LONG_FIRST = ("test_remote_train", "test_preempt", "test_iam", "test_train", "test_restore", "test_cli",
+              "test_real_mnist", "test_aws_faults_cli", "test_s3_store", "test_autostop", "test_agent_precision")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    def rank(item) -> int:
+        name = item.path.stem if hasattr(item, "path") else ""
+        return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: within a module, and for every other module, the collected order
