@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import atexit
 import ipaddress
 import os
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.support.data import real_mnist_dir
-
+ROOT = Path(__file__).resolve().parent.parent
 
 # Tests send traffic to 127.0.0.1 only. botocore's credential chain and our IMDS client would ask
 # 169.254.169.254: off for this process and every one it starts (CLI runs, local agents, trainers);
 # a test that exercises the spot watch points the endpoint at its own 127.0.0.1 server and turns this
-# back on for itself (tests/integration/test_preempt.py). Were anything to ignore the switch, the endpoint still
+# back on for itself (tests/test_preempt.py). Were anything to ignore the switch, the endpoint still
 # names this machine (port 1: nothing listens there).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = "http://127.0.0.1:1"
-
-# Each test process (an xdist worker, or the one pytest) has a HOME and an MNIST_LAUNCH_HOME of its
-# own, for itself and every process it starts: no test reads or writes the real ~ (keys, pinned host
-# keys, cluster caches), and two workers never share a launcher's state. Removed at exit.
-_TEST_HOME = Path(tempfile.mkdtemp(prefix="mnist-launch-test-home-"))
-atexit.register(shutil.rmtree, _TEST_HOME, True)
-os.environ["HOME"] = str(_TEST_HOME)
-os.environ["MNIST_LAUNCH_HOME"] = str(_TEST_HOME / ".mnist-launch")
 
 # And in this process a connection anywhere else is refused and fails the test that tried it (an
 # address moto invented for an instance, the metadata service, the internet): see _loopback_only.
@@ -64,6 +52,14 @@ def _loopback_only():
     yield
     tried = _REFUSED[seen:]
     assert not tried, f"this test tried to reach {', '.join(tried)}: tests send traffic to 127.0.0.1 only"
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def real_mnist_dir() -> Path:
+    path = Path(os.environ.get("MNIST_LAUNCH_TEST_DATA", SHARED_MNIST))
+    if not (path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file() and not any(path.rglob("train-images*")):
+        pytest.skip(f"real MNIST not found at {path} (set MNIST_LAUNCH_TEST_DATA)")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,23 +1,8 @@
-"""MNIST for the tests: the real one (../shared, or MNIST_LAUNCH_TEST_DATA) and small IDX folders."""
+"""Small MNIST folders for the tests (the real MNIST is conftest's ``mnist_dir``/``small_mnist``)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
-import pytest
-
-from tests.support import ROOT
-
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
-
-
-def real_mnist_dir() -> Path:
-    path = Path(os.environ.get("MNIST_LAUNCH_TEST_DATA", SHARED_MNIST))
-    if not (path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file() and not any(path.rglob("train-images*")):
-        pytest.skip(f"real MNIST not found at {path} (set MNIST_LAUNCH_TEST_DATA)")
-    return path
 
 
 def make_dir(root, n_train=20, n_test=10, compress=True, layout="flat"):

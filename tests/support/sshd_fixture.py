@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -96,34 +97,36 @@ def start_sshd(root: Path, extra_config: tuple[str, ...] = (), authorized_keys: 
     # sshd insists on its privilege separation directory even for one test server
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    port = _free_port()
+    config = root / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}",
+        "ListenAddress 127.0.0.1",
+        f"HostKey {root / 'host_ed25519'}",
+        f"AuthorizedKeysFile {keys}",
+        f"PidFile {root / 'sshd.pid'}",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        "StrictModes no",
+        "UsePAM no",
+        "Subsystem sftp internal-sftp",
+        "LogLevel VERBOSE",
+        *extra_config,
+        "",
+    ]))
     # A free port can be taken by another test worker before sshd binds it: then sshd cannot bind and
     # exits, and the next free port is tried. Ready means *this* sshd says it listens, then answers.
     for _ in range(5):
-        port = _free_port()
-        config = root / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {port}",
-            "ListenAddress 127.0.0.1",
-            f"HostKey {root / 'host_ed25519'}",
-            f"AuthorizedKeysFile {keys}",
-            f"PidFile {root / 'sshd.pid'}",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password",
-            "StrictModes no",
-            "UsePAM no",
-            "Subsystem sftp internal-sftp",
-            "LogLevel VERBOSE",
-            *extra_config,
-            "",
-        ]))
         log = open(root / "sshd.log", "wb")
         proc = subprocess.Popen([exe, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
         if _wait_ready(proc, root / "sshd.log", port):
             break
         log.close()
+        port = _free_port()
+        config.write_text(re.sub(r"^Port \d+$", f"Port {port}", config.read_text(), count=1, flags=re.M))
     else:
         raise RuntimeError(f"sshd could not bind a free port in 5 tries: {(root / 'sshd.log').read_text()}")
     return SSHD("127.0.0.1", port, user or getpass.getuser(), root / "client_ed25519", host_pub, root, proc)
