@@ -34,8 +34,9 @@ def entry_point() -> list[str]:
 
 
 def cli(*args: str, cwd: Optional[Path] = None, env: Optional[dict] = None,
-        timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess, as a user would (MNIST_LAUNCH_DEBUG unset unless ``env`` sets it)."""
+        timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would (MNIST_LAUNCH_DEBUG unset unless ``env`` sets it).
+    ``timeout`` only stops a hung command: a 2-epoch local run took 435 s on the shared 2-core machine at load 14."""
     base = {k: v for k, v in os.environ.items() if k != "MNIST_LAUNCH_DEBUG"}
     full_env = {**base, "PYTHONPATH": str(ROOT), "COLUMNS": "120", **(env or {})}
     return subprocess.run([*entry_point(), *args], cwd=cwd or ROOT, env=full_env,
