@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from tests.aws_helpers import FAKE_ENV, instance_sshd, start_moto_server  # noqa: E402
-from tests.sshd_fixture import stop_sshd  # noqa: E402
+from tests.support.aws_helpers import FAKE_ENV, instance_sshd, start_moto_server  # noqa: E402
+from tests.support.sshd_fixture import stop_sshd  # noqa: E402
 
 PHASES = ["connect", "sync", "data", "setup", "prepare", "start"]
 
@@ -65,7 +65,7 @@ def main() -> None:
         from core.config import LaunchConfig
         from launcher import cluster, lifecycle
         from launcher.targets.ec2 import CloudFlags, EC2Target
-        from tests.aws_helpers import ubuntu_ami
+        from tests.support.aws_helpers import ubuntu_ami
 
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bench")
         cluster.up(cluster.UpRequest(launch=LaunchConfig(name="bench", ami=ubuntu_ami(), identity=str(srv.client_key)),

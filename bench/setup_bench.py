@@ -1,5 +1,5 @@
 """The run's environment on a fresh host whose image already has torch: setup seconds and what it
-installed (tests/strict_instance.py: a non-root login user, the image's torch in a venv of its own,
+installed (tests/support/strict_instance.py: a non-root login user, the image's torch in a venv of its own,
 over a real OpenSSH sshd on 127.0.0.1).
 
 Each repeat starts from an empty venv folder (a fresh host), runs ``ensure_env`` with the project's
@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from infra.remote_setup import ensure_env, project_requirements  # noqa: E402
 from infra.ssh import Endpoint, SSHHost  # noqa: E402
-from tests.sshd_fixture import stop_sshd  # noqa: E402
-from tests.strict_instance import login_user, probe_wheel, strict_instance  # noqa: E402
+from tests.support.sshd_fixture import stop_sshd  # noqa: E402
+from tests.support.strict_instance import login_user, probe_wheel, strict_instance  # noqa: E402
 
 
 def venv_bytes(venv: Path) -> int:

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
 
-from tests.aws_helpers import FAKE_ENV, instance_sshd, start_moto_server, ubuntu_ami  # noqa: E402
-from tests.sshd_fixture import stop_sshd  # noqa: E402
-from tests.test_remote_train import EPOCH_ROW, CuttableProxy  # noqa: E402
+from tests.support.aws_helpers import FAKE_ENV, instance_sshd, start_moto_server, ubuntu_ami  # noqa: E402
+from tests.support.sshd_fixture import stop_sshd  # noqa: E402
+from tests.support.strict_instance import EPOCH_ROW, CuttableProxy  # noqa: E402
 
 
 def small_mnist(out: Path) -> Path:
@@ -69,7 +69,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MNIST_LAUNCH_DEBUG", None)
     data = small_mnist(tmp / "data")
-    remote = srv.remote(f"soak-{os.getpid()}")  # under the instance user's home (tests/strict_instance.py)
+    remote = srv.remote(f"soak-{os.getpid()}")  # under the instance user's home (tests/support/strict_instance.py)
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="soak")
 

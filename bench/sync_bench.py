@@ -1,6 +1,6 @@
 """Workdir sync over a real OpenSSH sshd on 127.0.0.1: first sync, unchanged re-sync, 10 of N changed.
 
-Starts sshd the way the tests do (tests/sshd_fixture.py: generated keys, a free port), builds a
+Starts sshd the way the tests do (tests/support/sshd_fixture.py: generated keys, a free port), builds a
 tree of N small files in nested folders, and prints a markdown table of seconds and what was sent.
 
     python bench/sync_bench.py [--files 1000] [--file-bytes 2000] [--repeat 3]
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from infra.ssh import Endpoint, SSHHost  # noqa: E402
 from infra.sync import SyncReport, sync_workdir  # noqa: E402
-from tests.sshd_fixture import start_sshd, stop_sshd  # noqa: E402
+from tests.support.sshd_fixture import start_sshd, stop_sshd  # noqa: E402
 
 
 def make_tree(root: Path, files: int, size: int) -> list[Path]:

@@ -7,8 +7,6 @@ import ipaddress
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -66,6 +64,8 @@ def _loopback_only():
     yield
     tried = _REFUSED[seen:]
     assert not tried, f"this test tried to reach {', '.join(tried)}: tests send traffic to 127.0.0.1 only"
+
+
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
@@ -104,18 +104,10 @@ def small_mnist(tmp_path_factory) -> Path:
     return out
 
 
-def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real CLI (`python -m launcher ...`) in a subprocess, as a user would."""
-    base = {k: v for k, v in os.environ.items() if k != "MNIST_LAUNCH_DEBUG"}
-    full_env = {**base, "PYTHONPATH": str(ROOT), "COLUMNS": "120", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def module_sshd(tmp_path_factory):
     """One real sshd for a whole test module: starting one per test would dominate the runtime."""
-    from tests.sshd_fixture import start_sshd, stop_sshd
+    from tests.support.sshd_fixture import start_sshd, stop_sshd
 
     srv = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield srv
@@ -147,3 +139,33 @@ def tiny_mnist(tmp_path):
         write_idx(d / f"{name}-images-idx3-ubyte", np.zeros((n, 28, 28), np.uint8))
         write_idx(d / f"{name}-labels-idx1-ubyte", np.zeros(n, np.uint8))
     return d
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """How many workers `-n auto` starts: twice the cores, as most of a test's time is spent waiting on
+    other processes (sshd, accelerate, a throttled trainer) rather than computing; at least 2, and no
+    more than memory allows (about 1.5 GiB per worker at its peak: a worker, its CLI, agent and ranks).
+    MNIST_LAUNCH_TEST_WORKERS=N overrides."""
+    override = os.environ.get("MNIST_LAUNCH_TEST_WORKERS", "").strip()
+    if override:
+        return int(override)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gib = 8.0
+    return max(2, min(2 * cores, int(mem_gib / 1.5)))
+
+
+# The modules whose tests take longest (tens of seconds each: several processes, throttled runs), started
+# first so that parallel workers end together instead of one finishing a long test alone at the end.
+LONG_FIRST = ("test_remote_train", "test_preempt", "test_iam", "test_train", "test_restore", "test_cli",
+              "test_real_mnist", "test_aws_faults_cli", "test_s3_store", "test_autostop", "test_agent_precision")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    def rank(item) -> int:
+        name = item.path.stem if hasattr(item, "path") else ""
+        return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: within a module, and for every other module, the collected order

@@ -9,7 +9,7 @@ import pytest
 
 from core.errors import SSHError
 from infra.ssh import Endpoint, SSHHost
-from tests.sshd_fixture import start_sshd, stop_sshd
+from tests.support.sshd_fixture import start_sshd, stop_sshd
 
 
 def test_a_refused_channel_is_one_ssh_error_line(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from infra.aws import AWSProvider, Clients, ClusterSpec
 from infra.home import ensure_default_key
 from infra.ssh import public_key_of
 from launcher import cluster
-from tests.aws_helpers import fake_aws_env, ubuntu_ami
+from tests.support.aws_helpers import fake_aws_env, ubuntu_ami
 
 CIDR = "203.0.113.7/32"
 

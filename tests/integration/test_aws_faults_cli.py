@@ -1,5 +1,5 @@
 """`up`, `train` (creating its cluster) and `down` as a user runs them (`python -m launcher` subprocesses)
-against AWS as strict as the real one: tests/strict_aws.py's proxy in front of moto injects eventual
+against AWS as strict as the real one: tests/support/strict_aws.py's proxy in front of moto injects eventual
 consistency, throttling and S3's 403 for missing keys, for the CLI and for the "instance" (a real sshd
 whose sessions reach AWS through the same proxy) alike."""
 
@@ -11,16 +11,16 @@ import urllib.request
 import boto3
 import pytest
 
-from tests.aws_helpers import (
+from tests.support.aws_helpers import (
     fake_aws_env,
     instance_sshd,
     nothing_left,
     start_moto_server,
     ubuntu_ami,
 )
-from tests.conftest import cli
-from tests.sshd_fixture import stop_sshd
-from tests.strict_aws import PROFILE_REFUSAL, every_fault
+from tests.support.cli import cli
+from tests.support.sshd_fixture import stop_sshd
+from tests.support.strict_aws import PROFILE_REFUSAL, every_fault
 
 CIDR = "203.0.113.7/32"
 BUCKET = "faults-bucket"

@@ -189,7 +189,7 @@ def test_ssh_on_the_real_sshd_sends_no_environment_and_no_agent(tmp_path, monkey
     The control: the same ssh with SendEnv does deliver the variable, so the check can fail."""
     from launcher import cluster
     from launcher.cluster import access
-    from tests.sshd_fixture import start_sshd, stop_sshd
+    from tests.support.sshd_fixture import start_sshd, stop_sshd
 
     srv = start_sshd(tmp_path / "sshd", ("AcceptEnv *", "AllowAgentForwarding yes"))
     try:

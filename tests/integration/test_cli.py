@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, cli
+from tests.support import ROOT
+from tests.support.cli import cli
 
 ARTIFACTS = ["config.yaml", "meta.json", "events.jsonl", "train.log", "summary.json", "status.json",
              "model.safetensors", "curves.png", "checkpoints"]
@@ -121,7 +122,7 @@ def test_bad_data_gives_one_line_naming_the_problem(tmp_path):
     missing = cli("train", "configs/model3.yaml", "--local", "--data-dir", str(tmp_path / "nowhere"),
                   "--store", str(tmp_path))
     assert_one_line_error(missing, "MNIST files missing", "nowhere", "mnist-launch data download")
-    from tests.test_data import make_dir
+    from tests.support.data import make_dir
 
     data = make_dir(tmp_path / "corrupt")
     (data / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")

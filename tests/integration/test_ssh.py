@@ -13,7 +13,7 @@ import pytest
 from core.errors import SSHError
 from infra.home import ensure_default_key
 from infra.ssh import Endpoint, SSHHost, endpoint_for, parse_endpoint, public_key_of, wait_for_banner
-from tests.sshd_fixture import sshd  # noqa: F401
+from tests.support.sshd_fixture import sshd  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +82,7 @@ def test_write_text_sets_mode_and_creates_parents(sshd, tmp_path):  # noqa: F811
 
 
 def test_write_and_read_relative_to_home(tmp_path):
-    from tests.sshd_fixture import start_sshd, stop_sshd
+    from tests.support.sshd_fixture import start_sshd, stop_sshd
 
     home = tmp_path / "home-of-the-session"  # not the real home of the user sshd logs in as
     home.mkdir()

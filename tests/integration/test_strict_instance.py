@@ -1,4 +1,4 @@
-"""The tests' AMI-like instance itself (tests/strict_instance.py): it boots like one, and `up` gets through."""
+"""The tests' AMI-like instance itself (tests/support/strict_instance.py): it boots like one, and `up` gets through."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from core.errors import SSHError
 from infra.ssh import Endpoint, SSHHost, wait_for_banner
-from tests.sshd_fixture import stop_sshd
-from tests.strict_instance import strict_instance
+from tests.support.sshd_fixture import stop_sshd
+from tests.support.strict_instance import strict_instance
 
 
 def test_ssh_is_reset_then_refused_then_dropped_then_served_while_the_instance_boots(tmp_path):

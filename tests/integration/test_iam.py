@@ -1,8 +1,8 @@
-"""Least privilege, enforced: moto's IAM access control on (tests/iam_world.py), requests signed by the
+"""Least privilege, enforced: moto's IAM access control on (tests/support/iam_world.py), requests signed by the
 identities a real account would use — the instance role's assumed-role credentials, and a user with
 exactly docs/laptop-policy.json.
 
-What moto cannot evaluate is said where it matters (see tests/iam_world.py): condition keys
+What moto cannot evaluate is said where it matters (see tests/support/iam_world.py): condition keys
 (``s3:prefix`` on ListBucket, ``aws:ResourceTag``, ``iam:PassedToService``), EC2 and SSM resource ARNs,
 and iam:PassRole. These tests check actions and S3/IAM resources, which it does evaluate.
 """
@@ -32,17 +32,16 @@ from infra.aws import (
 from infra.home import ensure_default_key
 from infra.s3 import S3Store
 from infra.ssh import public_key_of
-from tests import iam_world
-from tests.aws_helpers import (
+from tests.support import ROOT, iam_world
+from tests.support.aws_helpers import (
     fake_aws_env,
     instance_credentials,
     instance_sshd,
     start_moto_server,
     ubuntu_ami,
 )
-from tests.conftest import ROOT
-from tests.iam_world import IAMWorld, Keys
-from tests.sshd_fixture import stop_sshd
+from tests.support.iam_world import IAMWorld, Keys
+from tests.support.sshd_fixture import stop_sshd
 
 REGION = "us-east-1"
 BUCKET = "team-bucket"

@@ -264,7 +264,7 @@ def test_install_off_removes_the_watcher(ssh_host, tmp_path):
 def cloud(tmp_path, monkeypatch, module_sshd):
     from moto import mock_aws
 
-    from tests.aws_helpers import fake_aws_env
+    from tests.support.aws_helpers import fake_aws_env
 
     fake_aws_env(monkeypatch, tmp_path / "home")
     rhome = tmp_path / "rhome"
@@ -289,8 +289,8 @@ def shutdown_behavior(instance_id: str) -> str:
 
 
 def test_up_installs_the_watcher_sets_the_shutdown_action_and_status_shows_it(cloud, module_sshd):
-    from tests.aws_helpers import ubuntu_ami
-    from tests.test_cloud_cli import cli, live, up_args
+    from tests.support.aws_helpers import live, ubuntu_ami, up_args
+    from tests.support.cli import invoke as cli
 
     rhome = cloud
     script = rhome / "autostop.py"
@@ -338,8 +338,8 @@ def test_up_installs_the_watcher_sets_the_shutdown_action_and_status_shows_it(cl
 
 
 def test_up_says_so_when_the_watcher_cannot_be_installed(cloud, module_sshd, monkeypatch):
-    from tests.aws_helpers import ubuntu_ami
-    from tests.test_cloud_cli import cli, up_args
+    from tests.support.aws_helpers import ubuntu_ami, up_args
+    from tests.support.cli import invoke as cli
 
     monkeypatch.setenv("MNIST_LAUNCH_AUTOSTOP_HOME", "/proc/no-such-place")
     out = cli(*up_args(ubuntu_ami(), "--identity", str(module_sshd.client_key)))
@@ -363,7 +363,7 @@ def test_status_reads_jobs_and_the_watcher_state_from_one_answer():
 @pytest.fixture
 def cron_sshd(tmp_path_factory):
     """An sshd whose sessions find a `crontab` (a stand-in keeping the table in a file) first on PATH."""
-    from tests.sshd_fixture import start_sshd, stop_sshd
+    from tests.support.sshd_fixture import start_sshd, stop_sshd
 
     root = tmp_path_factory.mktemp("cron_sshd")
     bin_dir = root / "bin"

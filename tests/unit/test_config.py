@@ -1,11 +1,11 @@
-from pathlib import Path
 
 import pytest
 
 from core.config import load_config
 from core.errors import ConfigError
+from tests.support import ROOT
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 def test_there_is_a_config_for_every_recipe():

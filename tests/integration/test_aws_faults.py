@@ -1,5 +1,5 @@
 """AWS as it really behaves: eventual consistency, throttling and S3's 403 for a missing key, injected by
-the proxy of tests/strict_aws.py in front of one moto server; `up`, `down`, the S3 store and a restore
+the proxy of tests/support/strict_aws.py in front of one moto server; `up`, `down`, the S3 store and a restore
 get through each, and a fault that outlasts its deadline ends in one line with nothing left behind."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from infra.aws import AWSProvider, Clients, ClusterSpec
 from infra.home import ensure_default_key
 from infra.s3 import S3Store
 from infra.ssh import public_key_of
-from tests.aws_helpers import fake_aws_env, nothing_left, start_moto_server, ubuntu_ami
-from tests.strict_aws import PROFILE_REFUSAL, StrictAWS, every_fault, light_schedule
+from tests.support.aws_helpers import fake_aws_env, nothing_left, start_moto_server, ubuntu_ami
+from tests.support.strict_aws import PROFILE_REFUSAL, StrictAWS, every_fault, light_schedule
 
 REGION = "us-east-1"
 CIDR = "203.0.113.7/32"

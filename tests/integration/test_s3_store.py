@@ -17,7 +17,7 @@ from core.errors import AWSError, ConfigError, RunError
 from infra.aws import Clients
 from infra.s3 import S3Store, content_type, s3_error
 from infra.store import open_store
-from tests.aws_helpers import fake_aws_env, moto_bucket
+from tests.support.aws_helpers import fake_aws_env, moto_bucket
 
 BUCKET = "artifacts"
 URI = f"s3://{BUCKET}/team/mnist"
@@ -231,20 +231,13 @@ def test_cli_on_a_missing_bucket_is_one_line(s3, capsys):
 
 def test_real_cli_reaches_s3_through_aws_endpoint_url(monkeypatch, tmp_path):
     """Another process (the CLI, as the agent would be) finds moto through AWS_ENDPOINT_URL alone."""
-    import socket
-
-    from moto.server import ThreadedMotoServer
-
-    from tests.conftest import cli
+    from tests.support.aws_helpers import plain_moto_server
+    from tests.support.cli import cli
 
     fake_aws_env(monkeypatch, tmp_path / "home")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server, url = plain_moto_server()
     try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
         upload_run(S3Store(URI), tmp_path, "remote", {"params": 77}, [0.9])
         p = cli("runs", "--store", URI, "--json")

@@ -12,7 +12,7 @@ import pytest
 from infra.host import LocalHost
 from infra.imds import IMDS
 from launcher.orchestrator import LocalRequest, read_status, start_run
-from tests.test_train import events_of, run_to_end
+from tests.support.runs import events_of, run_to_end
 
 NOTICE = {"action": "terminate", "time": "2026-11-23T13:00:00Z"}
 REBALANCE = {"noticeTime": "2026-11-23T12:58:00Z"}
@@ -242,7 +242,7 @@ def test_a_mid_epoch_checkpoint_goes_up_with_its_step_and_is_the_one_resumed_fro
     from infra.agent import ArtifactSync
     from infra.s3 import S3Store
     from infra.store import latest_stored_checkpoint
-    from tests.aws_helpers import fake_aws_env
+    from tests.support.aws_helpers import fake_aws_env
 
     fake_aws_env(monkeypatch, tmp_path / "home")
     run = tmp_path / "run"

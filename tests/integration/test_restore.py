@@ -19,7 +19,7 @@ from infra.host import LocalHost
 from infra.restore import events_until, restore_run
 from infra.store import LocalStore, latest_stored_checkpoint
 from launcher.orchestrator import PROJECT_ROOT, LocalRequest, read_status, start_run
-from tests.test_train import events_of, run_to_end
+from tests.support.runs import events_of, run_to_end
 
 
 class UploadingHost(LocalHost):

@@ -35,7 +35,7 @@ def fake_aws_env(monkeypatch: pytest.MonkeyPatch, home) -> None:
     # boto3's default session caches the credentials it first resolved: a test's boto3.client(...) must see its own
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     # the "instance" these tests reach over SSH is this machine: `up` must not leave a watcher running on it
-    # (tests/test_autostop.py installs one on purpose, in a temporary folder, and kills it)
+    # (tests/integration/test_autostop.py installs one on purpose, in a temporary folder, and kills it)
     monkeypatch.setenv("MNIST_LAUNCH_AUTOSTOP_INSTALL", "0")
 
 
@@ -45,7 +45,7 @@ STRICT_ENV = "MNIST_LAUNCH_TEST_STRICT_AWS"
 
 @dataclass
 class StrictServer:
-    """moto behind tests/strict_aws.py's proxy: ``stop()`` stops both; ``proxy`` holds the schedule and counters."""
+    """moto behind tests/support/strict_aws.py's proxy: ``stop()`` stops both; ``proxy`` holds the schedule and counters."""
 
     moto: object
     proxy: object
@@ -67,29 +67,32 @@ def moto_bucket(monkeypatch: pytest.MonkeyPatch, home_dir: Path, bucket: str) ->
         yield client
 
 
+def plain_moto_server():
+    """moto's ThreadedMotoServer on 127.0.0.1, on a port the OS picks as it binds (a port found free
+    first could be taken by another test worker before the server binds it, and then start() would
+    wait forever): (server, url). Stop it with ``server.stop()``."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"http://{host}:{port}"
+
+
 def start_moto_server(strict: Optional[bool] = None, schedule: Optional[Callable] = None):
     """moto's ThreadedMotoServer on a free 127.0.0.1 port, for other processes (an agent behind sshd):
     (server, url). Stop it with ``server.stop()``.
 
     ``strict`` (default: ``MNIST_LAUNCH_TEST_STRICT_AWS=1``): the url is a proxy in front of moto that
-    behaves like real AWS (tests/strict_aws.py): a missing S3 key answers 403, and ``schedule(proxy)``
+    behaves like real AWS (tests/support/strict_aws.py): a missing S3 key answers 403, and ``schedule(proxy)``
     (default: ``light_schedule``, one throttle and one not-yet-visible answer of each kind per session)
     injects faults. The proxy is ``server.proxy``."""
-    import socket
-
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
+    server, url = plain_moto_server()
     if strict is None:
         strict = os.environ.get(STRICT_ENV) == "1"
     if not strict:
         return server, url
-    from tests.strict_aws import StrictAWS, light_schedule
+    from tests.support.strict_aws import StrictAWS, light_schedule
 
     proxy = StrictAWS(url)
     proxy.missing_keys_403 = True
@@ -98,12 +101,12 @@ def start_moto_server(strict: Optional[bool] = None, schedule: Optional[Callable
 
 
 def instance_sshd(where, url: str, aws_env: str = "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing"):
-    """A real sshd playing an instance (tests/strict_instance.py: a non-root login user, the image's
+    """A real sshd playing an instance (tests/support/strict_instance.py: a non-root login user, the image's
     torch in a venv of its own at ``.python``, SSH refused then dropped while it boots; the run's
     folders go under ``.home``): its sessions reach moto at ``url`` with fake credentials, as an
-    instance's role would (``aws_env``: other SetEnv words for them, e.g. tests.iam_world.instance_aws_env).
-    Stop it with ``tests.sshd_fixture.stop_sshd``."""
-    from tests.strict_instance import strict_instance
+    instance's role would (``aws_env``: other SetEnv words for them, e.g. tests.support.iam_world.instance_aws_env).
+    Stop it with ``tests.support.sshd_fixture.stop_sshd``."""
+    from tests.support.strict_instance import strict_instance
 
     return strict_instance(where, extra_config=(
         f"SetEnv AWS_ENDPOINT_URL={url} {aws_env} "
@@ -112,10 +115,10 @@ def instance_sshd(where, url: str, aws_env: str = "AWS_ACCESS_KEY_ID=testing AWS
 
 
 def instance_credentials(tmp: Path) -> Path:
-    """Where an "instance" (tests/strict_instance.py) finds its role's credentials file: under the login
+    """Where an "instance" (tests/support/strict_instance.py) finds its role's credentials file: under the login
     user's home when the session made one (the test's own temporary folders are 0700 root's), else under
     ``tmp``; never the real ~/.aws."""
-    from tests.strict_instance import login_user
+    from tests.support.strict_instance import login_user
 
     user = login_user()
     base = user.home / f".role-{Path(tmp).name}" if user.created else Path(tmp) / "instance-aws"
@@ -202,3 +205,16 @@ def nothing_left() -> None:
     assert ec2.describe_key_pairs()["KeyPairs"] == []
     assert [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("mnist-launch")] == []
     assert [p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]] == []
+
+
+CIDR = "203.0.113.7/32"  # the --ssh-cidr the cloud tests give `up` (TEST-NET-3: nobody's address)
+
+
+def live(region: str = "us-east-1") -> list[dict]:
+    res = boto3.client("ec2", region_name=region).describe_instances(Filters=[
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
+    return [i for r in res["Reservations"] for i in r["Instances"]]
+
+
+def up_args(ami: str, *extra: str) -> list[str]:
+    return ["up", "--instance", "g4dn.xlarge", "--ami", ami, "--ssh-cidr", CIDR, "--yes", *extra]

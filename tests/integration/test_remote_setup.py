@@ -83,15 +83,15 @@ def test_requirements_are_the_projects_runtime_ones():
 
 
 # ---------------------------------------------------------------------------------------------
-# the image's torch in a venv of its own (tests/strict_instance.py), over a real sshd
+# the image's torch in a venv of its own (tests/support/strict_instance.py), over a real sshd
 
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     """A strict instance whose pip has no index (only a folder holding the probe wheel), so a request
     for torch would fail: and whose PATH starts with a folder where a test may put a fake nvidia-smi."""
-    from tests.sshd_fixture import stop_sshd
-    from tests.strict_instance import login_user, probe_wheel, strict_instance
+    from tests.support.sshd_fixture import stop_sshd
+    from tests.support.strict_instance import login_user, probe_wheel, strict_instance
 
     home = login_user().home
     wheels, fakebin = home / "wheels", home / "fakebin"

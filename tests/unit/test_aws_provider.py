@@ -26,7 +26,7 @@ from infra.aws import (
 )
 from infra.home import ensure_default_key
 from infra.ssh import public_key_of
-from tests.aws_helpers import fake_aws_env, install_recorder, published_image, ubuntu_ami
+from tests.support.aws_helpers import fake_aws_env, install_recorder, published_image, ubuntu_ami
 
 REGION = "us-east-1"
 CIDR = "203.0.113.7/32"
@@ -127,7 +127,7 @@ def test_up_creates_exactly_the_resources_with_safe_settings(spec, rec):
     assert iam().list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
     policy = iam().get_role_policy(RoleName=role["RoleName"], PolicyName="mnist-launch-store")["PolicyDocument"]
     policy = json.loads(policy) if isinstance(policy, str) else policy
-    assert policy == store_policy(STORE)  # write/delete under <store>/runs/ only (tests/test_iam.py enforces it)
+    assert policy == store_policy(STORE)  # write/delete under <store>/runs/ only (tests/integration/test_iam.py enforces it)
     resources = [s["Resource"] for s in policy["Statement"]]
     assert resources == [["arn:aws:s3:::team-bucket/mnist/runs/*"], "arn:aws:s3:::team-bucket"]
     assert policy["Statement"][1]["Condition"] == {"StringLike": {"s3:prefix": ["mnist/runs", "mnist/runs/*"]}}

@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,8 +25,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests import iam_world
-from tests.aws_helpers import (
+from tests.support import ROOT, iam_world
+from tests.support.aws_helpers import (
     STRICT_ENV,
     fake_aws_env,
     instance_credentials,
@@ -35,22 +34,20 @@ from tests.aws_helpers import (
     start_moto_server,
     ubuntu_ami,
 )
-from tests.conftest import ROOT
-from tests.sshd_fixture import stop_sshd
-from tests.strict_instance import Instance, splice
+from tests.support.sshd_fixture import stop_sshd
+from tests.support.strict_instance import EPOCH_ROW, CuttableProxy, Instance
 
 BUCKET = "runs-bucket"
 STORE = f"s3://{BUCKET}/mnist"
 CIDR = "203.0.113.7/32"
 ROLE = "mnist-launch-mnist-us-east-1"  # the instance role `up --name mnist` makes
-EPOCH_ROW = re.compile(r"^\s+(\d+)\s+\d+\.\d{4}\s+\d+\.\d\d%", re.M)
 
 
 @dataclass
 class Cloud:
     home: Path
     moto_url: str
-    sshd: Instance  # tests/strict_instance.py: non-root user, the image's torch in its own venv, slow boot
+    sshd: Instance  # tests/support/strict_instance.py: non-root user, the image's torch in its own venv, slow boot
     tmp: Path
     env: dict = field(default_factory=dict, repr=False)  # the CLI's own AWS identity (the laptop user in the strict IAM world)
 
@@ -81,12 +78,12 @@ def cloud(tmp_path_factory):
         mp = pytest.MonkeyPatch()
         stack.callback(mp.undo)
         fake_aws_env(mp, tmp / "home")
-        # AWS as it really behaves (tests/strict_aws.py; MNIST_LAUNCH_TEST_STRICT_AWS=0 turns it off): a proxy in
+        # AWS as it really behaves (tests/support/strict_aws.py; MNIST_LAUNCH_TEST_STRICT_AWS=0 turns it off): a proxy in
         # front of moto that answers each eventual-consistency and throttling fault once, and 403 for missing keys
         server, url = start_moto_server(strict=os.environ.get(STRICT_ENV, "1") != "0")
         stack.callback(server.stop)
         mp.setenv("AWS_ENDPOINT_URL", url)
-        # the strict IAM world (tests/iam_world.py; MNIST_LAUNCH_TEST_IAM=off turns it off): the test acts as an
+        # the strict IAM world (tests/support/iam_world.py; MNIST_LAUNCH_TEST_IAM=off turns it off): the test acts as an
         # admin, the CLI as a user with exactly docs/laptop-policy.json, the "instance" with the role `up` made
         world = iam_world.IAMWorld.start(iam_world.laptop_policy(BUCKET), url) if iam_world.enabled() else None
         if world:
@@ -196,51 +193,6 @@ def test_the_launcher_killed_mid_run_loses_nothing(cloud, small_mnist):
     assert [int(e) for e in EPOCH_ROW.findall(p.stdout)] == [1, 2, 3]
     evs = events_on_instance(remote, "killed")
     assert [e["type"] for e in evs].count("epoch") == 3 and evs[-1]["type"] == "run_end" and evs[-1]["state"] == "succeeded"
-
-
-class CuttableProxy:
-    """A TCP forwarder to the sshd whose live connections can be cut (a dropped Wi-Fi, a sleeping laptop)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.port = self.listener.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.paused = False  # while True, new connections are dropped at once (the network is down)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.paused:
-                client.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            with self.lock:
-                self.conns += [client, upstream]
-            splice(client, upstream)
-
-    def cut(self) -> int:
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
-        return len(conns) // 2
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
 
 
 def test_a_cut_connection_resumes_the_follow_without_gaps_or_repeats(cloud, small_mnist):

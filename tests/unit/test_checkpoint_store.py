@@ -12,7 +12,7 @@ from moto import mock_aws
 from infra.agent import ArtifactSync
 from infra.s3 import S3Store
 from infra.store import latest_stored_checkpoint
-from tests.aws_helpers import fake_aws_env
+from tests.support.aws_helpers import fake_aws_env
 
 
 @pytest.fixture

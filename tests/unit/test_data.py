@@ -5,17 +5,8 @@ import pytest
 import torch
 
 from core.errors import DataError
+from tests.support.data import make_dir
 from trainer.data import check_dir, epoch_batches, load_mnist, locate, steps_per_epoch, write_idx
-
-
-def make_dir(root, n_train=20, n_test=10, compress=True, layout="flat"):
-    rng = np.random.default_rng(0)
-    folder = root / "MNIST" / "raw" if layout == "raw" else root
-    write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 256, (n_train, 28, 28)), compress)
-    write_idx(folder / "train-labels-idx1-ubyte", rng.integers(0, 10, n_train), compress)
-    write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28)), compress)
-    write_idx(folder / "t10k-labels-idx1-ubyte", rng.integers(0, 10, n_test), compress)
-    return root
 
 
 @pytest.mark.parametrize("compress", [True, False])

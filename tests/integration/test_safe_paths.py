@@ -21,7 +21,7 @@ from infra.host import LocalHost
 from infra.s3 import S3Store
 from infra.safepath import UnsafePathError, check_name, safe_join
 from infra.store import LocalStore, latest_stored_checkpoint
-from tests.aws_helpers import fake_aws_env, moto_bucket
+from tests.support.aws_helpers import fake_aws_env, moto_bucket
 
 BUCKET = "artifacts"
 URI = f"s3://{BUCKET}/team"
@@ -309,7 +309,7 @@ def test_the_instance_fetch_writes_only_the_four_files_and_never_through_a_symli
     leave everything outside that folder untouched."""
 
     from infra.datasync import fetch_mnist
-    from tests.aws_helpers import start_moto_server
+    from tests.support.aws_helpers import start_moto_server
 
     fake_aws_env(monkeypatch, tmp_path / "home")
     server, url = start_moto_server()

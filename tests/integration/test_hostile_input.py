@@ -18,8 +18,7 @@ import yaml
 
 from core.config import load_config
 from core.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 def payloads(marker: Path) -> list[str]:
@@ -106,7 +105,7 @@ def test_store_and_env_names_refuse_hostile_values(tmp_path):
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
     """No AWS anywhere: credentials that exist nowhere and an endpoint where nothing listens."""
-    from tests.aws_helpers import fake_aws_env
+    from tests.support.aws_helpers import fake_aws_env
 
     fake_aws_env(monkeypatch, tmp_path / "home")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")

@@ -26,7 +26,7 @@ What moto checks and what it cannot (so the tests check only the former):
   - NOT EC2 or SSM resource ARNs (moto passes "*"), and NOT iam:PassRole (RunInstances is not checked
     for it).
 
-Switch: ``MNIST_LAUNCH_TEST_IAM=off`` runs the remote e2e tests (tests/test_remote_train.py) with moto's
+Switch: ``MNIST_LAUNCH_TEST_IAM=off`` runs the remote e2e tests (tests/integration/test_remote_train.py) with moto's
 fake keys and no checks, as before; anything else (the default) runs them in this world.
 
     world = IAMWorld.start(policy=laptop_policy(BUCKET))
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 LAPTOP_POLICY = ROOT / "docs" / "laptop-policy.json"
 BUCKET_PLACEHOLDER = "YOUR-BUCKET"
@@ -154,7 +154,7 @@ class IAMWorld:
 
     def write_role_credentials(self, role_name: str, path: Path, owner: Any = None) -> Keys:
         """Put the role's credentials where the "instance" finds them (0600, never the real ~/.aws); ``owner``
-        (a tests.strict_instance.LoginUser made for the session) gets the folder and file."""
+        (a tests.support.strict_instance.LoginUser made for the session) gets the folder and file."""
         keys = self.assume_role(role_name)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

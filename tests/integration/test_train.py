@@ -1,30 +1,17 @@
 """Real `accelerate launch` runs through the agent, on small IDX files cut from the real MNIST."""
 
-import io
 import itertools
 import json
 import time
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 from safetensors.torch import load_file
 
 from infra.host import LocalHost
-from launcher.live import RunView, follow_run
 from launcher.orchestrator import LocalRequest, cancel_run, read_status, run_record, start_run
+from tests.support.runs import events_of, run_to_end
 from trainer.precision import cuda_capability, resolve_mixed_precision
-
-
-def run_to_end(run, timeout=240):
-    out = io.StringIO()
-    view = RunView(Console(file=out, width=120), live=False)
-    end = follow_run(run.host, str(run.run_dir), view, poll=0.1, offset=run.events_offset)
-    return end, out.getvalue()
-
-
-def events_of(run_dir):
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
 def wait_for_event(run_dir, kind, timeout=120):

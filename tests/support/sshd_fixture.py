@@ -4,7 +4,7 @@ Runs as the current user (root in CI: PermitRootLogin, StrictModes no, UsePAM no
 foreground (-D -e), on a free port; torn down after the test. Skips only if sshd is missing
 (Debian: `apt-get install openssh-server`), and fails then where CI is set.
 
-    from tests.sshd_fixture import sshd  # noqa: F401
+    from tests.support.sshd_fixture import sshd  # noqa: F401
     def test_x(sshd): SSHHost(Endpoint(sshd.user, sshd.host, sshd.port), sshd.client_key)
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -53,6 +54,29 @@ def _free_port() -> int:
 def _keygen(path: Path) -> str:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)], check=True)
     return path.with_suffix(".pub").read_text().strip()
+
+
+def _wait_ready(proc: subprocess.Popen, log: Path, port: int, wait_s: float = 60.0) -> bool:
+    """True once this sshd listens on ``port`` and answers; False if it could not bind it (taken)."""
+    listening = f"Server listening on 127.0.0.1 port {port}".encode()
+    deadline = time.monotonic() + wait_s  # generous: a loaded CI machine starts processes slowly
+    while True:
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace")
+            if "Address already in use" in text:
+                return False
+            raise RuntimeError(f"sshd exited with {proc.returncode}: {text}")
+        if listening in log.read_bytes():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    if s.recv(8).startswith(b"SSH-"):
+                        return True
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"sshd did not answer on port {port}: {log.read_text(errors='replace')}")
+        time.sleep(0.05)
 
 
 def start_sshd(root: Path, extra_config: tuple[str, ...] = (), authorized_keys: Optional[Path] = None,
@@ -98,23 +122,19 @@ def start_sshd(root: Path, extra_config: tuple[str, ...] = (), authorized_keys: 
         *extra_config,
         "",
     ]))
-    log = open(root / "sshd.log", "wb")
-    proc = subprocess.Popen([exe, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited with {proc.returncode}: {(root / 'sshd.log').read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(8).startswith(b"SSH-"):
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"sshd did not answer on port {port}: {(root / 'sshd.log').read_text()}")
-        time.sleep(0.05)
+    # A free port can be taken by another test worker before sshd binds it: then sshd cannot bind and
+    # exits, and the next free port is tried. Ready means *this* sshd says it listens, then answers.
+    for _ in range(5):
+        log = open(root / "sshd.log", "wb")
+        proc = subprocess.Popen([exe, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        if _wait_ready(proc, root / "sshd.log", port):
+            break
+        log.close()
+        port = _free_port()
+        config.write_text(re.sub(r"^Port \d+$", f"Port {port}", config.read_text(), count=1, flags=re.M))
+    else:
+        raise RuntimeError(f"sshd could not bind a free port in 5 tries: {(root / 'sshd.log').read_text()}")
     return SSHD("127.0.0.1", port, user or getpass.getuser(), root / "client_ed25519", host_pub, root, proc)
 
 

@@ -2,7 +2,7 @@
 
 import json
 
-from tests.conftest import cli
+from tests.support.cli import cli
 
 
 def test_model3_one_epoch_on_real_mnist_reaches_97_percent(mnist_dir, tmp_path):

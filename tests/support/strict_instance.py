@@ -24,6 +24,7 @@ import base64
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -35,8 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from tests.sshd_fixture import SSHD, start_sshd
+from tests.support.sshd_fixture import SSHD, start_sshd
 
+# an epoch row of the live view ("  3   0.1234   97.50% ..."): group 1 is the epoch
+EPOCH_ROW = re.compile(r"^\s+(\d+)\s+\d+\.\d{4}\s+\d+\.\d\d%", re.M)
 # how long a booting instance refuses connections, then accepts and drops them, from the first attempt
 REFUSE_S = 1.0
 DROP_S = 1.5
@@ -105,6 +108,17 @@ def _as_user(user: LoginUser, argv: list[str]) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(argv, 126, "", str(err))
 
 
+def _retry_locked(argv: list[str], wait_s: float = 60.0) -> subprocess.CompletedProcess:
+    """Run ``useradd``/``userdel``, again while another process holds the lock on /etc/passwd or
+    /etc/group (parallel test workers each make their user at the same moment; both give up at once)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode == 0 or "lock" not in done.stderr.lower() or time.monotonic() > deadline:
+            return done
+        time.sleep(0.05)
+
+
 def login_user() -> LoginUser:
     """The session's login user (see the module doc); made once per process."""
     global _user
@@ -118,13 +132,12 @@ def login_user() -> LoginUser:
         else:
             name = f"mli{os.getpid()}"[:32]
             # password '*': none, yet not locked (sshd without PAM refuses a locked '!' account)
-            made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", "--user-group",
-                                   "--password", "*", name],
-                                  capture_output=True, text=True)
+            made = _retry_locked(["useradd", "--create-home", "--shell", "/bin/sh", "--user-group",
+                                  "--password", "*", name])
             if made.returncode != 0:
                 _user = _current_user(f"useradd {name} failed: {made.stderr.strip()[:200]}")
             else:
-                atexit.register(lambda: subprocess.run(["userdel", "--remove", "--force", name], capture_output=True))
+                atexit.register(_retry_locked, ["userdel", "--remove", "--force", name])
                 pw = pwd.getpwnam(name)
                 _user = LoginUser(name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir), created=True)
         return _user
@@ -166,6 +179,22 @@ def image_env(where: Path, user: LoginUser) -> tuple[Optional[Path], str]:
         why = f"{user.name} cannot run {base} with this interpreter's packages ({(probe.stderr.strip() or 'not found')[-160:]})"
     shutil.rmtree(where, ignore_errors=True)
     return None, why
+
+
+_built: dict[str, Path] = {}  # login user -> its image env's python, built once per process
+
+
+def _built_image_env(where: Path, user: LoginUser) -> tuple[Optional[Path], str]:
+    """:func:`image_env`, built once per login user and process: every instance of a session boots the
+    same image (tests only read it: what a run installs goes into the run's own venv)."""
+    with _lock:
+        python = _built.get(user.name)
+        if python is not None and python.exists():
+            return python, ""
+        python, why = image_env(where, user)
+        if python is not None:
+            _built[user.name] = python
+        return python, why
 
 
 def _pipe(a: socket.socket, b: socket.socket) -> None:
@@ -259,19 +288,64 @@ class BootingFront:
             pass
 
 
+class CuttableProxy:
+    """A TCP forwarder to the sshd whose live connections can be cut (a dropped Wi-Fi, a sleeping laptop)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.paused = False  # while True, new connections are dropped at once (the network is down)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.paused:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.conns += [client, upstream]
+            splice(client, upstream)
+
+    def cut(self) -> int:
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+        return len(conns) // 2
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
 def strict_instance(where: Path, extra_config: tuple[str, ...] = (), booting: bool = True) -> Instance:
-    """Start sshd as an AMI-like instance (see the module doc). Stop it with ``tests.sshd_fixture.stop_sshd``."""
+    """Start sshd as an AMI-like instance (see the module doc). Stop it with ``tests.support.sshd_fixture.stop_sshd``."""
     user = login_user()
     where.mkdir(parents=True, exist_ok=True)
     if user.created:
         env_dir = user.home / ".image-env"  # like /opt/pytorch: the image's, not the run's
     else:
         env_dir = where / "image-env"
-    python, why = image_env(env_dir, user)
+    python, why = _built_image_env(env_dir, user)
     if python is None and user.created:  # the made user cannot use this interpreter: log in as ourselves
         print(f"strict instance: logging in as the current user: {why}", file=sys.stderr)
         user = _current_user(why)
-        python, why = image_env(where / "image-env", user)
+        python, why = _built_image_env(where / "image-env", user)
     if python is None:
         raise RuntimeError(f"cannot make the image's environment: {why}")
     keys = None

@@ -1,0 +1,22 @@
+"""Following a local run to its end, and reading its events."""
+
+from __future__ import annotations
+
+import io
+import json
+
+
+def run_to_end(run, timeout=240):
+    """Follow ``run`` (a started local run) until it ends: (its run_end event, what the view printed)."""
+    from rich.console import Console
+
+    from launcher.live import RunView, follow_run
+
+    out = io.StringIO()
+    view = RunView(Console(file=out, width=120), live=False)
+    end = follow_run(run.host, str(run.run_dir), view, poll=0.1, offset=run.events_offset)
+    return end, out.getvalue()
+
+
+def events_of(run_dir):
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
