@@ -55,7 +55,7 @@ def invoke(*args: str) -> Out:
     from typer.testing import CliRunner
 
     from launcher.cli import app
-    from launcher.errors import LaunchError
+    from core.errors import LaunchError
 
     res = CliRunner().invoke(app, list(args))
     if isinstance(res.exception, LaunchError):
