@@ -85,7 +85,8 @@ def test_decide_counts_idle_time_and_fires_at_the_limit():
 def test_ssh_sessions_are_sshd_user_at_tty_titles(tmp_path):
     titles = {"1": b"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups\0",
               "2": b"sshd: ubuntu [priv]\0", "3": b"sshd: ubuntu@pts/0\0", "4": b"sshd: root@notty\0\0\0",
-              "5": b"sshd-session: ec2-user@pts/1\0", "6": b"python3\0-c\0sshd: x@y\0", "7": b"/usr/sbin/sshd\0-f\0/a@b\0"}
+              "5": b"sshd-session: ec2-user@pts/1\0", "6": b"python3\0-c\0sshd: x@y\0",
+              "7": b"/usr/sbin/sshd\0-f\0/a@b\0"}
     for pid, title in titles.items():
         (tmp_path / pid).mkdir()
         (tmp_path / pid / "cmdline").write_bytes(title)
@@ -285,7 +286,8 @@ def shutdown_behavior(instance_id: str) -> str:
     import boto3
 
     return boto3.client("ec2", region_name="us-east-1").describe_instance_attribute(
-        InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior")["InstanceInitiatedShutdownBehavior"]["Value"]
+        InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior"
+    )["InstanceInitiatedShutdownBehavior"]["Value"]
 
 
 def test_up_installs_the_watcher_sets_the_shutdown_action_and_status_shows_it(cloud, module_sshd):
@@ -415,8 +417,10 @@ def test_fallback_survives_a_reboot_through_one_crontab_line(cron_sshd, tmp_path
 def test_the_systemd_unit_starts_the_watcher_at_boot_as_root():
     from infra.autostop_setup import systemd_unit
 
-    argv = ["python3", "/home/ubuntu/.mnist-launch/autostop.py", "--idle", "1800", "--jobs-dir", "/home/ubuntu/mnist-launch/jobs"]
-    unit = systemd_unit(argv, {"MNIST_LAUNCH_SHUTDOWN_CMD": "touch /tmp/x y"}, "/home/ubuntu/.mnist-launch/autostop.log")
+    argv = ["python3", "/home/ubuntu/.mnist-launch/autostop.py", "--idle", "1800",
+            "--jobs-dir", "/home/ubuntu/mnist-launch/jobs"]
+    unit = systemd_unit(argv, {"MNIST_LAUNCH_SHUTDOWN_CMD": "touch /tmp/x y"},
+                        "/home/ubuntu/.mnist-launch/autostop.log")
     lines = unit.splitlines()
     assert "ExecStart=/usr/bin/env python3 /home/ubuntu/.mnist-launch/autostop.py --idle 1800 " \
            "--jobs-dir /home/ubuntu/mnist-launch/jobs" in lines

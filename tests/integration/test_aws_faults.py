@@ -78,14 +78,16 @@ def test_the_light_schedule_of_the_remote_e2e_tests_is_met_and_got_through(proxy
     out = p.ensure(spec())
     assert p.wait_state(out.instance.id, "running", 30).state == "running"
     assert sorted(proxy.injected.items()) == [
-        (("AuthorizeSecurityGroupIngress", "InvalidGroup.NotFound"), 1), (("DescribeInstances", "InvalidInstanceID.NotFound"), 1),
+        (("AuthorizeSecurityGroupIngress", "InvalidGroup.NotFound"), 1),
+        (("DescribeInstances", "InvalidInstanceID.NotFound"), 1),
         (("RunInstances", "InvalidParameterValue"), 1), (("RunInstances", "RequestLimitExceeded"), 1)]
     assert p.remove("mnist") and p.leftovers("mnist") == []
 
 
 def test_a_refusal_that_outlasts_its_deadline_is_one_line_and_rolls_back(proxy, monkeypatch):
     monkeypatch.setenv("MNIST_LAUNCH_IAM_CONSISTENCY_S", "1")
-    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], seconds=3600, after="AddRoleToInstanceProfile")
+    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], seconds=3600,
+               after="AddRoleToInstanceProfile")
     # and the rollback itself meets AWS not yet seeing the group it deletes
     proxy.fail("DeleteSecurityGroup", "InvalidGroup.NotFound", times=2)
     lines: list[str] = []
@@ -189,7 +191,8 @@ def test_restore_logs_and_results_when_missing_keys_answer_403(proxy, tmp_path, 
     blob = b"\x01" * 100
     s3.put_object(Bucket="strict-bucket", Key="mnist/runs/r2/checkpoints/epoch-1/model.safetensors", Body=blob)
     s3.put_object(Bucket="strict-bucket", Key="mnist/runs/r2/checkpoints/epoch-1/checkpoint.json", Body=json.dumps(
-        {"epoch": 1, "step": 0, "files": {"model.safetensors": {"size": 100, "sha256": hashlib.sha256(blob).hexdigest()}}}).encode())
+        {"epoch": 1, "step": 0,
+         "files": {"model.safetensors": {"size": 100, "sha256": hashlib.sha256(blob).hexdigest()}}}).encode())
     proxy.missing_keys_403 = True
 
     ckpt = restore_run(store, "r2", tmp_path / "run")

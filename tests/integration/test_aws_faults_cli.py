@@ -55,7 +55,8 @@ def world(strict, tmp_path, monkeypatch):
 
 
 def up_args(srv, *extra: str) -> list[str]:
-    return ["up", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity", str(srv.client_key), "--yes", *extra]
+    return ["up", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity", str(srv.client_key), "--yes",
+            *extra]
 
 
 def test_up_and_down_get_through_every_fault(world):
@@ -83,20 +84,22 @@ def test_up_and_down_get_through_every_fault(world):
 
 def test_a_fault_outlasting_its_deadline_is_one_line_and_rolls_back(world):
     proxy, srv = world
-    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], seconds=3600, after="AddRoleToInstanceProfile")
+    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], seconds=3600,
+               after="AddRoleToInstanceProfile")
     p = cli(*up_args(srv, "--name", "stuck", "--store", STORE), env={"MNIST_LAUNCH_IAM_CONSISTENCY_S": "1"})
     assert p.returncode == 1
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in p.stderr
-    assert errors[0].startswith("error: RunInstances in us-east-1a: AWS still answered InvalidParameterValue for the new "
-                                "instance profile after 1s"), p.stderr
+    assert errors[0].startswith("error: RunInstances in us-east-1a: AWS still answered InvalidParameterValue "
+                                "for the new instance profile after 1s"), p.stderr
     assert "raise MNIST_LAUNCH_IAM_CONSISTENCY_S" in errors[0]
     for kind in ("instance-profile", "role", "security-group", "key-pair"):
         assert f"rolled back {kind} " in p.stderr, p.stderr
     nothing_left()
 
 
-def test_train_creates_its_cluster_through_faults_and_uploads_where_missing_keys_answer_403(world, small_mnist, tmp_path):
+def test_train_creates_its_cluster_through_faults_and_uploads_where_missing_keys_answer_403(
+        world, small_mnist, tmp_path):
     proxy, srv = world
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
     every_fault(proxy)

@@ -77,8 +77,8 @@ def test_stopping_the_launcher_does_not_stop_the_run(small_mnist, tmp_path, sig)
         assert proc.returncode == 0 and "detached" in out and "mnist-launch logs orphan --follow" in out
     follow = cli("logs", "orphan", "--follow", "--store", str(tmp_path), timeout=240)
     assert follow.returncode == 0
-    lines = [l for l in follow.stdout.splitlines() if l.strip().split(" ")[0] in {"1", "2", "3"}]
-    assert [l.split()[0] for l in lines] == ["1", "2", "3"]  # every epoch once, in order
+    lines = [line for line in follow.stdout.splitlines() if line.strip().split(" ")[0] in {"1", "2", "3"}]
+    assert [line.split()[0] for line in lines] == ["1", "2", "3"]  # every epoch once, in order
     assert json.loads((tmp_path / "runs" / "orphan" / "status.json").read_text())["state"] == "succeeded"
 
 

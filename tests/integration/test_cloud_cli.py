@@ -35,10 +35,12 @@ def aws(home):
 def assert_nothing_left() -> None:
     ec2, iam = boto3.client("ec2", region_name="us-east-1"), boto3.client("iam", region_name="us-east-1")
     assert live() == []
-    assert ec2.describe_security_groups(Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}])["SecurityGroups"] == []
+    assert ec2.describe_security_groups(
+        Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}])["SecurityGroups"] == []
     assert ec2.describe_key_pairs()["KeyPairs"] == []
     assert [r for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("mnist-launch")] == []
-    assert [p for p in iam.list_instance_profiles()["InstanceProfiles"] if p["InstanceProfileName"].startswith("mnist-launch")] == []
+    assert [p for p in iam.list_instance_profiles()["InstanceProfiles"]
+            if p["InstanceProfileName"].startswith("mnist-launch")] == []
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(aws, home, monkeypatch):
@@ -144,7 +146,8 @@ def test_plan_says_which_image_was_found_and_when_the_disk_was_raised(aws, tmp_p
 def test_settings_come_from_a_config_launch_section(aws, tmp_path):
     ami = ubuntu_ami()
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"model: model3\nstore: s3://b/runs\nlaunch:\n  instance: g5.xlarge\n  spot: true\n  ami: {ami}\n  ssh_cidr: {CIDR}\n")
+    cfg.write_text(f"model: model3\nstore: s3://b/runs\nlaunch:\n  instance: g5.xlarge\n  spot: true\n"
+                   f"  ami: {ami}\n  ssh_cidr: {CIDR}\n")
     out = cli("up", "--config", str(cfg), "--dry-run")
     assert out.code == 0, out.stderr
     assert "g5.xlarge spot" in out.stderr and "read/write s3://b/runs/runs/ only" in out.stderr
@@ -167,14 +170,16 @@ def test_max_instances_is_enforced(aws, home, monkeypatch):
     rec = install_recorder(monkeypatch)
     out = cli(*up_args(ubuntu_ami(), "--name", "c"))
     assert out.code == 1
-    assert "2 mnist-launch instances already run in us-east-1 (max_instances=2) — `mnist-launch down NAME` one, or pass --force" in out.stderr
+    assert ("2 mnist-launch instances already run in us-east-1 (max_instances=2) — "
+            "`mnist-launch down NAME` one, or pass --force") in out.stderr
     assert rec.mutating() == []
 
 
 def test_ssh_to_a_missing_cluster_is_one_line(aws):
     out = cli("ssh", "ghost", "--", "true")
     assert out.code == 1
-    assert "error: no running instance for cluster 'ghost' in us-east-1 — `mnist-launch up --name ghost` first" in out.stderr
+    assert ("error: no running instance for cluster 'ghost' in us-east-1 — "
+            "`mnist-launch up --name ghost` first") in out.stderr
 
 
 def test_status_without_instances(aws):
@@ -209,7 +214,8 @@ def test_end_to_end_up_status_ssh_down(moto_server, sshd, monkeypatch):  # noqa:
 
     out = cli("status", "--json")
     assert out.code == 0, out.stderr
-    assert [(r["name"], r["id"], r["state"]) for r in json.loads(out.stdout)] == [("e2e", inst["InstanceId"], "running")]
+    assert [(r["name"], r["id"], r["state"]) for r in json.loads(out.stdout)] == [
+        ("e2e", inst["InstanceId"], "running")]
 
     out = cli("ssh", "e2e", "--", "true")
     assert out.code == 0, out.stderr
@@ -316,8 +322,8 @@ def test_ssh_cidr_from_the_environment_and_spot_flag(aws, monkeypatch):
 
 def test_help_lists_the_flags():
     out = cli("up", "--help")
-    for flag in ("--instance", "--name", "--region", "--spot", "--disk-gb", "--ami", "--ami-parameter", "--identity", "--ssh-cidr",
-                 "--autostop", "--timeout", "--dry-run", "--yes"):
+    for flag in ("--instance", "--name", "--region", "--spot", "--disk-gb", "--ami", "--ami-parameter", "--identity",
+                 "--ssh-cidr", "--autostop", "--timeout", "--dry-run", "--yes"):
         assert flag in out.stdout
 
 
@@ -341,7 +347,8 @@ def test_end_to_end_through_the_real_entry_point(moto_server, sshd, home, tmp_pa
     assert (p.returncode, p.stdout) == (7, "hi\n")
     p = run("up", "--ssh-cidr", "0.0.0.0/0", "--name", "real")
     assert p.returncode == 2
-    assert p.stderr.strip() == "error: --ssh-cidr 0.0.0.0/0: refusing to open SSH to the whole internet — pass your address as A.B.C.D/32"
+    assert p.stderr.strip() == ("error: --ssh-cidr 0.0.0.0/0: refusing to open SSH to the whole internet — "
+                                "pass your address as A.B.C.D/32")
     p = run("down", "real", "--yes")
     assert p.returncode == 0, p.stderr
     assert_nothing_left()
@@ -390,7 +397,8 @@ def test_down_verifies_nothing_of_the_cluster_remains(aws, home):
     # a volume tagged with the cluster that outlives its instance (detached, say) is found and named
     ec2 = boto3.client("ec2", region_name="us-east-1")
     vol = ec2.create_volume(AvailabilityZone="us-east-1a", Size=10, TagSpecifications=[
-        {"ResourceType": "volume", "Tags": [{"Key": TAG_CLUSTER, "Value": "leaky"}, {"Key": TAG_MANAGED, "Value": "true"}]}])
+        {"ResourceType": "volume",
+         "Tags": [{"Key": TAG_CLUSTER, "Value": "leaky"}, {"Key": TAG_MANAGED, "Value": "true"}]}])
     out = cli("down", "leaky", "--yes")
     assert out.code != 0
     assert f"still there after removal: volume {vol['VolumeId']} (available)" in out.stderr

@@ -71,7 +71,8 @@ def test_a_changed_or_damaged_file_is_sent_again_alone(host, data, tmp_path):
     (dest / "t10k-labels-idx1-ubyte.gz").write_bytes(b"damaged")  # e.g. a disk that filled up mid-copy
     report = ship_mnist(host, data, str(dest))
     assert report.files_sent == 1
-    assert (dest / "t10k-labels-idx1-ubyte.gz").read_bytes() == (data / "MNIST/raw/t10k-labels-idx1-ubyte.gz").read_bytes()
+    assert (dest / "t10k-labels-idx1-ubyte.gz").read_bytes() == (
+        data / "MNIST/raw/t10k-labels-idx1-ubyte.gz").read_bytes()
 
 
 def test_stale_copies_the_loader_would_prefer_are_removed(host, data, tmp_path):
@@ -100,7 +101,8 @@ def test_uncompressed_local_files_keep_their_names(host, tmp_path):
 
 def test_corruption_in_transit_is_caught_by_the_hash_on_the_host(host, data, tmp_path):
     host.corrupt = True
-    with pytest.raises(SyncError, match=r"train-labels-idx1-ubyte.gz arrived corrupted in .* — check .* disk space, then run again \(only those files are re-sent\)"):
+    with pytest.raises(SyncError, match=r"train-labels-idx1-ubyte.gz arrived corrupted in .* — check .* disk space, "
+                                         r"then run again \(only those files are re-sent\)"):
         ship_mnist(host, data, str(tmp_path / "remote"))
     host.corrupt = False
     assert ship_mnist(host, data, str(tmp_path / "remote")).files_sent == 1  # the bad one, nothing else

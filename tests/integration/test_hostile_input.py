@@ -172,7 +172,8 @@ def test_setup_script_quotes_the_venv_and_the_interpreter(tmp_path):
     os.makedirs(venv)
     # "true" is found by `command -v`, so the script reaches its `rm -rf`, "makes" a venv with it, and then
     # fails (exit 4) at the venv's own python, which `true` never made: the literal folder name is in the message
-    res = subprocess.run(["sh", "-c", _script("true", venv, ["pip"], "digest")], cwd=tmp_path, capture_output=True, text=True)
+    res = subprocess.run(["sh", "-c", _script("true", venv, ["pip"], "digest")], cwd=tmp_path, capture_output=True,
+                         text=True)
     assert res.returncode == 4 and f"{venv}/bin/python: not found" in res.stderr, res.stderr
     res = subprocess.run(["sh", "-c", _script("python3;touch MARKER", venv, [], "digest")], cwd=tmp_path,
                          capture_output=True, text=True)

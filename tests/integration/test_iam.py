@@ -125,7 +125,8 @@ def test_the_instance_role_writes_only_under_runs_and_reads_only_its_data(world)
     denied(lambda: rs3.put_object(Bucket=BUCKET, Key="mnist/runs-not/x", Body=b"x"))
     denied(lambda: rs3.list_objects_v2(Bucket="other-bucket"))
     # the agent's prune of a key its role may not delete fails in one line instead of passing silently
-    with pytest.raises(AWSError, match=r"^access denied to s3://team-bucket/elsewhere \(AccessDenied on DeleteObject\)"):
+    with pytest.raises(AWSError,
+                       match=r"^access denied to s3://team-bucket/elsewhere \(AccessDenied on DeleteObject\)"):
         S3Store(f"s3://{BUCKET}/elsewhere", clients=Clients(role, REGION)).delete_names("r", ["x"])
     assert s3.get_object(Bucket=BUCKET, Key="mnist/config-of-someone-else.yaml")["Body"].read() == b"data"
     # moto does not evaluate the s3:prefix condition on ListBucket, so listing another prefix of the bucket
@@ -189,7 +190,8 @@ def test_a_train_on_another_store_or_data_widens_the_role_before_the_run(world):
     step = provider.store_access("mnist", inst, other, DATA)
     assert step is not None and str(step).split() == ["update", "instance", "profile", f"{ROLE}:", "add", "read/write",
                                                      f"s3://{BUCKET}/other/runs/,", "read", f"{DATA}/"]
-    doc = session(world.admin).client("iam").get_role_policy(RoleName=ROLE, PolicyName="mnist-launch-store")["PolicyDocument"]
+    doc = session(world.admin).client("iam").get_role_policy(
+        RoleName=ROLE, PolicyName="mnist-launch-store")["PolicyDocument"]
     doc = json.loads(doc) if isinstance(doc, str) else doc
     assert policy_grants(doc) == ({STORE, f"s3://{BUCKET}/other"}, {DATA})
     assert provider.store_access("mnist", inst, STORE, DATA) is None  # covered: nothing written
@@ -280,7 +282,8 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
         # not make, and what moto does not check (AWS asks for it on top of the call it authorizes)
         used = world.actions_of(":user/mnist-launch-test-laptop")
         policy = iam_world.laptop_policy(BUCKET)
-        granted = {a for st in policy["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+        granted = {a for st in policy["Statement"]
+                   for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
         assert used <= granted
         elsewhere = {
             "ssm:GetParameter",  # the default image (the tests pass --ami)

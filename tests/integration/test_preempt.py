@@ -162,7 +162,8 @@ def test_spot_notice_checkpoints_marks_preempted_and_resume_matches_an_uninterru
     assert end["state"] == "preempted", log
     status = read_status(run.run_dir)
     assert status["state"] == "preempted" and status["spot_notice"] == NOTICE
-    assert "terminate at 2026-11-23T13:00:00Z" in status["reason"] and "resumes from" in status["reason"], status["reason"]
+    assert "terminate at 2026-11-23T13:00:00Z" in status["reason"] and "resumes from" in status["reason"], (
+        status["reason"])
     assert status["rebalance"] == REBALANCE
     evs = events_of(run.run_dir)
     assert evs[-1]["type"] == "run_end" and evs[-1]["state"] == "preempted" and "terminate" in evs[-1]["reason"]
@@ -176,7 +177,8 @@ def test_spot_notice_checkpoints_marks_preempted_and_resume_matches_an_uninterru
     ckpt = latest_checkpoint(run.run_dir)
     assert ckpt is not None and (ckpt / "checkpoint.json").is_file()
     assert ckpt.name in status["reason"]
-    assert any(e["type"] == "checkpoint" and e.get("reason") == "preempt" and e["path"].endswith(ckpt.name) for e in evs) \
+    assert any(e["type"] == "checkpoint" and e.get("reason") == "preempt" and e["path"].endswith(ckpt.name)
+               for e in evs) \
         or "_step_" not in ckpt.name  # saved on the notice, mid-epoch (or the epoch's own, when it came at its end)
 
     # resume to the end: same epochs, and (checkpoints are exact) the same numbers as a straight run.
@@ -246,7 +248,8 @@ def test_a_mid_epoch_checkpoint_goes_up_with_its_step_and_is_the_one_resumed_fro
 
     fake_aws_env(monkeypatch, tmp_path / "home")
     run = tmp_path / "run"
-    for name, marker in (("epoch_001", {"epoch": 1}), ("epoch_002_step_00003", {"epoch": 1, "step": 3, "processes": 1})):
+    for name, marker in (("epoch_001", {"epoch": 1}),
+                         ("epoch_002_step_00003", {"epoch": 1, "step": 3, "processes": 1})):
         d = run / "checkpoints" / name
         d.mkdir(parents=True)
         (d / "model.safetensors").write_bytes(b"w" * 100)

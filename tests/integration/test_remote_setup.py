@@ -151,7 +151,8 @@ def test_gpus_the_environments_torch_cannot_see_stop_setup_in_one_line(image, tm
         with _host(image, tmp_path) as host, pytest.raises(SetupError) as err:
             ensure_env(host, str(venv), base_python=image.python, requirements=["pyyaml>=6"])
         msg = str(err.value)
-        assert "\n" not in msg and re.search(r"nvidia-smi lists 1 GPU\(s\) but the run's environment .*venv/bin/python "
-                                             r"torch \S+ sees 0 — point launch.python at the image's CUDA build", msg), msg
+        assert "\n" not in msg and re.search(r"nvidia-smi lists 1 GPU\(s\) but the run's environment "
+                                             r".*venv/bin/python torch \S+ sees 0 — "
+                                             r"point launch.python at the image's CUDA build", msg), msg
     finally:
         fake.unlink()

@@ -49,7 +49,8 @@ class Cloud:
     moto_url: str
     sshd: Instance  # tests/support/strict_instance.py: non-root user, the image's torch in its own venv, slow boot
     tmp: Path
-    env: dict = field(default_factory=dict, repr=False)  # the CLI's own AWS identity (the laptop user in the strict IAM world)
+    # the CLI's own AWS identity (the laptop user in the strict IAM world)
+    env: dict = field(default_factory=dict, repr=False)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k != "MNIST_LAUNCH_DEBUG"}
@@ -78,8 +79,9 @@ def cloud(tmp_path_factory):
         mp = pytest.MonkeyPatch()
         stack.callback(mp.undo)
         fake_aws_env(mp, tmp / "home")
-        # AWS as it really behaves (tests/support/strict_aws.py; MNIST_LAUNCH_TEST_STRICT_AWS=0 turns it off): a proxy in
-        # front of moto that answers each eventual-consistency and throttling fault once, and 403 for missing keys
+        # AWS as it really behaves (tests/support/strict_aws.py; MNIST_LAUNCH_TEST_STRICT_AWS=0 turns it off): a
+        # proxy in front of moto that answers each eventual-consistency and throttling fault once, and 403 for
+        # missing keys
         server, url = start_moto_server(strict=os.environ.get(STRICT_ENV, "1") != "0")
         stack.callback(server.stop)
         mp.setenv("AWS_ENDPOINT_URL", url)
@@ -133,7 +135,8 @@ def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, sm
                               "--set", f"launch.env.MY_TOKEN={secret} value=1"))
     assert p.returncode == 0, p.stderr
     assert "sync: " in p.stdout and "setup: environment built" in p.stdout and "detached" in p.stdout
-    assert re.search(r"started in [\d.]+s \(connect [\d.]+s · sync [\d.]+s, data [\d.]+s, setup [\d.]+s in parallel [\d.]+s · start [\d.]+s\)", p.stdout)
+    assert re.search(r"started in [\d.]+s \(connect [\d.]+s · sync [\d.]+s, data [\d.]+s, "
+                     r"setup [\d.]+s in parallel [\d.]+s · start [\d.]+s\)", p.stdout)
 
     p = cloud.cli("logs", "e2e-1", "--follow")
     assert p.returncode == 0, p.stderr
@@ -166,7 +169,8 @@ def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, sm
     assert not any(secret.encode() in f.read_bytes() for f in remote.rglob("*") if f.is_file())
 
     rows = json.loads(cloud.cli("runs", "--store", STORE, "--json").stdout)
-    assert [(r["run_id"], r["state"], r["epochs_completed"]) for r in rows if r["run_id"] == "e2e-1"] == [("e2e-1", "succeeded", 2)]
+    assert [(r["run_id"], r["state"], r["epochs_completed"]) for r in rows if r["run_id"] == "e2e-1"] == [
+        ("e2e-1", "succeeded", 2)]
 
     # the second run: nothing changed, so no file content travels and the venv is not rebuilt
     p = cloud.cli(*train_args(cloud, small_mnist, "e2e-2", str(remote), "--set", "train.epochs=1"))
@@ -192,7 +196,8 @@ def test_the_launcher_killed_mid_run_loses_nothing(cloud, small_mnist):
     assert p.returncode == 0, p.stderr
     assert [int(e) for e in EPOCH_ROW.findall(p.stdout)] == [1, 2, 3]
     evs = events_on_instance(remote, "killed")
-    assert [e["type"] for e in evs].count("epoch") == 3 and evs[-1]["type"] == "run_end" and evs[-1]["state"] == "succeeded"
+    assert ([e["type"] for e in evs].count("epoch") == 3
+            and evs[-1]["type"] == "run_end" and evs[-1]["state"] == "succeeded")
 
 
 def test_a_cut_connection_resumes_the_follow_without_gaps_or_repeats(cloud, small_mnist):
@@ -264,7 +269,8 @@ def test_a_failing_setup_is_one_line_and_leaves_no_run(cloud, small_mnist):
     remote = cloud.sshd.remote("instance-e")
     p = cloud.cli(*train_args(cloud, small_mnist, "nosetup", str(remote), "--set", "launch.python=/nowhere/python3"))
     assert p.returncode != 0
-    assert p.stderr.startswith("error: ") and "no interpreter found: tried /nowhere/python3 — set launch.python" in p.stderr
+    assert p.stderr.startswith("error: ") and (
+        "no interpreter found: tried /nowhere/python3 — set launch.python" in p.stderr)
     assert "Traceback" not in p.stderr
     assert not (remote / "runs" / "nosetup").exists()
     assert cloud.objects("nosetup") == {}
@@ -389,10 +395,12 @@ def test_resume_continues_a_cancelled_cloud_run_from_its_checkpoint_in_s3(cloud,
 def test_runs_write_nothing_outside_the_login_users_home(cloud, small_mnist):
     """Last in this file: what every run above (and this one) wrote as the instance's user lies under its home."""
     if cloud.sshd.login is None or not cloud.sshd.login.created:
-        pytest.skip(f"the instance logs in as the current user ({cloud.sshd.login.why_not if cloud.sshd.login else '?'}): "
+        why_not = cloud.sshd.login.why_not if cloud.sshd.login else '?'
+        pytest.skip(f"the instance logs in as the current user ({why_not}): "
                     "its files cannot be told from this process's")
     remote = cloud.sshd.remote("instance-w")
     p = cloud.cli(*train_args(cloud, small_mnist, "tidy", str(remote), "--set", "train.epochs=1"))
     assert p.returncode == 0, p.stderr
-    assert cloud.sshd.written_outside() == []  # e.g. torch's /tmp/torchinductor_<user>: the runs' TMPDIR is remote_dir/tmp
+    # e.g. torch's /tmp/torchinductor_<user>: the runs' TMPDIR is remote_dir/tmp
+    assert cloud.sshd.written_outside() == []
     assert remote.owner() == cloud.sshd.login.name and (remote / "runs" / "tidy" / "summary.json").is_file()

@@ -38,7 +38,8 @@ def test_put_list_read_and_download_round_trip(s3, tmp_path):
     store = open_store(URI)
     assert isinstance(store, S3Store) and store.uri == URI
     src = tmp_path / "src"
-    files = {"config.yaml": "model: model3\n", "summary.json": '{"params": 1}', "checkpoints/step-1/model.bin": b"\x00\x01" * 50}
+    files = {"config.yaml": "model: model3\n", "summary.json": '{"params": 1}',
+             "checkpoints/step-1/model.bin": b"\x00\x01" * 50}
     for name, data in files.items():
         store.put_file("run-a", name, write(src / name, data))
     store.put_file("run-b", "config.yaml", src / "config.yaml")
@@ -96,7 +97,8 @@ def test_multipart_upload_arrives_intact(s3, tmp_path):
 
 
 def test_download_of_unknown_run_says_how_to_list(s3, tmp_path):
-    with pytest.raises(RunError, match=r"run 'ghost' not found in s3://artifacts/team/mnist — `mnist-launch runs --store s3://artifacts/team/mnist` lists"):
+    with pytest.raises(RunError, match=r"run 'ghost' not found in s3://artifacts/team/mnist — "
+                                        r"`mnist-launch runs --store s3://artifacts/team/mnist` lists"):
         S3Store(URI).download("ghost", tmp_path)
 
 
@@ -119,8 +121,8 @@ def test_access_denied_names_the_store_and_the_policy(s3, tmp_path):
     with Stubber(clients.s3) as stub:
         stub.add_client_error("list_objects_v2", service_error_code="AccessDenied", service_message="Access Denied",
                               http_status_code=403)
-        with pytest.raises(AWSError, match=r"access denied to s3://artifacts/team/mnist \(AccessDenied on ListObjectsV2\)"
-                                           r" — check .*credentials.*policy"):
+        with pytest.raises(AWSError, match=r"access denied to s3://artifacts/team/mnist "
+                                           r"\(AccessDenied on ListObjectsV2\) — check .*credentials.*policy"):
             store.list_runs()
     # a HEAD answers a bare 403 with no code
     err = ClientError({"Error": {"Code": "403", "Message": "Forbidden"}, "ResponseMetadata": {"HTTPStatusCode": 403}},

@@ -81,7 +81,8 @@ def test_results_refuses_a_crafted_key_before_writing_anything(s3, tmp_path):
         dest.mkdir(parents=True)
         with pytest.raises(RunError, match=r"s3://artifacts/team: refusing to write .* nothing was written outside"):
             S3Store(URI).download(run, dest)
-        assert files_under(tmp_path / f"sandbox{i}") == ["dest"], key  # not even config.yaml: all keys are checked first
+        # not even config.yaml: all keys are checked first
+        assert files_under(tmp_path / f"sandbox{i}") == ["dest"], key
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
@@ -319,7 +320,8 @@ def test_the_instance_fetch_writes_only_the_four_files_and_never_through_a_symli
         s3.create_bucket(Bucket="data-bucket")
         for f in sorted(tiny_mnist.iterdir()):
             s3.put_object(Bucket="data-bucket", Key=f"mnist/{f.name}", Body=f.read_bytes())
-        for key in ("mnist/../../../escaped", "mnist/x/../../../../escaped.gz", "mnist/.s3-etags.json", "mnist/../evil.py"):
+        for key in ("mnist/../../../escaped", "mnist/x/../../../../escaped.gz", "mnist/.s3-etags.json",
+                    "mnist/../evil.py"):
             s3.put_object(Bucket="data-bucket", Key=key, Body=b"owned")
         dest, outside = tmp_path / "remote" / "data", tmp_path / "outside"
         dest.mkdir(parents=True)

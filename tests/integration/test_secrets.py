@@ -56,8 +56,8 @@ def test_plain_aws_settings_and_other_variables_are_allowed(tmp_path):
     assert SECRET not in config_to_yaml(load_config(write_config(tmp_path, env)))
 
 
-@pytest.mark.parametrize("value", [f"{SECRET}\nX=1", f"{SECRET}\rX", f"{SECRET}\x00", f"{SECRET}\x1b[2J", f"a\t{SECRET}",
-                                   f"{SECRET}\x7f"])
+@pytest.mark.parametrize("value", [f"{SECRET}\nX=1", f"{SECRET}\rX", f"{SECRET}\x00", f"{SECRET}\x1b[2J",
+                                   f"a\t{SECRET}", f"{SECRET}\x7f"])
 def test_control_characters_in_a_value_are_refused_by_name_never_echoed(tmp_path, value):
     with pytest.raises(ConfigError) as err:
         load_config(write_config(tmp_path, {"TOKEN": value}))
@@ -200,14 +200,17 @@ def test_ssh_on_the_real_sshd_sends_no_environment_and_no_agent(tmp_path, monkey
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
         monkeypatch.setenv("LC_MNIST_SECRET", SECRET)  # LC_* is what a default ssh_config sends
         agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True)
-        sock = next((part.split("=", 1)[1] for part in agent.stdout.replace(";", "\n").split() if part.startswith("SSH_AUTH_SOCK=")), None)
-        pid = next((part.split("=", 1)[1] for part in agent.stdout.replace(";", "\n").split() if part.startswith("SSH_AGENT_PID=")), None)
+        sock = next((part.split("=", 1)[1] for part in agent.stdout.replace(";", "\n").split()
+                     if part.startswith("SSH_AUTH_SOCK=")), None)
+        pid = next((part.split("=", 1)[1] for part in agent.stdout.replace(";", "\n").split()
+                    if part.startswith("SSH_AGENT_PID=")), None)
         if sock:
             monkeypatch.setenv("SSH_AUTH_SOCK", sock)
         out = tmp_path / "remote-env"
         try:
             argv = cluster.ssh_argv("mnist", None, None, ["sh", "-c", f"env > {out}"])
-            for opt in ("-a", "-x", "ForwardAgent=no", "ForwardX11=no", "ClearAllForwardings=yes", "IdentityAgent=none"):
+            for opt in ("-a", "-x", "ForwardAgent=no", "ForwardX11=no", "ClearAllForwardings=yes",
+                        "IdentityAgent=none"):
                 assert opt in argv
             assert argv[argv.index("-F") + 1] == "/dev/null" and not any("SendEnv" in a or "SetEnv" in a for a in argv)
             code = cluster.ssh("mnist", None, None, ["sh", "-c", f"env > {out}"])

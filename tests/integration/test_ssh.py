@@ -39,7 +39,8 @@ def test_run_returns_exit_code_stdout_and_stderr(sshd, tmp_path):  # noqa: F811
 def test_spawn_is_detached_and_survives_the_connection(sshd, tmp_path):  # noqa: F811
     log = tmp_path / "logs" / "job.log"
     with host_for(sshd) as host:
-        pid = host.spawn(["sh", "-c", "echo started $FOO; sleep 30"], cwd=str(tmp_path), log=str(log), env={"FOO": "x y"})
+        pid = host.spawn(["sh", "-c", "echo started $FOO; sleep 30"], cwd=str(tmp_path), log=str(log),
+                         env={"FOO": "x y"})
         assert host.is_alive(pid)
     # a new connection still sees it: the job did not die with the session
     with host_for(sshd) as host:

@@ -26,7 +26,8 @@ def test_a_refused_channel_is_one_ssh_error_line(tmp_path, monkeypatch):
                 "write_text": lambda: host.write_text(str(tmp_path / "x"), "x"),
             }
             for what, call in calls.items():
-                with pytest.raises(SSHError, match=r"the SSH connection failed \(.+\) — check the instance is up") as err:
+                with pytest.raises(SSHError,
+                                   match=r"the SSH connection failed \(.+\) — check the instance is up") as err:
                     call()
                 assert not isinstance(err.value, paramiko.SSHException), what
                 assert err.value.__cause__ is None and err.value.__suppress_context__, what  # no paramiko traceback

@@ -210,7 +210,8 @@ def test_missing_local_root_raises_a_sync_error(tmp_path):
     ("data7", False, True), ("datax", False, False), ("my file.tmp", False, True),
 ])
 def test_ignore_rules_follow_gitignore(rel, is_dir, ignored):
-    rules = compile_rules(ALWAYS_IGNORED + ["/build/", "*.log", "!keep.log", "docs/**/*.md", "data[0-9]", "my\\ file.*"])
+    rules = compile_rules(ALWAYS_IGNORED + ["/build/", "*.log", "!keep.log", "docs/**/*.md", "data[0-9]",
+                                            "my\\ file.*"])
     assert is_ignored(rules, rel, is_dir) is ignored
 
 
@@ -225,7 +226,8 @@ def test_plan_deletes_stale_and_kind_changed_entries_first():
 
 
 def test_summary_reads_like_a_sentence():
-    assert SyncReport(10, 12345, 2, 1000, 0.214).summary() == "sync: 10 files sent (12.3 kB), 2 deleted, 990 unchanged in 0.21s"
+    assert SyncReport(10, 12345, 2, 1000, 0.214).summary() == (
+        "sync: 10 files sent (12.3 kB), 2 deleted, 990 unchanged in 0.21s")
 
 
 def test_deletions_are_batched_below_the_argument_size_limit():

@@ -47,7 +47,8 @@ def is_rank(argv):
 
 def test_two_process_run_trains_shards_and_checkpoints(small_mnist, tmp_path):
     run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
-                                 processes=2, overrides=["train.epochs=2", "train.batch_size=32", "train.keep_checkpoints=1"]))
+                                 processes=2,
+                                 overrides=["train.epochs=2", "train.batch_size=32", "train.keep_checkpoints=1"]))
     end, text = run_to_end(run)
     assert end["state"] == "succeeded", (run.run_dir / "train.log").read_text()[-2000:]
     d = run.run_dir
@@ -65,7 +66,8 @@ def test_two_process_run_trains_shards_and_checkpoints(small_mnist, tmp_path):
     best = summary["best_epoch"]
     assert "epoch_002" in ckpts and set(ckpts) <= {"epoch_002", f"epoch_{best:03d}"}  # last K=1 plus the best
     assert (d / "checkpoints" / "epoch_002" / "checkpoint.json").is_file()
-    weights, kept = load_file(str(d / "model.safetensors")), load_file(str(d / f"checkpoints/epoch_{best:03d}/model.safetensors"))
+    weights, kept = (load_file(str(d / "model.safetensors")),
+                     load_file(str(d / f"checkpoints/epoch_{best:03d}/model.safetensors")))
     assert weights.keys() == kept.keys() and all(weights[k].equal(kept[k]) for k in kept)  # the best epoch's
     assert (d / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # TensorBoard holds each epoch's metrics (one scalar event per epoch and tag; read without tensorboard)
@@ -91,7 +93,8 @@ def test_resume_continues_exactly_where_it_stopped(small_mnist, tmp_path):
     b = json.loads((resumed.run_dir / "summary.json").read_text())
     assert b["epochs_completed"] == 2
     for ha, hb in zip(a["history"], b["history"]):
-        assert ha["test_accuracy"] == hb["test_accuracy"] and ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-6)
+        assert ha["test_accuracy"] == hb["test_accuracy"] and (
+            ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-6))
     wa = load_file(str(straight.run_dir / "checkpoints/epoch_002/model.safetensors"))
     wb = load_file(str(resumed.run_dir / "checkpoints/epoch_002/model.safetensors"))
     assert all((wa[k] - wb[k]).abs().max() < 1e-6 for k in wa)

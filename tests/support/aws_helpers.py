@@ -45,7 +45,8 @@ STRICT_ENV = "MNIST_LAUNCH_TEST_STRICT_AWS"
 
 @dataclass
 class StrictServer:
-    """moto behind tests/support/strict_aws.py's proxy: ``stop()`` stops both; ``proxy`` holds the schedule and counters."""
+    """moto behind tests/support/strict_aws.py's proxy: ``stop()`` stops both; ``proxy`` holds the schedule and
+    counters."""
 
     moto: object
     proxy: object
@@ -201,7 +202,8 @@ def nothing_left() -> None:
     live = [i for r in ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": [
         "pending", "running", "stopping", "stopped"]}])["Reservations"] for i in r["Instances"]]
     assert live == []
-    assert ec2.describe_security_groups(Filters=[{"Name": f"tag:{infra.aws.TAG_MANAGED}", "Values": ["true"]}])["SecurityGroups"] == []
+    assert ec2.describe_security_groups(
+        Filters=[{"Name": f"tag:{infra.aws.TAG_MANAGED}", "Values": ["true"]}])["SecurityGroups"] == []
     assert ec2.describe_key_pairs()["KeyPairs"] == []
     assert [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("mnist-launch")] == []
     assert [p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]] == []

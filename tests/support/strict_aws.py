@@ -48,7 +48,8 @@ MESSAGES = {
 }
 # RunInstances refusing an instance profile IAM made a moment ago, in AWS's own words
 PROFILE_REFUSAL = ("InvalidParameterValue",
-                   "Value (mnist-launch) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name")
+                   "Value (mnist-launch) for parameter iamInstanceProfile.name is invalid. "
+                   "Invalid IAM Instance Profile name")
 
 
 def by_id(param: str) -> Callable[[Params], bool]:
@@ -204,7 +205,8 @@ class StrictAWS:
         params: Params = dict(query)
         ctype = lower.get("content-type", "")
         if "x-www-form-urlencoded" in ctype:
-            params.update({k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()})
+            form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+            params.update({k: v[0] for k, v in form.items()})
         if "x-amz-target" in lower:
             op = lower["x-amz-target"].rsplit(".", 1)[-1]
             try:
@@ -278,7 +280,8 @@ def _s3_op(method: str, path: str, query: Params) -> str:
     key = path.lstrip("/").partition("/")[2]
     if not key:
         if method == "GET":
-            return "ListObjectsV2" if query.get("list-type") == "2" else "ListObjects" if path.strip("/") else "ListBuckets"
+            return ("ListObjectsV2" if query.get("list-type") == "2"
+                    else "ListObjects" if path.strip("/") else "ListBuckets")
         return {"PUT": "CreateBucket", "DELETE": "DeleteBucket", "HEAD": "HeadBucket",
                 "POST": "DeleteObjects" if "delete" in query else "PostBucket"}.get(method, method)
     if method == "PUT":
@@ -293,9 +296,11 @@ def _s3_op(method: str, path: str, query: Params) -> str:
 # the light schedule every remote e2e session can run under: one throttle and one NotFound of each kind
 def light_schedule(proxy: StrictAWS) -> None:
     proxy.fail("RunInstances", "RequestLimitExceeded", times=1)
-    proxy.fail("DescribeInstances", "InvalidInstanceID.NotFound", times=1, after="RunInstances", when=by_id("InstanceId"))
+    proxy.fail("DescribeInstances", "InvalidInstanceID.NotFound", times=1, after="RunInstances",
+               when=by_id("InstanceId"))
     proxy.fail("AuthorizeSecurityGroupIngress", "InvalidGroup.NotFound", times=1, after="CreateSecurityGroup")
-    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], times=1, after="AddRoleToInstanceProfile")
+    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], times=1,
+               after="AddRoleToInstanceProfile")
 
 
 def every_fault(proxy: StrictAWS) -> None:
@@ -303,8 +308,10 @@ def every_fault(proxy: StrictAWS) -> None:
     proxy.fail("AuthorizeSecurityGroupIngress", "InvalidGroup.NotFound", times=2, after="CreateSecurityGroup")
     proxy.fail("PutRolePolicy", "NoSuchEntity", times=1, after="CreateRole")
     proxy.fail("RunInstances", "InvalidGroup.NotFound", times=1, after="CreateSecurityGroup")
-    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], times=2, after="AddRoleToInstanceProfile")
-    proxy.fail("DescribeInstances", "InvalidInstanceID.NotFound", times=2, after="RunInstances", when=by_id("InstanceId"))
+    proxy.fail("RunInstances", PROFILE_REFUSAL[0], message=PROFILE_REFUSAL[1], times=2,
+               after="AddRoleToInstanceProfile")
+    proxy.fail("DescribeInstances", "InvalidInstanceID.NotFound", times=2, after="RunInstances",
+               when=by_id("InstanceId"))
     proxy.fail("DescribeInstanceStatus", "InvalidInstanceID.NotFound", times=1, after="RunInstances")
     proxy.fail("DescribeVpcs", "RequestLimitExceeded", times=1)
     proxy.fail("CreateSecurityGroup", "RequestLimitExceeded", times=1)

@@ -158,7 +158,8 @@ def image_env(where: Path, user: LoginUser) -> tuple[Optional[Path], str]:
     """A venv in ``where`` playing the image's PyTorch environment: (its python, "") or (None, why not)."""
     sites = subprocess.run([sys.executable, "-E", "-c", _SITE_DIRS], capture_output=True, text=True, cwd="/",
                            check=True).stdout.split("\n")
-    sites = [s for s in sites if s and not (Path(s) / "launcher" / "remote.py").exists()]  # the project is no part of it
+    # the project is no part of it
+    sites = [s for s in sites if s and not (Path(s) / "launcher" / "remote.py").exists()]
     why = "no interpreter of this version found"
     for base in _base_candidates():
         shutil.rmtree(where, ignore_errors=True)
@@ -176,7 +177,8 @@ def image_env(where: Path, user: LoginUser) -> tuple[Optional[Path], str]:
                                 "('torch', 'accelerate', 'boto3', 'yaml', 'pip')) else 1)"])
         if probe.returncode == 0:
             return where / "bin" / "python", ""
-        why = f"{user.name} cannot run {base} with this interpreter's packages ({(probe.stderr.strip() or 'not found')[-160:]})"
+        why = (f"{user.name} cannot run {base} with this interpreter's packages "
+               f"({(probe.stderr.strip() or 'not found')[-160:]})")
     shutil.rmtree(where, ignore_errors=True)
     return None, why
 
@@ -334,7 +336,9 @@ class CuttableProxy:
 
 
 def strict_instance(where: Path, extra_config: tuple[str, ...] = (), booting: bool = True) -> Instance:
-    """Start sshd as an AMI-like instance (see the module doc). Stop it with ``tests.support.sshd_fixture.stop_sshd``."""
+    """Start sshd as an AMI-like instance (see the module doc).
+
+    Stop it with ``tests.support.sshd_fixture.stop_sshd``."""
     user = login_user()
     where.mkdir(parents=True, exist_ok=True)
     if user.created:
@@ -378,7 +382,8 @@ def probe_wheel(folder: Path, name: str = "mnist_launch_probe", version: str = "
     files = {f"{name}/__init__.py": f"VERSION = {version!r}\n",
              f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
              f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
+    record = "".join(f"{p},sha256="
+                     f"{base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
                      f"{len(t.encode())}\n" for p, t in files.items()) + f"{dist}/RECORD,,\n"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-{version}-py3-none-any.whl"

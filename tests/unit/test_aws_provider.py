@@ -68,12 +68,14 @@ def tags_of(resource: dict) -> dict:
 
 
 def live_instances() -> list[dict]:
-    res = ec2().describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
+    res = ec2().describe_instances(
+        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
     return [i for r in res["Reservations"] for i in r["Instances"]]
 
 
 def our_groups() -> list[dict]:
-    return ec2().describe_security_groups(Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}])["SecurityGroups"]
+    return ec2().describe_security_groups(
+        Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}])["SecurityGroups"]
 
 
 def nothing_left() -> None:
@@ -81,7 +83,8 @@ def nothing_left() -> None:
     assert our_groups() == []
     assert ec2().describe_key_pairs()["KeyPairs"] == []
     assert [r["RoleName"] for r in iam().list_roles()["Roles"] if r["RoleName"].startswith("mnist-launch")] == []
-    assert [p for p in iam().list_instance_profiles()["InstanceProfiles"] if p["InstanceProfileName"].startswith("mnist-launch")] == []
+    assert [p for p in iam().list_instance_profiles()["InstanceProfiles"]
+            if p["InstanceProfileName"].startswith("mnist-launch")] == []
 
 
 def test_up_creates_exactly_the_resources_with_safe_settings(spec, rec):
@@ -99,7 +102,8 @@ def test_up_creates_exactly_the_resources_with_safe_settings(spec, rec):
     assert tags["mnist-launch:autostop"] == "60m"
     assert inst.get("InstanceLifecycle") != "spot"
 
-    [vol] = ec2().describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [inst["InstanceId"]]}])["Volumes"]
+    [vol] = ec2().describe_volumes(
+        Filters=[{"Name": "attachment.instance-id", "Values": [inst["InstanceId"]]}])["Volumes"]
     assert (vol["Encrypted"], vol["VolumeType"], vol["Size"]) == (True, "gp3", 120)
     assert tags_of(vol)[TAG_CLUSTER] == "mnist"
 
@@ -127,7 +131,8 @@ def test_up_creates_exactly_the_resources_with_safe_settings(spec, rec):
     assert iam().list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
     policy = iam().get_role_policy(RoleName=role["RoleName"], PolicyName="mnist-launch-store")["PolicyDocument"]
     policy = json.loads(policy) if isinstance(policy, str) else policy
-    assert policy == store_policy(STORE)  # write/delete under <store>/runs/ only (tests/integration/test_iam.py enforces it)
+    # write/delete under <store>/runs/ only (tests/integration/test_iam.py enforces it)
+    assert policy == store_policy(STORE)
     resources = [s["Resource"] for s in policy["Statement"]]
     assert resources == [["arn:aws:s3:::team-bucket/mnist/runs/*"], "arn:aws:s3:::team-bucket"]
     assert policy["Statement"][1]["Condition"] == {"StringLike": {"s3:prefix": ["mnist/runs", "mnist/runs/*"]}}
@@ -137,7 +142,8 @@ def test_up_creates_exactly_the_resources_with_safe_settings(spec, rec):
     assert inst["IamInstanceProfile"]["Arn"] == prof["Arn"]
 
     run = [c for c in rec.calls if c.operation == "RunInstances"][0].params
-    assert run["BlockDeviceMappings"][0]["Ebs"] == {"VolumeSize": 120, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}
+    assert run["BlockDeviceMappings"][0]["Ebs"] == {"VolumeSize": 120, "VolumeType": "gp3", "Encrypted": True,
+                                                    "DeleteOnTermination": True}
     assert "InstanceMarketOptions" not in run
     # IMDSv2 only, and one hop: the agent runs on the host; a container behind a bridge (2 hops) gets nothing
     assert run["MetadataOptions"] == {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1}
@@ -172,7 +178,8 @@ def test_reuse_with_another_type_is_refused(spec):
     from dataclasses import replace
 
     provider().ensure(spec)
-    with pytest.raises(ConfigError, match=r"cluster 'mnist' is a g4dn.xlarge .* not a g5.xlarge — `mnist-launch down mnist` first"):
+    with pytest.raises(ConfigError,
+                       match=r"cluster 'mnist' is a g4dn.xlarge .* not a g5.xlarge — `mnist-launch down mnist` first"):
         provider().ensure(replace(spec, instance_type="g5.xlarge"))
 
 
@@ -190,7 +197,8 @@ def test_up_from_a_new_address_replaces_its_own_rule_and_leaves_others_alone(spe
     [sg] = our_groups()
     # a rule someone added by hand (a bastion): not the launcher's to revoke
     ec2().authorize_security_group_ingress(GroupId=sg["GroupId"], IpPermissions=[{
-        "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "192.0.2.50/32", "Description": "bastion"}]}])
+        "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+        "IpRanges": [{"CidrIp": "192.0.2.50/32", "Description": "bastion"}]}])
     moved = replace(spec, ssh_cidr="198.51.100.9/32")
     rec.clear()
     plan = provider().plan(moved)
@@ -257,7 +265,8 @@ def test_a_replacement_tries_the_lost_instances_az_last(spec, monkeypatch):
 def test_no_capacity_anywhere_is_one_line_and_rolls_back(spec, monkeypatch):
     p = provider()
     tried = inject_run_instances_error(monkeypatch, p, "InsufficientInstanceCapacity", {"*"})
-    with pytest.raises(AWSError, match=r"^no capacity for g4dn.xlarge in us-east-1 \(tried us-east-1a, .*\) — retry later, or pick another --instance type or --region"):
+    with pytest.raises(AWSError, match=r"^no capacity for g4dn.xlarge in us-east-1 \(tried us-east-1a, .*\) — "
+                                       r"retry later, or pick another --instance type or --region"):
         p.ensure(spec)
     assert len(tried) == len(set(tried)) > 1
     nothing_left()
@@ -390,7 +399,8 @@ def test_reuse_with_a_new_store_adds_it_to_the_role_policy_only(spec, rec):
     out = p.ensure(replace(spec, store="s3://team-bucket/other"))
     assert [(s.resource, s.action) for s in out.steps] == [("instance", "reuse"), ("instance profile", "update")]
     assert [c.operation for c in rec.mutating()] == ["PutRolePolicy"]
-    doc = iam().get_role_policy(RoleName="mnist-launch-mnist-us-east-1", PolicyName="mnist-launch-store")["PolicyDocument"]
+    doc = iam().get_role_policy(RoleName="mnist-launch-mnist-us-east-1",
+                                PolicyName="mnist-launch-store")["PolicyDocument"]
     doc = json.loads(doc) if isinstance(doc, str) else doc
     # added, not replaced: a run on the first store may still be uploading
     assert doc == store_policy([STORE, "s3://team-bucket/other"])
@@ -404,10 +414,12 @@ def test_reuse_with_a_new_store_adds_it_to_the_role_policy_only(spec, rec):
 def test_default_image_comes_from_the_ssm_parameter(aws):
     amzn = ec2().describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn-ami-*"]}])["Images"][0]
     # moto refuses writes under /aws/ (reserved, like AWS): the same lookup under a name we may write
-    boto3.client("ssm", region_name=REGION).put_parameter(Name="/mnist-launch-test/dlami", Value=amzn["ImageId"], Type="String")
+    boto3.client("ssm", region_name=REGION).put_parameter(Name="/mnist-launch-test/dlami", Value=amzn["ImageId"],
+                                                          Type="String")
     p = provider()
     image = p.resolve_image(None, "/mnist-launch-test/dlami")  # launch.ami_parameter
-    assert (image.id, image.root_device, image.user, image.note) == (amzn["ImageId"], amzn["RootDeviceName"], "ec2-user", None)
+    assert (image.id, image.root_device, image.user, image.note) == (
+        amzn["ImageId"], amzn["RootDeviceName"], "ec2-user", None)
     assert p.resolve_image(ubuntu_ami(), "/mnist-launch-test/dlami").user == "ubuntu"  # --ami wins, the user follows it
 
 
@@ -426,7 +438,8 @@ def test_a_missing_parameter_falls_back_to_the_newest_dlami_by_name_and_says_whi
     assert plan.image_id == newest and plan.user == "ubuntu"
     [find] = [s for s in plan.steps if (s.resource, s.action) == ("image", "find")]
     assert find.detail == (f"SSM parameter /mnist-launch-test/retired not found in us-east-1: using the newest image "
-                           f"named like the Deep Learning AMI, {newest} ({DLAMI.format(os='Ubuntu 22.04', date='20250602')}, "
+                           f"named like the Deep Learning AMI, {newest} "
+                           f"({DLAMI.format(os='Ubuntu 22.04', date='20250602')}, "
                            "created 2025-06-02T10:00:00.000Z)")
     assert rec.mutating() == []
     out = provider().ensure(replace(spec, ami=None, ami_parameter="/mnist-launch-test/retired"))
@@ -510,7 +523,8 @@ def test_a_fresh_instance_profile_is_retried_until_ec2_sees_it(spec, monkeypatch
         attempts.append(kw["SubnetId"])
         if len(attempts) < 3:  # IAM is eventually consistent: EC2 does not know the new profile yet
             raise ClientError({"Error": {"Code": "InvalidParameterValue", "Message":
-                               "Value (mnist-launch-mnist-us-east-1) for parameter iamInstanceProfile.name is invalid."}}, "RunInstances")
+                               "Value (mnist-launch-mnist-us-east-1) for parameter iamInstanceProfile.name "
+                               "is invalid."}}, "RunInstances")
         return real(**kw)
 
     monkeypatch.setattr(client, "run_instances", run_instances)
@@ -538,7 +552,8 @@ def test_down_waits_out_a_security_group_still_in_use(spec, monkeypatch):
     def delete_security_group(**kw):
         calls.append(kw)
         if len(calls) == 1:  # the terminated instance's network interface still holds it
-            raise ClientError({"Error": {"Code": "DependencyViolation", "Message": "has a dependent object"}}, "DeleteSecurityGroup")
+            raise ClientError({"Error": {"Code": "DependencyViolation", "Message": "has a dependent object"}},
+                              "DeleteSecurityGroup")
         return real(**kw)
 
     monkeypatch.setattr(client, "delete_security_group", delete_security_group)
@@ -550,6 +565,7 @@ def test_down_waits_out_a_security_group_still_in_use(spec, monkeypatch):
 def test_a_type_the_region_does_not_offer_is_one_line(spec):
     from dataclasses import replace
 
-    with pytest.raises(AWSError, match=r"^g4dn.typo is not offered in us-east-1 — pick another --instance type or --region$"):
+    with pytest.raises(AWSError,
+                       match=r"^g4dn.typo is not offered in us-east-1 — pick another --instance type or --region$"):
         provider().ensure(replace(spec, instance_type="g4dn.typo"))
     nothing_left()

@@ -59,7 +59,8 @@ def test_a_refusal_past_its_deadline_is_one_line(monkeypatch):
     with pytest.raises(AWSError) as err:
         retry(call, NEW_PROFILE, what="RunInstances in us-east-1a")
     assert str(err.value) == (
-        "RunInstances in us-east-1a: AWS still answered InvalidParameterValue for the new instance profile after 0.2s — "
+        "RunInstances in us-east-1a: AWS still answered InvalidParameterValue for the new instance profile "
+        "after 0.2s — "
         "AWS is slower than usual to see new resources; run the command again (what this call created is rolled "
         f"back), or raise {IAM_DEADLINE_ENV}")
     assert 2 < call.calls < 1000

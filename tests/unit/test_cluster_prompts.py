@@ -64,12 +64,14 @@ def test_up_shows_the_plan_asks_and_a_no_creates_nothing(aws):
     assert live("no-up") == []
     ec2 = boto3.client("ec2", region_name="us-east-1")
     assert ec2.describe_key_pairs(Filters=[{"Name": "tag:mnist-launch:cluster", "Values": ["no-up"]}])["KeyPairs"] == []
-    assert ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["mnist-launch-no-up"]}])["SecurityGroups"] == []
+    assert ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["mnist-launch-no-up"]}])["SecurityGroups"] == []
 
 
 def test_down_asks_through_confirm_and_only_a_yes_removes(aws):
     AWSProvider(Clients.create("us-east-1")).ensure(ClusterSpec(
-        name="ask", region="us-east-1", public_key=public_key_of(ensure_default_key()), ssh_cidr=CIDR, ami=ubuntu_ami()))
+        name="ask", region="us-east-1", public_key=public_key_of(ensure_default_key()), ssh_cidr=CIDR,
+        ami=ubuntu_ami()))
     [inst] = live("ask")
     quiet = Console(file=io.StringIO())
     with pytest.raises(ConfigError, match=r"down: terminate ask in us-east-1\? pass --yes to confirm"):

@@ -86,7 +86,8 @@ def test_augment_ranges_are_validated(tmp_path):
 
 def test_null_turns_an_augmentation_off_as_none_does_in_torchvision(tmp_path):
     p = write(tmp_path, "model: model3\naugment: {rotation: 10, translate: [0.1, 0.1], scale: [0.9, 1.1], shear: 5}\n")
-    cfg = load_config(p, ["augment.translate=null", "augment.scale=null", "augment.rotation=null", "augment.shear=null"])
+    cfg = load_config(p, ["augment.translate=null", "augment.scale=null", "augment.rotation=null",
+                          "augment.shear=null"])
     assert cfg.augment.translate == (0.0, 0.0) and cfg.augment.scale == (1.0, 1.0)
     assert cfg.augment.rotation_range == (0.0, 0.0) and cfg.augment.shear_range == (0.0, 0.0)
     assert not cfg.augment.active
@@ -98,7 +99,8 @@ def test_mixed_precision_defaults_to_auto_and_rejects_unknown_names(tmp_path):
     assert load_config(p).train.mixed_precision == "auto"
     assert load_config(p, ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
     for bad in ("fp8", "half", "true"):
-        with pytest.raises(ConfigError, match=r"train\.mixed_precision: Input should be 'auto', 'no', 'fp16' or 'bf16'"):
+        with pytest.raises(ConfigError,
+                           match=r"train\.mixed_precision: Input should be 'auto', 'no', 'fp16' or 'bf16'"):
             load_config(p, [f"train.mixed_precision={bad}"])
 
 
@@ -123,6 +125,8 @@ def test_no_off_yes_on_mean_what_was_typed_and_booleans_still_take_them(tmp_path
     cfg = load_config(p)
     assert cfg.train.mixed_precision == "no" and cfg.train.channels_last is False and cfg.optimizer.nesterov is True
     cfg = load_config(p, ["train.mixed_precision=no", "launch.spot=on", "train.compile=false", "optimizer.nesterov=NO"])
-    assert (cfg.train.mixed_precision, cfg.launch.spot, cfg.train.compile, cfg.optimizer.nesterov) == ("no", True, False, False)
-    with pytest.raises(ConfigError, match=r"train.mixed_precision: Input should be 'auto', 'no', 'fp16' or 'bf16' \(got 'off'\)"):
+    assert (cfg.train.mixed_precision, cfg.launch.spot, cfg.train.compile, cfg.optimizer.nesterov) == (
+        "no", True, False, False)
+    with pytest.raises(ConfigError,
+                       match=r"train.mixed_precision: Input should be 'auto', 'no', 'fp16' or 'bf16' \(got 'off'\)"):
         load_config(p, ["train.mixed_precision=off"])

@@ -71,7 +71,8 @@ def test_labels_that_do_not_match_images(tmp_path):
 
 def test_each_rank_takes_its_own_shard_of_one_permutation():
     n, bs, world = 103, 8, 2
-    shards = [torch.cat(list(epoch_batches(n, bs, epoch=3, seed=1, rank=r, world=world, device="cpu"))) for r in range(world)]
+    shards = [torch.cat(list(epoch_batches(n, bs, epoch=3, seed=1, rank=r, world=world, device="cpu")))
+              for r in range(world)]
     assert len(shards[0]) == len(shards[1]) == n // world
     assert not set(shards[0].tolist()) & set(shards[1].tolist())  # disjoint
     assert len(list(epoch_batches(n, bs, 3, 1, 0, world, "cpu"))) == steps_per_epoch(n, bs, world)

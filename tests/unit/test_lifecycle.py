@@ -55,7 +55,8 @@ def test_resume_is_refused_while_the_agent_lives_and_settles_one_that_died(start
     finally:
         agent.kill()
         agent.wait()
-    again = lifecycle.start(target, lifecycle.RunSpec(resume="r1", data_dir=str(data), overrides=["train.keep_checkpoints=2"]))
+    again = lifecycle.start(target, lifecycle.RunSpec(resume="r1", data_dir=str(data),
+                                                      overrides=["train.keep_checkpoints=2"]))
     assert "--resume" in host.spawned[-1] and again.agent_pid == 4242
     assert status.read()["state"] == "starting"  # running -> failed (settled) -> starting: each step allowed
     meta = json.loads(open(f"{attempt.run_dir}/meta.json").read())

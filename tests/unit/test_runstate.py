@@ -19,7 +19,8 @@ def test_terminal_and_active_partition_the_states():
     (None, RunState.STARTING), (None, RunState.RUNNING), (RunState.STARTING, RunState.RUNNING),
     (RunState.STARTING, RunState.FAILED), (RunState.RUNNING, RunState.SUCCEEDED),
     (RunState.RUNNING, RunState.PREEMPTED), (RunState.RUNNING, RunState.CANCELLED), (RunState.RUNNING, RunState.LOST),
-    (RunState.PREEMPTED, RunState.STARTING), (RunState.LOST, RunState.STARTING), (RunState.SUCCEEDED, RunState.STARTING),
+    (RunState.PREEMPTED, RunState.STARTING), (RunState.LOST, RunState.STARTING),
+    (RunState.SUCCEEDED, RunState.STARTING),
     (RunState.RUNNING, RunState.RUNNING),
 ])
 def test_allowed_transitions(old, new):
@@ -27,7 +28,8 @@ def test_allowed_transitions(old, new):
 
 
 @pytest.mark.parametrize("old,new", [
-    (RunState.SUCCEEDED, RunState.RUNNING), (RunState.FAILED, RunState.SUCCEEDED), (RunState.CANCELLED, RunState.FAILED),
+    (RunState.SUCCEEDED, RunState.RUNNING), (RunState.FAILED, RunState.SUCCEEDED),
+    (RunState.CANCELLED, RunState.FAILED),
     (RunState.RUNNING, RunState.STARTING), (RunState.STARTING, RunState.SUCCEEDED), (None, RunState.SUCCEEDED),
     (RunState.LOST, RunState.RUNNING),
 ])

@@ -45,7 +45,8 @@ def table() -> dict[str, tuple[str, set[str]]]:
         if len(cells) == 4 and VAR.fullmatch(cells[0].strip("`")):
             name, default, _meaning, readers = cells
             assert name.strip("`") not in rows, f"{name} is in the table twice"
-            rows[name.strip("`")] = ("" if default == "—" else default.strip("`"), {r.strip() for r in readers.split(",")})
+            rows[name.strip("`")] = ("" if default == "—" else default.strip("`"),
+                                     {r.strip() for r in readers.split(",")})
     assert rows, "docs/settings.md has no table of variables"
     return rows
 
