@@ -38,7 +38,7 @@ from core.errors import LaunchError, RunError
 from core.runstate import STATUS_FILE, RunState, StatusWriter
 from infra.store import CHECKPOINTS, MARKER, ArtifactStore
 from trainer.events import EVENTS_FILE, EventWriter
-from trainer.precision import cuda_capability, resolve_mixed_precision
+from trainer.precision import cuda_capability, cuda_device_count, resolve_mixed_precision
 
 LOG_FILE = "train.log"
 
@@ -59,9 +59,7 @@ def accelerate_command(run_dir: Path, processes: int, mixed_precision: str, resu
     ``mixed_precision`` may be ``auto``: it is resolved here, on the host that trains (ConfigError
     for fp16 without a GPU).
     """
-    import torch
-
-    gpus = torch.cuda.device_count()
+    gpus = cuda_device_count()
     precision = resolve_mixed_precision(mixed_precision, cuda_capability() if gpus else None)
     cmd = [python, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", str(processes),
            "--mixed_precision", precision, "--dynamo_backend", "no"]

@@ -13,12 +13,14 @@ import gzip
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
-import torch
 
 from core.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the launcher checks data folders without it
+    import torch
 
 FILES = {
     "train_images": ("train-images-idx3-ubyte", 2051, 60000),
@@ -127,6 +129,8 @@ def load_mnist(data_dir: str | Path, train_limit: Optional[int] = None, test_lim
     for split in ("train", "test"):
         if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
             raise DataError(f"{files[split + '_labels']}: label count does not match {files[split + '_images']}")
+    import torch
+
     t = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
     return MNIST(
         train_images=t["train_images"][:train_limit],
@@ -143,6 +147,8 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int, wor
     Every rank gets the same number of full-or-partial batches (the shard is cut to a
     multiple of ``world``) so collective ops never wait on a rank that ran out.
     """
+    import torch
+
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(n, generator=g)
     per_rank = n // world

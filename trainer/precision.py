@@ -32,10 +32,30 @@ def resolve_mixed_precision(requested: str, cuda_capability: Optional[tuple[int,
     return "bf16" if tuple(cuda_capability) >= (8, 0) else "fp16"
 
 
-def cuda_capability() -> Optional[tuple[int, int]]:
-    """Compute capability of this host's least capable GPU (every rank picks the same), None on CPU."""
+# Where no GPU driver is loaded, torch sees no GPU: the launcher and the agent then answer without
+# importing torch (~4 s of CPU on a small machine, at every run's start).
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
+
+
+def gpu_driver_loaded() -> bool:
+    return any(os.path.exists(p) for p in GPU_DRIVER_FILES)
+
+
+def cuda_device_count() -> int:
+    """GPUs torch can use on this host (0 without a GPU driver, found without importing torch)."""
+    if not gpu_driver_loaded():
+        return 0
     import torch
 
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available():
+    return torch.cuda.device_count()
+
+
+def cuda_capability() -> Optional[tuple[int, int]]:
+    """Compute capability of this host's least capable GPU (every rank picks the same), None on CPU."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not gpu_driver_loaded():
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
         return None
     return min(torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))

@@ -68,8 +68,10 @@ class LocalTarget:
     def prepare(self, run_id: str, cfg: Config, data_dir: Optional[str], restart: bool) -> Attempt:
         cfg.data.dir = resolve_data_dir(data_dir, cfg)
         check_dir(cfg.data.dir)  # one clear line now, not a traceback from the trainer later
-        # this machine trains: fp16 without a GPU fails now, not in the agent
-        resolve_mixed_precision(cfg.train.mixed_precision, cuda_capability())
+        # this machine trains: fp16 without a GPU fails now, not in the agent (only fp16 asks torch for the
+        # GPU; the agent resolves 'auto' where it trains, so the launcher does not import torch for it)
+        if cfg.train.mixed_precision == "fp16":
+            resolve_mixed_precision("fp16", cuda_capability())
         return Attempt(run_id, [self.host], str(self.store.run_dir(run_id)), cfg, store=self.store.uri)
 
     def exists(self, attempt: Attempt) -> bool:

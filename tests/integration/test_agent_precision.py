@@ -9,16 +9,19 @@ from core.errors import ConfigError
 from infra.agent import accelerate_command
 from infra.agent import main as agent_main
 from launcher.orchestrator import LocalRequest, start_run
+from trainer import precision
 
 
 @pytest.fixture
 def cpu_host(monkeypatch):
+    monkeypatch.setattr(precision, "gpu_driver_loaded", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "")  # accelerate_command sets it; keep it out of other tests
 
 
 def fake_gpus(monkeypatch, capability):
+    monkeypatch.setattr(precision, "gpu_driver_loaded", lambda: True)  # a driver, so torch is asked
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: capability)

@@ -1,0 +1,38 @@
+"""The launcher starts without torch: every command but the training itself answers in about a second.
+
+torch and accelerate cost ~4 s of CPU each to import on a 2-core machine; the launcher only needs them
+where it trains (the agent and the trainer, in their own processes) and for `models`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+LAUNCHER_MODULES = ["launcher.cli", "launcher.cloud_cli", "launcher.orchestrator", "launcher.lifecycle",
+                    "launcher.targets.local", "launcher.targets.ec2", "launcher.live", "launcher.compare",
+                    "infra.datasync", "infra.agent"]
+
+
+def test_the_launcher_and_the_agent_import_neither_torch_nor_accelerate():
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in LAUNCHER_MODULES)
+            + "print(sorted(m for m in ('torch', 'accelerate') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"imported at start-up: {out.stdout.strip()}"
+
+
+def test_without_a_gpu_driver_the_gpu_questions_are_answered_without_torch():
+    code = ("import sys\nfrom trainer import precision as p\n"
+            "print(p.gpu_driver_loaded(), p.cuda_device_count(), p.cuda_capability(), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    driver = any(Path(f).exists() for f in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd"))
+    if driver:
+        pytest.skip("this machine has a GPU driver: torch is asked")
+    assert out.stdout.split() == ["False", "0", "None", "False"]
