@@ -163,9 +163,14 @@ LONG_FIRST = ("test_remote_train", "test_preempt", "test_iam", "test_train", "te
               "test_real_mnist", "test_aws_faults_cli", "test_s3_store", "test_autostop", "test_agent_precision")
 
 
-def pytest_collection_modifyitems(items) -> None:
+def pytest_collection_modifyitems(config, items) -> None:
     def rank(item) -> int:
         name = item.path.stem if hasattr(item, "path") else ""
         return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)  # stable: within a module, and for every other module, the collected order
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 0))
+    if workers > 1:
+        # xdist's worksteal gives each worker one contiguous share of this list and lets an idle worker take
+        # the END of a busy one's share: dealt round-robin, every share starts with its part of the long tests
+        items[:] = [item for w in range(workers) for item in items[w::workers]]

@@ -54,8 +54,8 @@ def invoke(*args: str) -> Out:
     """Run the commands in this process as the entry point does: LaunchError -> `error: ...` on stderr."""
     from typer.testing import CliRunner
 
-    from launcher.cli import app
     from core.errors import LaunchError
+    from launcher.cli import app
 
     res = CliRunner().invoke(app, list(args))
     if isinstance(res.exception, LaunchError):
