@@ -20,9 +20,9 @@ commands (launcher/cluster/) then pick the class by the cluster's cloud. What ru
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 # EC2's default instance type; a second cloud's default would come from its own package
 DEFAULT_INSTANCE = "g4dn.xlarge"
@@ -77,11 +77,6 @@ class InstanceInfo:
         if self.state != "running" or self.launch_time is None:
             return 0.0
         return max(0.0, ((now or datetime.now(timezone.utc)) - self.launch_time).total_seconds())
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["launch_time"] = self.launch_time.isoformat() if self.launch_time else None
-        return d
 
 
 @dataclass

@@ -19,7 +19,6 @@ from launcher.cluster.access import NoInstanceError, cluster_host, grant_run_acc
 from launcher.cluster.listing import (
     WARN_AGE_S,
     WARN_IDLE_S,
-    active_jobs,
     instance_activity,
     orphan_warnings,
     status,
@@ -49,7 +48,7 @@ from launcher.cluster.teardown import down
 
 __all__ = [
     "NAME_RE", "SSH_ENV_KEPT",
-    "STATE_MARK", "WARN_AGE_S", "WARN_IDLE_S", "Confirm", "NoInstanceError", "UpRequest", "UpResult", "active_jobs",
+    "STATE_MARK", "WARN_AGE_S", "WARN_IDLE_S", "Confirm", "NoInstanceError", "UpRequest", "UpResult",
     "autostop_home", "check_name", "cluster_host", "default_region", "down", "err_console", "grant_run_access",
     "identity_for", "instance_activity", "launch_settings", "login_key", "orphan_warnings", "out_console",
     "parse_activity", "parse_duration", "phase", "print_plan", "running_instance", "setup_autostop", "ssh",

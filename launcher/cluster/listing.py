@@ -74,11 +74,6 @@ def instance_activity(inst: InstanceInfo) -> tuple[Optional[list[str]], Optional
     return parse_activity(res.stdout)
 
 
-def active_jobs(inst: InstanceInfo) -> Optional[list[str]]:
-    """Run ids whose agent is alive on ``inst`` (one SSH command); None when it cannot be asked."""
-    return instance_activity(inst)[0]
-
-
 def _hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
