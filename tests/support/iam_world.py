@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -124,7 +125,11 @@ class IAMWorld:
             k = iam.create_access_key(UserName=name)["AccessKey"]
             return Keys(k["AccessKeyId"], k["SecretAccessKey"])
 
-        world = cls(user("mnist-launch-test-admin", ADMIN_POLICY), user("mnist-launch-test-laptop", policy))
+        # moto's backends live as long as the test process, and a parallel worker runs many tests: names of
+        # this world's own, so an earlier test's users (same process, another server) never collide
+        tag = secrets.token_hex(3)
+        world = cls(user(f"mnist-launch-test-admin-{tag}", ADMIN_POLICY),
+                    user(f"mnist-launch-test-laptop-{tag}", policy))
         checks = enable_iam_authentication()
         checks.__enter__()
         world._undo.append(lambda: checks.__exit__(None, None, None))
