@@ -1,4 +1,5 @@
-"""The agent resolves train.mixed_precision on the host that trains, before `accelerate launch` sees it."""
+"""The agent resolves train.mixed_precision on the host that trains, before the trainer (or `accelerate launch`)
+sees it."""
 
 import json
 
@@ -17,7 +18,7 @@ def cpu_host(monkeypatch):
     monkeypatch.setattr(precision, "gpu_driver_loaded", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "")  # accelerate_command sets it; keep it out of other tests
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "")  # the trainer's cuda_capability reads it
 
 
 def fake_gpus(monkeypatch, capability):
@@ -28,8 +29,25 @@ def fake_gpus(monkeypatch, capability):
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
 
 
-def precision_in(cmd):
-    return cmd[cmd.index("--mixed_precision") + 1]
+def precision_in(launch):
+    """The precision the trainer is started with: accelerate launch's flag (several processes), and the
+    variable the trainer's Accelerator reads (always; accelerate launch sets the same from its flag)."""
+    cmd, env = launch
+    if "accelerate.commands.launch" in cmd:
+        assert cmd[cmd.index("--mixed_precision") + 1] == env["ACCELERATE_MIXED_PRECISION"]
+    return env["ACCELERATE_MIXED_PRECISION"]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_one_process_starts_the_trainer_itself_several_go_through_accelerate_launch(cpu_host, tmp_path, processes):
+    cmd, env = accelerate_command(tmp_path, processes, "no", True, python="py")
+    assert cmd[-5:] == ["-m", "trainer", "--run-dir", str(tmp_path), "--resume"]
+    if processes == 1:  # what accelerate launch's single-process launcher would start, with its environment
+        assert cmd == ["py", "-m", "trainer", "--run-dir", str(tmp_path), "--resume"]
+    else:
+        assert cmd[:3] == ["py", "-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd
+        assert cmd[cmd.index("--num_processes") + 1] == "2"
+    assert env["ACCELERATE_USE_CPU"] == "True" and env["ACCELERATE_DYNAMO_BACKEND"] == "NO"
 
 
 @pytest.mark.parametrize("processes", [1, 2])
