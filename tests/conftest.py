@@ -90,18 +90,34 @@ def mnist_dir() -> Path:
     return real_mnist_dir()
 
 
-@pytest.fixture(scope="session")
-def small_mnist(tmp_path_factory) -> Path:
-    """Flat, gzipped IDX files of the first 2,000 train / 500 test real digits."""
+# How many real digits small_mnist holds. Runs in the tests check mechanics (events, checkpoints, resume,
+# cancel, recovery), not learning: each image costs CPU in every epoch of every run (2,000 made the
+# suite's runs a fifth of its CPU), and a test that must interrupt a run mid-way slows its steps down
+# with MNIST_LAUNCH_STEP_DELAY instead of training on more data.
+SMALL_TRAIN, SMALL_TEST = 512, 256
+
+
+def _cut_mnist(out: Path, n_train: int, n_test: int) -> Path:
     from trainer.data import load_mnist, write_idx
 
     full = load_mnist(real_mnist_dir())
-    out = tmp_path_factory.mktemp("small_mnist")
-    write_idx(out / "train-images-idx3-ubyte", full.train_images[:2000, 0].numpy())
-    write_idx(out / "train-labels-idx1-ubyte", full.train_labels[:2000].numpy().astype(np.uint8))
-    write_idx(out / "t10k-images-idx3-ubyte", full.test_images[:500, 0].numpy())
-    write_idx(out / "t10k-labels-idx1-ubyte", full.test_labels[:500].numpy().astype(np.uint8))
+    write_idx(out / "train-images-idx3-ubyte", full.train_images[:n_train, 0].numpy())
+    write_idx(out / "train-labels-idx1-ubyte", full.train_labels[:n_train].numpy().astype(np.uint8))
+    write_idx(out / "t10k-images-idx3-ubyte", full.test_images[:n_test, 0].numpy())
+    write_idx(out / "t10k-labels-idx1-ubyte", full.test_labels[:n_test].numpy().astype(np.uint8))
     return out
+
+
+@pytest.fixture(scope="session")
+def small_mnist(tmp_path_factory) -> Path:
+    """Flat, gzipped IDX files of the first 512 train / 256 test real digits (4 steps an epoch at batch 128)."""
+    return _cut_mnist(tmp_path_factory.mktemp("small_mnist"), SMALL_TRAIN, SMALL_TEST)
+
+
+@pytest.fixture(scope="session")
+def mnist_2k(tmp_path_factory) -> Path:
+    """The first 2,000 train / 500 test real digits: for the one test that checks a run learns."""
+    return _cut_mnist(tmp_path_factory.mktemp("mnist_2k"), 2000, 500)
 
 
 @pytest.fixture(scope="module")

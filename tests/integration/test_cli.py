@@ -62,11 +62,14 @@ def test_local_train_end_to_end_writes_every_artifact(small_mnist, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_stopping_the_launcher_does_not_stop_the_run(small_mnist, tmp_path, sig):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MNIST_LAUNCH_STEP_DELAY": "0.1"}  # running when signalled
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MNIST_LAUNCH_STEP_DELAY": "0.4"}  # running when signalled
     proc = subprocess.Popen([sys.executable, "-m", "launcher", "train", "configs/model3.yaml", "--local",
                              "--data-dir", str(small_mnist), "--store", str(tmp_path), "--run-id", "orphan",
                              "--set", "train.epochs=3"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C reaches it as in a terminal, even where pytest itself was started in the
+                            # background (a shell starts background jobs with SIGINT ignored, and children inherit it)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     events = tmp_path / "runs" / "orphan" / "events.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (events.exists() and b'"type":"start"' in events.read_bytes()):

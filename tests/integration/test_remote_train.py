@@ -113,9 +113,9 @@ def cloud(tmp_path_factory):
         yield c
 
 
-# the trainer sleeps this long after each step (0.3 s x 16 steps: about 5 s an epoch at least), so a test that
+# the trainer sleeps this long after each step (1.2 s x 4 steps: about 5 s an epoch at least), so a test that
 # interrupts a run mid-way finds it still running on any machine, however fast
-SLOW = "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=0.3"
+SLOW = "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=1.2"
 
 
 def train_args(cloud: Cloud, small_mnist: Path, run_id: str, remote: str, *extra: str) -> list[str]:
@@ -361,10 +361,10 @@ def test_resume_continues_a_cancelled_cloud_run_from_its_checkpoint_in_s3(cloud,
     """`train --resume RUN_ID` without --local: the config comes from the store, the agent on the cluster restores
     the newest complete checkpoint from S3 and trains the epochs after it; every epoch is in the run once."""
     remote = cloud.sshd.remote("instance-s")
-    # 1 s a step (about 16 s an epoch) while it runs the first time: cancelled well before its last epoch on any
+    # 4 s a step (about 16 s an epoch) while it runs the first time: cancelled well before its last epoch on any
     # machine; the value is not kept (launch.env), so the resumed attempt runs at full speed
     p = cloud.cli(*train_args(cloud, small_mnist, "again", str(remote), "--detach", "--set", "train.epochs=3",
-                              "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=1.0"))
+                              "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=4.0"))
     assert p.returncode == 0, p.stderr
     deadline = time.monotonic() + 240
     while "checkpoints/epoch_001/checkpoint.json" not in cloud.objects("again"):  # the agent uploaded it whole

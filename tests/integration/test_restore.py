@@ -50,7 +50,8 @@ def test_a_run_lost_with_its_host_resumes_from_the_store_and_ends_the_same(small
     assert end["state"] == "succeeded"
     want = json.loads((straight.run_dir / "summary.json").read_text())
 
-    monkeypatch.setenv("MNIST_LAUNCH_STEP_DELAY", "0.3")  # still running when the test pulls the plug, however fast
+    # 4 steps an epoch at >= 1.2 s each: still running when the test pulls the plug, however fast
+    monkeypatch.setenv("MNIST_LAUNCH_STEP_DELAY", "1.2")
     store = LocalStore(tmp_path / "store")
     lost = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path / "b"), data_dir=str(small_mnist),
                                   overrides=overrides, run_id="lost"), host=UploadingHost(store.root, "lost"))

@@ -46,8 +46,8 @@ def is_rank(argv):
         and not any(b"accelerate" in a for a in argv)
 
 
-def test_two_process_run_trains_shards_and_checkpoints(small_mnist, tmp_path):
-    run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
+def test_two_process_run_trains_shards_and_checkpoints(mnist_2k, tmp_path):
+    run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(mnist_2k),
                                  processes=2,
                                  overrides=["train.epochs=2", "train.batch_size=32", "train.keep_checkpoints=1"]))
     end, text = run_to_end(run)
