@@ -32,6 +32,13 @@ atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 os.environ["HOME"] = str(_SESSION_HOME)
 os.environ["MNIST_LAUNCH_HOME"] = str(_SESSION_HOME / ".mnist-launch")
 
+# One compute thread per process: the suite runs several workers, each starting launchers, agents and
+# trainers, on a machine with a couple of cores. torch's OpenMP threads spin while they wait for work, so
+# two of them a process on cores that other processes share burned CPU for nothing (the trainers took
+# about 18 s of CPU each in a parallel run, 9 s with one thread alone). Every process a test starts
+# inherits it; the tests' "instance" gets the same through its sshd (tests/support/aws_helpers.py).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # And in this process a connection anywhere else is refused and fails the test that tried it (an
 # address moto invented for an instance, the metadata service, the internet): see _loopback_only.
 _REFUSED: list[str] = []
@@ -175,20 +182,62 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(2, min(2 * cores, int(mem_gib / 1.5), 4))
 
 
-# The modules whose tests take longest (tens of seconds each: several processes, throttled runs), started
-# first so that parallel workers end together instead of one finishing a long test alone at the end.
-LONG_FIRST = ("test_remote_train", "test_preempt", "test_iam", "test_train", "test_restore", "test_cli",
-              "test_real_mnist", "test_aws_faults_cli", "test_s3_store", "test_autostop", "test_agent_precision")
+# About how many seconds of CPU one test of these modules takes (measured on the 2-core dev machine; the rest
+# take about a second or less): the long tests are spread over the workers by these, and run first in each
+# worker's share so that the workers end together instead of one finishing a long test alone at the end.
+SECONDS = {"test_remote_train": 20, "test_real_mnist": 15, "test_restore": 15, "test_train": 12, "test_iam": 10,
+           "test_aws_faults_cli": 12, "test_cli": 8, "test_preempt": 6, "test_cloud_cli": 3, "test_aws_provider": 2.5,
+           "test_aws_faults": 2.3, "test_remote_setup": 2, "test_s3_store": 1.5, "test_autostop": 1.4}
+
+# Modules whose module-scoped fixture is dear (a moto server, the strict IAM world, an sshd with its login user
+# and image venv, `up`): every worker that runs one of their tests builds it again, so their tests go to this
+# many workers only (test_remote_train's cloud costs about 15 s of CPU a worker).
+GROUPED = {"test_remote_train": 2, "test_aws_faults_cli": 1, "test_aws_faults": 1, "test_remote_setup": 1,
+           "test_cluster_prompts": 1, "test_autostop": 1, "test_datasync": 1, "test_sync": 1, "test_hostile_input": 1}
+
+
+def _module(item) -> str:
+    return item.path.stem if hasattr(item, "path") else ""
+
+
+def _seconds(item) -> float:
+    return SECONDS.get(_module(item), 0.5)
+
+
+def deal(items: list, workers: int) -> list:
+    """The collection in the order that gives each xdist worker its share: worksteal hands worker i the
+    i-th block of ``len // (workers - i)`` items (an idle worker later takes the end of a busy one's).
+    A GROUPED module's tests share as few blocks as it says; the long tests go where the least CPU is
+    planned yet; the quick ones fill every block to its size; in each block the longest run first."""
+    sizes, left = [], len(items)
+    for i in range(workers):
+        sizes.append(left // (workers - i))
+        left -= sizes[-1]
+    blocks: list[list] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for name, k in GROUPED.items():
+        mine = [it for it in items if _module(it) == name]
+        chosen = sorted(range(workers), key=lambda w: (load[w], len(blocks[w]), w))[:k]
+        for j, it in enumerate(mine):
+            w = chosen[j % len(chosen)]
+            blocks[w].append(it)
+            load[w] += _seconds(it)
+    rest = sorted((it for it in items if _module(it) not in GROUPED), key=_seconds, reverse=True)  # stable
+    for it in rest:
+        room = [w for w in range(workers) if len(blocks[w]) < sizes[w]]
+        if _seconds(it) >= 1:
+            w = min(room, key=lambda w: (load[w], w))
+        else:
+            w = max(room, key=lambda w: (sizes[w] - len(blocks[w]), -w))
+        blocks[w].append(it)
+        load[w] += _seconds(it)
+    for b in blocks:
+        b.sort(key=_seconds, reverse=True)  # stable: a module's tests keep their order
+    return [it for b in blocks for it in b]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    def rank(item) -> int:
-        name = item.path.stem if hasattr(item, "path") else ""
-        return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
-
-    items.sort(key=rank)  # stable: within a module, and for every other module, the collected order
+    items.sort(key=_seconds, reverse=True)  # stable: within a module, and for every other module, the collected order
     workers = int(getattr(config, "workerinput", {}).get("workercount", 0))
     if workers > 1:
-        # xdist's worksteal gives each worker one contiguous share of this list and lets an idle worker take
-        # the END of a busy one's share: dealt round-robin, every share starts with its part of the long tests
-        items[:] = [item for w in range(workers) for item in items[w::workers]]
+        items[:] = deal(items, workers)

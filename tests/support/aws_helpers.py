@@ -112,7 +112,10 @@ def instance_sshd(where, url: str, aws_env: str = "AWS_ACCESS_KEY_ID=testing AWS
     return strict_instance(where, extra_config=(
         f"SetEnv AWS_ENDPOINT_URL={url} {aws_env} "
         # the agent there watches for spot notices (--spot-watch): no metadata service, and were it asked, 127.0.0.1
-        "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:1",))
+        "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true "
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:1 "
+        # one compute thread a process, as for everything else the tests start (tests/conftest.py)
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}",))
 
 
 def instance_credentials(tmp: Path) -> Path:
