@@ -9,14 +9,38 @@ Throttling, 5xx and dropped connections are retried per request by botocore's "s
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config as BotoConfig
 
 from infra.aws.errors import max_attempts
 
 DEFAULT_REGION = "us-east-1"
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_loader() -> botocore.loaders.Loader:
+    """One reader of botocore's model files for the whole process: it caches what it parsed.
+
+    Each boto3 Session otherwise gets a loader of its own and parses the service models again (EC2's
+    is megabytes of JSON: about 0.3 s of CPU a session); a command opens a few sessions (one per region
+    it looks at, one for its store), and the tests hundreds."""
+    return botocore.loaders.create_loader()
+
+
+def new_session() -> boto3.Session:
+    """A boto3 Session of its own (credentials and region read when first asked, from the environment
+    and profile as boto3 does), parsing no model file another session of this process has parsed."""
+    loader = _shared_loader()
+    core = botocore.session.get_session()
+    core.register_component("data_loader", loader)
+    session = boto3.Session(botocore_session=core)
+    loader.search_paths[:] = list(dict.fromkeys(loader.search_paths))  # boto3 appends its data folder each time
+    return session
 
 
 class Clients:
@@ -29,7 +53,7 @@ class Clients:
 
     @classmethod
     def create(cls, region: Optional[str] = None, session: Optional[boto3.Session] = None) -> "Clients":
-        session = session or boto3.Session()
+        session = session or new_session()
         return cls(session, region or session.region_name or DEFAULT_REGION)
 
     def _client(self, service: str) -> Any:
@@ -71,7 +95,7 @@ class Regional:
 def known_region(region: str) -> bool:
     """Whether botocore's own endpoint data knows ``region`` for EC2 (no network call): a typo is caught
     before any request. True when that data lists nothing (an unusual botocore)."""
-    session = boto3.Session()
+    session = new_session()
     known = set(session.get_available_regions("ec2")) | set(session.get_available_regions("ec2", "aws-cn")) \
         | set(session.get_available_regions("ec2", "aws-us-gov"))
     return not known or region in known
@@ -79,4 +103,4 @@ def known_region(region: str) -> bool:
 
 def configured_region() -> str:
     """The region of the boto3 chain (AWS_DEFAULT_REGION, the profile's config), else us-east-1."""
-    return boto3.Session().region_name or DEFAULT_REGION
+    return new_session().region_name or DEFAULT_REGION

@@ -325,8 +325,11 @@ def test_a_lost_instance_is_replaced_and_the_run_resumes_from_s3(cloud, small_mn
     brings up a replacement, the agent there restores the run from S3 and it ends with every epoch once."""
     ec2 = boto3.client("ec2", region_name="us-east-1")
     remote = cloud.sshd.remote("instance-r")
+    # 4 s a step (about 16 s an epoch): the instance is gone long before epoch 2 ends, however late the agent's
+    # upload of epoch 1's checkpoint (every 5 s) is seen (with 5 s epochs, epoch 2 sometimes ended first and was
+    # trained, and shown, again after the recovery)
     proc = cloud.popen(*train_args(cloud, small_mnist, "lostrun", str(remote), "--set", "train.epochs=3", "--recover",
-                                  SLOW))
+                                  "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=4.0"))
     deadline = time.monotonic() + 300
     while "checkpoints/epoch_001/checkpoint.json" not in cloud.objects("lostrun"):  # the agent uploaded it whole
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
