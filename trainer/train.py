@@ -37,6 +37,7 @@ MARKER = "checkpoint.json"  # written last: a checkpoint without it is incomplet
 PREEMPTED_EXIT = 75  # the trainer saved a checkpoint on request (SIGUSR1) and stopped: resume continues it
 CHECK_EVERY_MULTI = 10  # with several ranks, the signal flags are agreed on (all-reduced) every N steps
 STEP_DELAY_ENV = settings.STEP_DELAY  # seconds slept after each step: a throttle for tests and demos
+CURVES_EVERY_S = 60.0  # curves.png is redrawn at most this often while a run trains, and when it stops
 
 
 step_delay = settings.step_delay  # MNIST_LAUNCH_STEP_DELAY (core/settings.py)
@@ -165,13 +166,15 @@ def prune_checkpoints(run_dir: Path, keep: int, best_epoch: int) -> None:
 
 
 def write_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss and accuracy per epoch, train and test: one PNG (matplotlib's Figure alone: no pyplot, whose
+    import and global state a training process does not need)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax1.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
     ax1.set(title="loss", xlabel="epoch")
@@ -181,11 +184,33 @@ def write_curves(history: list[dict], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.91, wspace=0.2)  # tight_layout's, fixed
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     os.replace(tmp, path)
+
+
+class Curves:
+    """``curves.png``, kept current without slowing training: redrawn after an epoch only when
+    ``every`` seconds have passed since the last drawing, and always when the run stops (finished,
+    target reached, or preempted). A drawing costs the main rank about half a second of CPU, as
+    much as a whole epoch of a small model on a GPU."""
+
+    def __init__(self, path: Path, every: float = CURVES_EVERY_S) -> None:
+        self.path, self.every = path, every
+        self.drawn_at: Optional[float] = None
+        self.drawn_epochs = 0
+
+    def epoch_done(self, history: list[dict]) -> None:
+        if self.drawn_at is None:
+            self.drawn_at = time.monotonic()  # the first drawing comes `every` seconds into training
+        elif time.monotonic() - self.drawn_at >= self.every:
+            self.draw(history)
+
+    def draw(self, history: list[dict]) -> None:
+        if history and len(history) != self.drawn_epochs:
+            write_curves(history, self.path)
+            self.drawn_at, self.drawn_epochs = time.monotonic(), len(history)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -284,6 +309,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     )
 
     stop_reason = "completed"
+    curves = Curves(run_dir / "curves.png")
     for epoch in range(start_epoch, tc.epochs + 1):
         aug_gen.manual_seed(tc.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
         model.train()
@@ -343,6 +369,8 @@ def train(run_dir: Path, resume: bool = False) -> dict:
                     path = save_mid_epoch(accelerator, run_dir, state, step, sums, events,
                                           "preempt" if stop else "rebalance")
                     if stop:
+                        if main:
+                            curves.draw(state.history)
                         accelerator.end_training()
                         raise Preempted(path)
         if accelerator.num_processes > 1:
@@ -378,10 +406,12 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         events.emit("epoch", **record, best=is_best, best_test_accuracy=state.best_accuracy)
         save_checkpoint(accelerator, model, run_dir, state, is_best, tc.keep_checkpoints, events)
         if main:
-            write_curves(state.history, run_dir / "curves.png")
+            curves.epoch_done(state.history)
         stop, _ = interrupts.agreed(accelerator)  # a stop during the last step: the checkpoint above is the one
         interrupts.stop = False  # (a pending save-and-continue is served at the next step boundary)
         if stop and epoch < tc.epochs:
+            if main:
+                curves.draw(state.history)
             accelerator.end_training()
             raise Preempted(f"{CHECKPOINTS}/epoch_{state.epoch:03d}")
         if tc.target_accuracy is not None and test_acc >= tc.target_accuracy:
@@ -402,6 +432,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         "torch": torch.__version__, "history": state.history,
     }
     if main:
+        curves.draw(state.history)
         write_json(run_dir / "summary.json", summary)
         events.emit("finished", **{k: v for k, v in summary.items() if k != "history"})
     accelerator.end_training()
