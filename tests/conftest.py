@@ -39,6 +39,54 @@ os.environ["MNIST_LAUNCH_HOME"] = str(_SESSION_HOME / ".mnist-launch")
 # inherits it; the tests' "instance" gets the same through its sshd (tests/support/aws_helpers.py).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# moto's EC2 loads every AMI it knows into each region's backend: its 44 public images, the region's 30
+# "latest" ones and 1,227 ECS-optimized ones, parsed from gzipped JSON each time a test's mock or server
+# first touches a region (about a third of a second of CPU each, hundreds of times in a run). The tests
+# use the first two kinds only (Ubuntu, Amazon Linux, the Deep Learning AMIs), so moto reads just those,
+# from one file written here for the session (MOTO_AMIS_PATH: moto's own switch, read when its EC2 models
+# are first imported, which is after this).
+def _moto_amis() -> None:
+    import gzip
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("moto")
+    if spec is None or not spec.origin or "MOTO_AMIS_PATH" in os.environ:
+        return
+    res = Path(spec.origin).parent / "ec2" / "resources"
+    try:
+        amis = json.loads(gzip.open(res / "amis.json.gz").read())
+        amis += json.loads(gzip.open(res / "latest_amis" / "us-east-1.json.gz").read())
+    except OSError:
+        return  # another moto layout: it loads its defaults
+    out = _SESSION_HOME / "moto-amis.json"
+    out.write_text(json.dumps(list({a["ami_id"]: a for a in amis}.values())))
+    os.environ["MOTO_AMIS_PATH"] = str(out)
+
+
+_moto_amis()
+
+# The tests' own boto3 calls (boto3.client(...): the default session, made again whenever a test switches
+# identity) parse botocore's models through the process's one loader, as the code's sessions do
+# (infra/aws/clients.py): each new default session had parsed EC2's megabytes of JSON again.
+def _default_session_sharing_models(**kwargs) -> None:
+    import boto3
+
+    from infra.aws.clients import new_session
+
+    boto3.DEFAULT_SESSION = new_session(**kwargs)
+
+
+def _share_boto3_models() -> None:
+    try:
+        import boto3
+    except ImportError:
+        return
+    boto3.setup_default_session = _default_session_sharing_models
+
+
+_share_boto3_models()
+
 # And in this process a connection anywhere else is refused and fails the test that tried it (an
 # address moto invented for an instance, the metadata service, the internet): see _loopback_only.
 _REFUSED: list[str] = []

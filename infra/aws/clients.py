@@ -32,13 +32,14 @@ def _shared_loader() -> botocore.loaders.Loader:
     return botocore.loaders.create_loader()
 
 
-def new_session() -> boto3.Session:
+def new_session(**kwargs: Any) -> boto3.Session:
     """A boto3 Session of its own (credentials and region read when first asked, from the environment
-    and profile as boto3 does), parsing no model file another session of this process has parsed."""
+    and profile as boto3 does; ``kwargs`` as boto3.Session takes them), parsing no model file another
+    session of this process has parsed."""
     loader = _shared_loader()
     core = botocore.session.get_session()
     core.register_component("data_loader", loader)
-    session = boto3.Session(botocore_session=core)
+    session = boto3.Session(botocore_session=core, **kwargs)
     loader.search_paths[:] = list(dict.fromkeys(loader.search_paths))  # boto3 appends its data folder each time
     return session
 
