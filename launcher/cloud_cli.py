@@ -2,6 +2,8 @@
 
 Each raises LaunchError subclasses; the main CLI prints them as `error: ...` and exits non-zero.
 The questions (create these resources? terminate?) are asked here, on the terminal, and passed in.
+launcher/cluster/ (boto3, paramiko: about a second of CPU to import) is imported when a command runs,
+so the local commands (`train --local`, `runs`, `logs`) never pay for it.
 
     app = typer.Typer(); register(app)
 """
@@ -9,14 +11,15 @@ The questions (create these resources? terminate?) are asked here, on the termin
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from launcher import cluster
+if TYPE_CHECKING:
+    from launcher.cluster import Confirm
 
 
-def terminal_confirm() -> Optional[cluster.Confirm]:
+def terminal_confirm() -> Optional["Confirm"]:
     """A yes/no question on the terminal; None when stdin is none (a script or CI: nobody to ask)."""
     if not sys.stdin.isatty():
         return None
@@ -52,6 +55,8 @@ def up(
     status_checks: bool = typer.Option(True, "--status-checks/--no-status-checks", help="wait for EC2 status checks"),
 ) -> None:
     """Provision or reuse a GPU instance: find it by its tags, start it, or create it."""
+    from launcher import cluster
+
     launch, store_uri, explicit = cluster.launch_settings(config, dict(
         instance=instance, name=name, region=region, spot=spot, disk_gb=disk_gb, ami=ami, ami_parameter=ami_parameter,
         identity=identity, ssh_cidr=ssh_cidr, autostop=autostop, autostop_terminate=autostop_terminate,
@@ -66,6 +71,8 @@ def status(
     region: Optional[List[str]] = typer.Option(None, "--region", help="region to look in (repeatable)"),
 ) -> None:
     """Every instance mnist-launch created: type, state, uptime, price and cost so far."""
+    from launcher import cluster
+
     cluster.status(list(region or []), as_json)
 
 
@@ -77,6 +84,8 @@ def down(
     all_: bool = typer.Option(False, "--all", help="every mnist-launch cluster in the region"),
 ) -> None:
     """Terminate (or stop) a cluster and delete what mnist-launch created for it. Idempotent."""
+    from launcher import cluster
+
     cluster.down(name, region, yes, stop=stop, all_=all_, confirm=terminal_confirm())
 
 
@@ -87,6 +96,8 @@ def ssh(
     identity: Optional[str] = typer.Option(None, "--identity", help="private key [default: the one `up` used]"),
 ) -> None:
     """A shell (or one command) on the instance, with the right key, user and pinned host key."""
+    from launcher import cluster
+
     code = cluster.ssh(name, region, identity, list(command or []))
     if code:
         # SystemExit, not typer.Exit: click run with standalone_mode=False swallows Exit's code,

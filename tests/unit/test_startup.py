@@ -27,6 +27,16 @@ def test_the_launcher_and_the_agent_import_neither_torch_nor_accelerate():
     assert out.stdout.strip() == "[]", f"imported at start-up: {out.stdout.strip()}"
 
 
+def test_the_local_commands_import_neither_the_cloud_libraries_nor_numpy():
+    """`train --local`, `runs`, `logs`: boto3 and paramiko (about a second of CPU) come with the cloud commands
+    and the stores that need them, numpy with the data it reads."""
+    code = ("import sys\nimport launcher.cli\nimport launcher.orchestrator\n"
+            "print(sorted(m for m in ('boto3', 'paramiko', 'numpy', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"imported at start-up: {out.stdout.strip()}"
+
+
 def test_without_a_gpu_driver_the_gpu_questions_are_answered_without_torch():
     code = ("import sys\nfrom trainer import precision as p\n"
             "print(p.gpu_driver_loaded(), p.cuda_device_count(), p.cuda_capability(), 'torch' in sys.modules)")
