@@ -170,6 +170,18 @@ class ArtifactSync:
             sent += 1
         return sent + self._sync_checkpoints(store)
 
+    def checkpoint_waiting(self) -> bool:
+        """A finished checkpoint (its trainer marker written) not yet in the store: the agent uploads it at
+        once rather than at its next periodic pass, so the newest one a spot interruption or a lost instance
+        resumes from is seconds old, not up to ``--sync-every`` more."""
+        root = self.run_dir / CHECKPOINTS
+        if self.store is None or not root.is_dir():
+            return False
+        try:
+            return any((d / MARKER).is_file() for d in root.iterdir() if d.name not in self.checkpoints_done)
+        except OSError:
+            return False
+
     def _sync_checkpoints(self, store: ArtifactStore) -> int:
         """Each finished checkpoint (its trainer marker written) goes up file by file, each checked
         by SHA-256 on arrival and by size after; its manifest (sizes, sha256) goes last, so a
@@ -437,7 +449,8 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
             elif now - last_signal >= 5.0:  # a rank still starting up (handler not yet installed) gets it again
                 signal_group(PREEMPT_SIGNAL)
                 last_signal = now
-        if now - last_sync >= args.sync_every:
+        # a new checkpoint goes up at once (not while the store is failing: then every --sync-every)
+        if now - last_sync >= args.sync_every or (sync.error is None and sync.checkpoint_waiting()):
             sync.sync()
             last_sync = time.monotonic()
 

@@ -325,11 +325,11 @@ def test_a_lost_instance_is_replaced_and_the_run_resumes_from_s3(cloud, small_mn
     brings up a replacement, the agent there restores the run from S3 and it ends with every epoch once."""
     ec2 = boto3.client("ec2", region_name="us-east-1")
     remote = cloud.sshd.remote("instance-r")
-    # 4 s a step (about 16 s an epoch): the instance is gone long before epoch 2 ends, however late the agent's
-    # upload of epoch 1's checkpoint (every 5 s) is seen (with 5 s epochs, epoch 2 sometimes ended first and was
+    # 2 s a step (about 8 s an epoch): the instance is gone long before epoch 2 ends (the agent uploads a
+    # checkpoint as soon as it is complete; when it waited for its 5 s pass, epoch 2 once ended first and was
     # trained, and shown, again after the recovery)
     proc = cloud.popen(*train_args(cloud, small_mnist, "lostrun", str(remote), "--set", "train.epochs=3", "--recover",
-                                  "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=4.0"))
+                                  "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=2.0"))
     deadline = time.monotonic() + 300
     while "checkpoints/epoch_001/checkpoint.json" not in cloud.objects("lostrun"):  # the agent uploaded it whole
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -364,10 +364,11 @@ def test_resume_continues_a_cancelled_cloud_run_from_its_checkpoint_in_s3(cloud,
     """`train --resume RUN_ID` without --local: the config comes from the store, the agent on the cluster restores
     the newest complete checkpoint from S3 and trains the epochs after it; every epoch is in the run once."""
     remote = cloud.sshd.remote("instance-s")
-    # 4 s a step (about 16 s an epoch) while it runs the first time: cancelled well before its last epoch on any
-    # machine; the value is not kept (launch.env), so the resumed attempt runs at full speed
+    # 2 s a step (about 8 s an epoch) while it runs the first time: cancelled well before its last epoch on any
+    # machine (epoch 1's checkpoint is in S3 a moment after it is saved); the value is not kept (launch.env), so
+    # the resumed attempt runs at full speed
     p = cloud.cli(*train_args(cloud, small_mnist, "again", str(remote), "--detach", "--set", "train.epochs=3",
-                              "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=4.0"))
+                              "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=2.0"))
     assert p.returncode == 0, p.stderr
     deadline = time.monotonic() + 240
     while "checkpoints/epoch_001/checkpoint.json" not in cloud.objects("again"):  # the agent uploaded it whole

@@ -121,3 +121,22 @@ def test_bytes_that_do_not_read_back_as_sent_are_an_error_and_no_manifest_follow
     store.client.put_object = put
     sync.sync()  # the next pass, with a healthy store, completes it
     assert latest_stored_checkpoint(store, "r4")["epoch"] == 1
+
+
+def test_a_finished_checkpoint_not_yet_in_the_store_is_waiting_until_it_is(store, tmp_path):
+    """What makes the agent upload a checkpoint at once instead of at its next periodic pass."""
+    run = tmp_path / "run"
+    run.mkdir()
+    sync = ArtifactSync(run, None, "r1")
+    assert not sync.checkpoint_waiting()  # no store: nothing ever waits
+    sync.store = store
+    assert not sync.checkpoint_waiting()  # no checkpoints folder yet
+    checkpoint(run, 1, marker=False)
+    assert not sync.checkpoint_waiting()  # still being written
+    (run / "checkpoints" / "epoch_001" / "checkpoint.json").write_text(
+        json.dumps({"epoch": 1, "files": ["model.safetensors", "optimizer.bin"], "best": False}))
+    assert sync.checkpoint_waiting()
+    sync.sync()
+    assert not sync.checkpoint_waiting() and latest_stored_checkpoint(store, "r1")["name"] == "epoch_001"
+    checkpoint(run, 2)
+    assert sync.checkpoint_waiting()
