@@ -64,6 +64,15 @@ class Cloud:
         return subprocess.Popen([sys.executable, "-m", "launcher", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
+    def has(self, run_id: str, name: str) -> bool:
+        """Whether the run's ``name`` is in the bucket (one HEAD: what a wait loop polls)."""
+        s3 = boto3.client("s3", region_name="us-east-1")
+        try:
+            s3.head_object(Bucket=BUCKET, Key=f"mnist/runs/{run_id}/{name}")
+            return True
+        except s3.exceptions.ClientError:
+            return False
+
     def objects(self, run_id: str) -> dict[str, bytes]:
         s3 = boto3.client("s3", region_name="us-east-1")
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"mnist/runs/{run_id}/").get("Contents", [])]
@@ -331,7 +340,7 @@ def test_a_lost_instance_is_replaced_and_the_run_resumes_from_s3(cloud, small_mn
     proc = cloud.popen(*train_args(cloud, small_mnist, "lostrun", str(remote), "--set", "train.epochs=3", "--recover",
                                   "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=2.0"))
     deadline = time.monotonic() + 300
-    while "checkpoints/epoch_001/checkpoint.json" not in cloud.objects("lostrun"):  # the agent uploaded it whole
+    while not cloud.has("lostrun", "checkpoints/epoch_001/checkpoint.json"):  # the agent uploaded it whole
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.5)
     [old] = [i["InstanceId"] for r in ec2.describe_instances(Filters=[
@@ -371,7 +380,7 @@ def test_resume_continues_a_cancelled_cloud_run_from_its_checkpoint_in_s3(cloud,
                               "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=2.0"))
     assert p.returncode == 0, p.stderr
     deadline = time.monotonic() + 240
-    while "checkpoints/epoch_001/checkpoint.json" not in cloud.objects("again"):  # the agent uploaded it whole
+    while not cloud.has("again", "checkpoints/epoch_001/checkpoint.json"):  # the agent uploaded it whole
         assert time.monotonic() < deadline, cloud.cli("logs", "again", "--raw").stdout[-2000:]
         time.sleep(0.5)
     p = cloud.cli("cancel", "again")
