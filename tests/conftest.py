@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import ipaddress
 import os
 import shutil
@@ -152,10 +153,18 @@ def mnist_dir() -> Path:
 SMALL_TRAIN, SMALL_TEST = 512, 256
 
 
-def _cut_mnist(out: Path, n_train: int, n_test: int) -> Path:
-    from trainer.data import load_mnist, write_idx
+@functools.lru_cache(maxsize=1)
+def _real_mnist():
+    """The real MNIST, read once a worker however many slices are cut from it."""
+    from trainer.data import load_mnist
 
-    full = load_mnist(real_mnist_dir())
+    return load_mnist(real_mnist_dir())
+
+
+def _cut_mnist(out: Path, n_train: int, n_test: int) -> Path:
+    from trainer.data import write_idx
+
+    full = _real_mnist()
     write_idx(out / "train-images-idx3-ubyte", full.train_images[:n_train, 0].numpy())
     write_idx(out / "train-labels-idx1-ubyte", full.train_labels[:n_train].numpy().astype(np.uint8))
     write_idx(out / "t10k-images-idx3-ubyte", full.test_images[:n_test, 0].numpy())

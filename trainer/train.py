@@ -198,13 +198,11 @@ class Curves:
 
     def __init__(self, path: Path, every: float = CURVES_EVERY_S) -> None:
         self.path, self.every = path, every
-        self.drawn_at: Optional[float] = None
+        self.drawn_at = time.monotonic()  # the first drawing comes `every` seconds into training
         self.drawn_epochs = 0
 
     def epoch_done(self, history: list[dict]) -> None:
-        if self.drawn_at is None:
-            self.drawn_at = time.monotonic()  # the first drawing comes `every` seconds into training
-        elif time.monotonic() - self.drawn_at >= self.every:
+        if time.monotonic() - self.drawn_at >= self.every:
             self.draw(history)
 
     def draw(self, history: list[dict]) -> None:
