@@ -29,6 +29,7 @@ from infra.aws import (
     policy_grants,
     store_policy,
 )
+from infra.aws.clients import new_session
 from infra.home import ensure_default_key
 from infra.s3 import S3Store
 from infra.ssh import public_key_of
@@ -52,7 +53,7 @@ CIDR = "203.0.113.7/32"
 
 
 def session(keys: Keys) -> boto3.Session:
-    return boto3.Session(aws_access_key_id=keys.access_key_id, aws_secret_access_key=keys.secret_access_key,
+    return new_session(aws_access_key_id=keys.access_key_id, aws_secret_access_key=keys.secret_access_key,
                          aws_session_token=keys.session_token, region_name=REGION)
 
 

@@ -11,6 +11,7 @@ import boto3
 import pytest
 
 import infra.aws
+from infra.aws.clients import new_session
 
 FAKE_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -162,7 +163,7 @@ def install_recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     original = infra.aws.Clients.create.__func__
 
     def create(cls, region=None, session=None):
-        session = session or boto3.Session()
+        session = session or new_session()  # parses no model another session of this process parsed
 
         def hook(model, params, **_kw):
             rec.calls.append(Call(model.name, dict(params)))
