@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Tests send traffic to 127.0.0.1 only. botocore's credential chain and our IMDS client would ask
 # 169.254.169.254: off for this process and every one it starts (CLI runs, local agents, trainers);
 # a test that exercises the spot watch points the endpoint at its own 127.0.0.1 server and turns this
-# back on for itself (tests/test_preempt.py). Were anything to ignore the switch, the endpoint still
+# back on for itself (tests/conftest.py imds). Were anything to ignore the switch, the endpoint still
 # names this machine (port 1: nothing listens there).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = "http://127.0.0.1:1"
@@ -209,6 +209,19 @@ def any_host(request, tmp_path):
 
 
 @pytest.fixture
+def imds(monkeypatch):
+    """An instance-metadata service on 127.0.0.1 that this process and the ones it starts ask (boto3's
+    switch turned back on for the test): notices as the test sets them (tests/support/imds.py)."""
+    from tests.support.imds import FakeIMDS
+
+    fake = FakeIMDS()
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", fake.url)
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
 def tiny_mnist(tmp_path):
     """Four IDX files of a few blank digits: all that shipping or fetching MNIST needs (headers, sizes)."""
     from trainer.data import write_idx
@@ -242,15 +255,17 @@ def pytest_xdist_auto_num_workers(config) -> int:
 # About how many seconds of CPU one test of these modules takes (measured on the 2-core dev machine; the rest
 # take about a second or less): the long tests are spread over the workers by these, and run first in each
 # worker's share so that the workers end together instead of one finishing a long test alone at the end.
-SECONDS = {"test_remote_train": 20, "test_real_mnist": 15, "test_restore": 15, "test_train": 12, "test_iam": 10,
+SECONDS = {"test_remote_train": 20, "test_real_mnist": 15, "test_resume": 15, "test_train": 12, "test_iam": 10,
            "test_aws_faults_cli": 12, "test_cli": 8, "test_preempt": 6, "test_cloud_cli": 3, "test_aws_provider": 2.5,
            "test_aws_faults": 2.3, "test_remote_setup": 2, "test_s3_store": 1.5, "test_autostop": 1.4}
 
 # Modules whose module-scoped fixture is dear (a moto server, the strict IAM world, an sshd with its login user
 # and image venv, `up`): every worker that runs one of their tests builds it again, so their tests go to this
-# many workers only (test_remote_train's cloud costs about 15 s of CPU a worker).
-GROUPED = {"test_remote_train": 2, "test_aws_faults_cli": 1, "test_aws_faults": 1, "test_remote_setup": 1,
-           "test_cluster_prompts": 1, "test_autostop": 1, "test_datasync": 1, "test_sync": 1, "test_hostile_input": 1}
+# many workers only (test_remote_train's cloud costs about 15 s of CPU a worker; test_resume's uninterrupted run,
+# which its tests compare against, about 9 s).
+GROUPED = {"test_remote_train": 2, "test_resume": 1, "test_aws_faults_cli": 1, "test_aws_faults": 1,
+           "test_remote_setup": 1, "test_cluster_prompts": 1, "test_autostop": 1, "test_datasync": 1, "test_sync": 1,
+           "test_hostile_input": 1}
 
 
 def _module(item) -> str:

@@ -1,78 +1,11 @@
-"""Spot interruptions: an instance-metadata server on 127.0.0.1 issues notices to a real agent and
-real `accelerate launch` trainer; the preempted run resumes to the same result as an uninterrupted one."""
+"""The spot watch's metadata client, and checkpoints taken mid-epoch: an instance-metadata server on
+127.0.0.1 (tests/support/imds.py). A whole run preempted by a notice and resumed is in test_resume.py."""
 
 import json
 import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-
-from infra.host import LocalHost
 from infra.imds import IMDS
-from launcher.orchestrator import LocalRequest, read_status, start_run
-from tests.support.runs import events_of, run_to_end
-
-NOTICE = {"action": "terminate", "time": "2026-11-23T13:00:00Z"}
-REBALANCE = {"noticeTime": "2026-11-23T12:58:00Z"}
-
-
-class FakeIMDS:
-    """IMDSv2 (or v1 only): token PUTs, then notices the test switches on."""
-
-    def __init__(self, v1_only: bool = False) -> None:
-        self.action = None
-        self.rebalance = None
-        self.v1_only = v1_only
-        self.requests: list[tuple[str, str]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, body=b""):
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_PUT(self):
-                fake.requests.append(("PUT", self.path))
-                if fake.v1_only or self.path != "/latest/api/token":
-                    return self._send(403)
-                if not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-                    return self._send(400)
-                self._send(200, b"tok-123")
-
-            def do_GET(self):
-                fake.requests.append(("GET", self.path))
-                if not fake.v1_only and self.headers.get("X-aws-ec2-metadata-token") != "tok-123":
-                    return self._send(401)
-                doc = {"/latest/meta-data/spot/instance-action": fake.action,
-                       "/latest/meta-data/events/recommendations/rebalance": fake.rebalance}.get(self.path)
-                if doc is None:
-                    return self._send(404)
-                self._send(200, json.dumps(doc).encode())
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def imds(monkeypatch):
-    fake = FakeIMDS()
-    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", fake.url)
-    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
-    yield fake
-    fake.close()
+from tests.support.imds import NOTICE, REBALANCE, FakeIMDS
 
 
 def test_client_reads_notices_with_a_token_and_none_when_absent(imds):
@@ -110,100 +43,6 @@ def test_client_gives_up_for_good_when_nothing_answers(monkeypatch):
     assert client.rebalance() is None  # no second try
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     assert IMDS().disabled
-
-
-def wait_for(predicate, timeout=120.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def has_event(run_dir, pred):
-    path = run_dir / "events.jsonl"
-    if not path.is_file():
-        return False
-    return any(pred(e) for e in events_of(run_dir))
-
-
-COMMON = ["train.epochs=2", "train.batch_size=32", "data.train_limit=400", "train.keep_checkpoints=9"]
-
-
-def test_spot_notice_checkpoints_marks_preempted_and_resume_matches_an_uninterrupted_run(imds, small_mnist, tmp_path,
-                                                                                         monkeypatch):
-    monkeypatch.setenv("MNIST_LAUNCH_IMDS_POLL", "0.3")  # the agent's poll (2 s by default), for a short test
-    # 13 steps an epoch at >= 0.3 s each: the notices land mid-run on any machine, however fast
-    monkeypatch.setenv("MNIST_LAUNCH_STEP_DELAY", "0.3")
-    store = str(tmp_path)
-    # what the launcher asks of an instance's agent (a local run never watches: see the test below)
-    run = start_run(LocalRequest(config="configs/model3.yaml", store=store, data_dir=str(small_mnist),
-                                 run_id="spot", overrides=COMMON, spot_watch=True))
-    host = LocalHost()
-    try:
-        # a rebalance recommendation first: one checkpoint mid-epoch, training goes on
-        wait_for(lambda: has_event(run.run_dir, lambda e: e["type"] == "epoch"), what="epoch 1")
-        imds.rebalance = REBALANCE
-        wait_for(lambda: has_event(run.run_dir, lambda e: e["type"] == "checkpoint" and e.get("reason") == "rebalance"),
-                 timeout=30, what="the rebalance checkpoint")
-        assert read_status(run.run_dir)["state"] == "running"
-        imds.action = NOTICE  # then the interruption notice
-        end, _ = run_to_end(run)
-    finally:
-        status = read_status(run.run_dir)
-        for pid in (status.get("agent_pid"), status.get("trainer_pid")):
-            if pid and host.is_alive(int(pid)):
-                import os
-                import signal
-
-                os.kill(int(pid), signal.SIGTERM)
-    log = (run.run_dir / "train.log").read_text()[-3000:]
-    assert end["state"] == "preempted", log
-    status = read_status(run.run_dir)
-    assert status["state"] == "preempted" and status["spot_notice"] == NOTICE
-    assert "terminate at 2026-11-23T13:00:00Z" in status["reason"] and "resumes from" in status["reason"], (
-        status["reason"])
-    assert status["rebalance"] == REBALANCE
-    evs = events_of(run.run_dir)
-    assert evs[-1]["type"] == "run_end" and evs[-1]["state"] == "preempted" and "terminate" in evs[-1]["reason"]
-    assert any(e["type"] == "rebalance_recommendation" for e in evs)
-    assert any(e["type"] == "spot_interruption" and e["notice"] == NOTICE for e in evs)
-    assert all(isinstance(e["time"], float) for e in evs)
-    assert not any(e["type"] == "finished" for e in evs)
-    assert not host.is_alive(status["trainer_pid"])
-    from trainer.train import latest_checkpoint
-
-    ckpt = latest_checkpoint(run.run_dir)
-    assert ckpt is not None and (ckpt / "checkpoint.json").is_file()
-    assert ckpt.name in status["reason"]
-    assert any(e["type"] == "checkpoint" and e.get("reason") == "preempt" and e["path"].endswith(ckpt.name)
-               for e in evs) \
-        or "_step_" not in ckpt.name  # saved on the notice, mid-epoch (or the epoch's own, when it came at its end)
-
-    # resume to the end: same epochs, and (checkpoints are exact) the same numbers as a straight run.
-    # Both are local runs as `train --local` starts them (no --spot-watch): the notice still stands, and
-    # they must neither see it nor ask the metadata service anything at all
-    asked = len(imds.requests)
-    monkeypatch.delenv("MNIST_LAUNCH_STEP_DELAY")
-    resumed = start_run(LocalRequest(store=store, data_dir=str(small_mnist), resume="spot"))
-    assert run_to_end(resumed)[0]["state"] == "succeeded", (run.run_dir / "train.log").read_text()[-3000:]
-    straight = start_run(LocalRequest(config="configs/model3.yaml", store=store, data_dir=str(small_mnist),
-                                      run_id="straight", overrides=COMMON))
-    assert run_to_end(straight)[0]["state"] == "succeeded"
-    assert len(imds.requests) == asked, imds.requests[asked:]
-    assert read_status(straight.run_dir)["spot_watch"] is False and read_status(resumed.run_dir)["spot_watch"] is False
-    a = json.loads((straight.run_dir / "summary.json").read_text())
-    b = json.loads((resumed.run_dir / "summary.json").read_text())
-    assert b["epochs_completed"] == a["epochs_completed"] == 2
-    assert [h["epoch"] for h in b["history"]] == [1, 2]
-    # the checkpoints are exact (mid-epoch ones included: RNG, running sums, augmentation generator)
-    for ha, hb in zip(a["history"], b["history"]):
-        assert hb["test_accuracy"] == ha["test_accuracy"]
-        assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-6)
-    assert b["final_test_accuracy"] == a["final_test_accuracy"]
-    starts = [e for e in events_of(resumed.run_dir) if e["type"] == "start"]
-    assert len(starts) == 2 and starts[1]["resumed"]
 
 
 def test_an_agent_without_the_flag_asks_instance_metadata_nothing(imds):

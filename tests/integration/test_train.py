@@ -77,32 +77,6 @@ def test_two_process_run_trains_shards_and_checkpoints(mnist_2k, tmp_path):
     assert "finished" in text
 
 
-def test_resume_continues_exactly_where_it_stopped(small_mnist, tmp_path):
-    common = ["train.batch_size=64", "scheduler.name=step", "scheduler.step_size=1", "scheduler.gamma=0.5",
-              "augment.rotation=10", "data.train_limit=1000"]
-    straight = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
-                                      run_id="straight", overrides=common + ["train.epochs=2"]))
-    assert run_to_end(straight)[0]["state"] == "succeeded"
-    first = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
-                                   run_id="split", overrides=common + ["train.epochs=1"]))
-    assert run_to_end(first)[0]["state"] == "succeeded"
-    resumed = start_run(LocalRequest(store=str(tmp_path), data_dir=str(small_mnist), resume="split",
-                                     overrides=["train.epochs=2"]))
-    end, _ = run_to_end(resumed)
-    assert end["state"] == "succeeded"
-    a = json.loads((straight.run_dir / "summary.json").read_text())
-    b = json.loads((resumed.run_dir / "summary.json").read_text())
-    assert b["epochs_completed"] == 2
-    for ha, hb in zip(a["history"], b["history"]):
-        assert ha["test_accuracy"] == hb["test_accuracy"] and (
-            ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-6))
-    wa = load_file(str(straight.run_dir / "checkpoints/epoch_002/model.safetensors"))
-    wb = load_file(str(resumed.run_dir / "checkpoints/epoch_002/model.safetensors"))
-    assert all((wa[k] - wb[k]).abs().max() < 1e-6 for k in wa)
-    starts = [e for e in events_of(resumed.run_dir) if e["type"] == "start"]
-    assert [s["start_epoch"] for s in starts] == [1, 2]
-
-
 def test_target_accuracy_stops_early(small_mnist, tmp_path):
     run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
                                  overrides=["train.epochs=5", "train.target_accuracy=0.05", "data.train_limit=500"]))
@@ -171,21 +145,6 @@ def test_cancel_stops_every_process_and_keeps_the_run(small_mnist, tmp_path):
     assert not alive, {p: tree[p] for p in alive}
     assert events_of(run.run_dir)[-1]["type"] == "run_end"
     assert (run.run_dir / "checkpoints" / "epoch_001" / "checkpoint.json").is_file()
-
-
-def test_compare_puts_runs_side_by_side_with_an_overlay_plot(small_mnist, tmp_path):
-    from launcher.compare import compare_runs
-
-    for run_id, lr in (("lr-a", "0.05"), ("lr-b", "0.01")):
-        run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
-                                     run_id=run_id, overrides=["train.epochs=2", f"optimizer.lr={lr}",
-                                                               "scheduler.name=none", "data.train_limit=500"]))
-        assert run_to_end(run)[0]["state"] == "succeeded"
-    differing, columns, png = compare_runs(["lr-a", "lr-b"], str(tmp_path), tmp_path / "cmp.png")
-    assert differing == ["optimizer.lr"]
-    assert [c["settings"]["optimizer.lr"] for c in columns] == [0.05, 0.01]
-    assert all(len(c["history"]) == 2 and c["results"]["final_test_accuracy"] is not None for c in columns)
-    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_step_throttle_is_read_from_the_environment(monkeypatch):

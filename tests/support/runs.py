@@ -20,3 +20,22 @@ def run_to_end(run, timeout=240):
 
 def events_of(run_dir):
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def wait_until(pred, what: str, timeout: float = 300):
+    """``pred()``'s first truthy value, polled every 0.1 s; fail with ``what`` after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (found := pred()):
+        assert time.monotonic() < deadline, f"{what} after {timeout}s"
+        time.sleep(0.1)
+    return found
+
+
+def has_event(run_dir, pred) -> bool:
+    """Whether the run's events.jsonl holds a whole event that ``pred`` accepts."""
+    path = run_dir / "events.jsonl"
+    if not path.is_file():
+        return False
+    return any(pred(json.loads(line)) for line in path.read_text().splitlines() if line.endswith("}"))
