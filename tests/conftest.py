@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import functools
 import ipaddress
 import os
 import shutil
@@ -153,22 +152,27 @@ def mnist_dir() -> Path:
 SMALL_TRAIN, SMALL_TEST = 512, 256
 
 
-@functools.lru_cache(maxsize=1)
-def _real_mnist():
-    """The real MNIST, read once a worker however many slices are cut from it."""
-    from trainer.data import load_mnist
-
-    return load_mnist(real_mnist_dir())
-
-
 def _cut_mnist(out: Path, n_train: int, n_test: int) -> Path:
-    from trainer.data import write_idx
+    """The first ``n_train``/``n_test`` records of the real files, as gzipped IDX files of their own: read
+    from the start of each gzip stream (header, then as many records as wanted), not the whole 47 MB."""
+    import gzip
+    import struct
 
-    full = _real_mnist()
-    write_idx(out / "train-images-idx3-ubyte", full.train_images[:n_train, 0].numpy())
-    write_idx(out / "train-labels-idx1-ubyte", full.train_labels[:n_train].numpy().astype(np.uint8))
-    write_idx(out / "t10k-images-idx3-ubyte", full.test_images[:n_test, 0].numpy())
-    write_idx(out / "t10k-labels-idx1-ubyte", full.test_labels[:n_test].numpy().astype(np.uint8))
+    from trainer.data import FILES, locate
+
+    found = locate(real_mnist_dir())
+    out.mkdir(parents=True, exist_ok=True)
+    for key, (stem, magic, _) in FILES.items():
+        n = n_train if key.startswith("train") else n_test
+        head, record = (16, 28 * 28) if magic == 2051 else (8, 1)
+        src = found[key]
+        with (gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb")) as f:
+            header = bytearray(f.read(head))
+            body = f.read(n * record)
+        assert len(body) == n * record, f"{src} holds fewer than {n} records"
+        header[4:8] = struct.pack(">I", n)
+        with gzip.open(out / f"{stem}.gz", "wb", compresslevel=1) as g:
+            g.write(bytes(header) + body)
     return out
 
 
