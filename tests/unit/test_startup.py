@@ -46,3 +46,13 @@ def test_without_a_gpu_driver_the_gpu_questions_are_answered_without_torch():
     if driver:
         pytest.skip("this machine has a GPU driver: torch is asked")
     assert out.stdout.split() == ["False", "0", "None", "False"]
+
+
+def test_the_agent_counts_no_gpus_without_torch_where_there_is_no_driver():
+    """`--processes 0` (every cloud run's agent): one process per GPU, 1 without."""
+    code = "import sys\nfrom infra.agent import resolve_processes as r\nprint(r(0), r(3), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    if any(Path(f).exists() for f in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")):
+        pytest.skip("this machine has a GPU driver: torch is asked")
+    assert out.stdout.split() == ["1", "3", "False"]
