@@ -35,6 +35,14 @@ def pct(x: Optional[float]) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def _batch(ev: dict) -> str:
+    """The batch as the start event has it: global, and each process's share when there are several."""
+    if "per_process_batch" not in ev:  # a run started before the batch was global
+        return ""
+    share = f" ({ev['per_process_batch']} a process)" if ev["num_processes"] > 1 else ""
+    return f"batch {ev['batch_size']}{share} · "
+
+
 class RunView:
     """Turns events into rich output: progress bars, one metrics row per epoch, a summary panel."""
 
@@ -70,7 +78,7 @@ class RunView:
             self.print(
                 f"[bold]{ev['model']}[/] {ev['params']:,} params · "
                 f"{ev['train_size']:,} train / {ev['test_size']:,} test images · "
-                f"{ev['num_processes']} process(es) on {ev['device_name']} · "
+                f"{ev['num_processes']} process(es) on {ev['device_name']} · {_batch(ev)}"
                 f"mixed precision {ev['mixed_precision']}{chosen}{resumed}"
             )
             if ev.get("summary") and not ev.get("resumed"):

@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from core import settings
-from core.config import Config, config_from_yaml
+from core.config import Config, config_from_yaml, per_process_batch
 from core.errors import DataError, RunError
 from trainer.augment import BatchAugment, normalize
 from trainer.data import epoch_batches, load_mnist, steps_per_epoch
@@ -260,7 +260,9 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model.parameters())
-    steps = steps_per_epoch(len(data.train_images), tc.batch_size, accelerator.num_processes)
+    world = accelerator.num_processes
+    batch = per_process_batch(tc.batch_size, world)  # train.batch_size is the global batch
+    steps = steps_per_epoch(len(data.train_images), batch, world)
     scheduler, sched_when = build_scheduler(cfg, optimizer, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     if tc.compile:
@@ -300,7 +302,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     aug_gen = torch.Generator(device=device)
     events.emit(
         "start", model=cfg.model, params=params, epochs=tc.epochs, steps_per_epoch=steps,
-        batch_size=tc.batch_size, num_processes=accelerator.num_processes, device=str(device),
+        batch_size=tc.batch_size, per_process_batch=batch, num_processes=world, device=str(device),
         device_name=device_name(device), mixed_precision=precision,
         mixed_precision_requested=tc.mixed_precision, start_epoch=start_epoch,
         train_size=len(data.train_images), test_size=len(data.test_images), summary=rows, resumed=resume,
@@ -328,7 +330,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
             if "aug_gen" in partial:
                 aug_gen.set_state(partial["aug_gen"].to(aug_gen.get_state().device))
             state.step, partial = 0, None
-        batches = epoch_batches(len(data.train_images), tc.batch_size, epoch, tc.seed,
+        batches = epoch_batches(len(data.train_images), batch, epoch, tc.seed,
                                 accelerator.process_index, accelerator.num_processes, device)
         for step, idx in enumerate(batches, 1):
             covered[idx] = 1.0
@@ -425,7 +427,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         "train_seconds": round(state.train_seconds, 3),
         "images_per_second": round(state.images_seen / state.train_seconds, 1) if state.train_seconds else None,
         "mixed_precision": precision, "mixed_precision_requested": tc.mixed_precision,
-        "num_processes": accelerator.num_processes,
+        "num_processes": world, "world_size": world, "global_batch": tc.batch_size, "per_process_batch": batch,
         "device": device_name(device), "seed": tc.seed, "code_revision": meta.get("code_revision"),
         "torch": torch.__version__, "history": state.history,
     }

@@ -114,7 +114,9 @@ class SchedulerConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(1, ge=1, le=1000)  # passes over the training set
-    batch_size: int = Field(128, ge=1)  # images per step per process (the seeds' batch_size)
+    # images per optimizer step over all processes (the seeds' batch_size): each of W processes takes
+    # batch_size / W of them, so a recipe trains the same on 1, 2 or 8 GPUs (per_process_batch)
+    batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(2000, ge=1)  # test-set batch; larger is faster and changes nothing
     seed: int = Field(1, ge=0)  # seeds the permutation, augmentation, init and dropout: same seed, same run
     # autocast dtype via Accelerate, chosen where training runs (trainer/precision.py): auto -> no on
@@ -127,3 +129,15 @@ class TrainConfig(Section):
     channels_last: bool = True  # memory format for convolutions (faster with cuDNN; harmless on CPU)
     compile: bool = False  # torch.compile the model (pays a warm-up; see BENCHMARKS.md)
     log_every: int = Field(20, ge=1)  # steps between progress events
+
+
+def per_process_batch(batch_size: int, processes: int) -> int:
+    """Each process's share of the global ``train.batch_size``; a size the processes cannot share evenly is
+    refused (uneven shares would weigh one process's images more than another's)."""
+    from core.errors import ConfigError
+
+    if processes < 1 or batch_size % processes:
+        fits = [b for b in (batch_size - batch_size % processes, batch_size - batch_size % processes + processes) if b]
+        raise ConfigError(f"train.batch_size={batch_size} cannot be shared evenly by {processes} processes (it is the "
+                          f"global batch) — use a multiple of {processes}, e.g. {' or '.join(map(str, fits))}")
+    return batch_size // processes

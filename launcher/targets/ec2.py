@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from rich.console import Console
 
-from core.config import Config, load_config
+from core.config import Config, load_config, per_process_batch
 from core.errors import ConfigError, RunError, SSHError
 from infra import home
 from infra.ssh import SSHHost
@@ -91,6 +91,8 @@ class EC2Target:
 
     def prepare(self, run_id: str, cfg: Config, data_dir: Optional[str], restart: bool) -> Attempt:
         cfg = self._check_store(cfg)
+        if cfg.launch.gpus:  # processes known before anything starts (else one per GPU: the trainer checks)
+            per_process_batch(cfg.train.batch_size, cfg.launch.gpus)
         if restart and not self.store:
             raise ConfigError("recovering or resuming a cloud run needs its store: pass --store s3://bucket/prefix")
         data_dir = data_dir or self.local_data_dir

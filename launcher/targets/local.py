@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 from core import settings
-from core.config import Config, load_config
+from core.config import Config, load_config, per_process_batch
 from core.errors import ConfigError, RunError
 from infra.host import Host, LocalHost
 from infra.store import HostRun, LocalStore, RunFiles, folder_store
@@ -66,6 +66,7 @@ class LocalTarget:
         return path.read_text(), str(path)
 
     def prepare(self, run_id: str, cfg: Config, data_dir: Optional[str], restart: bool) -> Attempt:
+        per_process_batch(cfg.train.batch_size, self.processes)  # shared evenly, or one line now
         cfg.data.dir = resolve_data_dir(data_dir, cfg)
         check_dir(cfg.data.dir)  # one clear line now, not a traceback from the trainer later
         # this machine trains: fp16 without a GPU fails now, not in the agent (only fp16 asks torch for the

@@ -3,6 +3,7 @@ files cut from the real MNIST."""
 
 import itertools
 import json
+import re
 import time
 from pathlib import Path
 
@@ -49,15 +50,20 @@ def is_rank(argv):
 def test_two_process_run_trains_shards_and_checkpoints(mnist_2k, tmp_path):
     run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(mnist_2k),
                                  processes=2,
-                                 overrides=["train.epochs=2", "train.batch_size=32", "train.keep_checkpoints=1"]))
+                                 overrides=["train.epochs=2", "train.batch_size=64", "train.keep_checkpoints=1"]))
     end, text = run_to_end(run)
     assert end["state"] == "succeeded", (run.run_dir / "train.log").read_text()[-2000:]
     d = run.run_dir
     summary = json.loads((d / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["epochs_completed"] == 2
     assert 0.5 < summary["final_test_accuracy"] <= 1.0
+    # train.batch_size is the global batch: each rank takes half of it, and an epoch has the steps one
+    # process would take at that batch
+    assert (summary["world_size"], summary["global_batch"], summary["per_process_batch"]) == (2, 64, 32)
     start = next(e for e in events_of(d) if e["type"] == "start")
-    assert start["steps_per_epoch"] == 32  # 2,000 images / 2 ranks / batch 32
+    assert start["steps_per_epoch"] == 32  # 2,000 images / 2 ranks / 32 a rank = 2,000 / a global batch of 64
+    assert (start["batch_size"], start["per_process_batch"]) == (64, 32)
+    assert re.search(r"2 process\(es\) on cpu \(\d+ threads?\) · batch 64 \(32 a process\)", text), text
     # each rank its own shard: the two ranks together trained on 2,000 different images every epoch
     # (both on rank 0's shard would be 1,000)
     assert [h["distinct_images"] for h in summary["history"]] == [2000, 2000]

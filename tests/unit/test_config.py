@@ -130,3 +130,28 @@ def test_no_off_yes_on_mean_what_was_typed_and_booleans_still_take_them(tmp_path
     with pytest.raises(ConfigError,
                        match=r"train.mixed_precision: Input should be 'auto', 'no', 'fp16' or 'bf16' \(got 'off'\)"):
         load_config(p, ["train.mixed_precision=off"])
+
+
+def test_the_batch_is_global_and_each_process_takes_an_even_share():
+    from core.config import per_process_batch
+
+    assert [per_process_batch(128, w) for w in (1, 2, 4, 8)] == [128, 64, 32, 16]
+    with pytest.raises(ConfigError, match=r"train.batch_size=128 cannot be shared evenly by 3 processes .* "
+                                          r"use a multiple of 3, e.g. 126 or 129"):
+        per_process_batch(128, 3)
+    with pytest.raises(ConfigError, match="e.g. 4$"):
+        per_process_batch(2, 4)  # no smaller multiple than the processes themselves
+
+
+def test_a_local_run_whose_batch_the_processes_cannot_share_is_refused_before_it_starts(tmp_path):
+    from launcher.targets.local import LocalTarget
+
+    cfg = load_config(str(ROOT / "configs" / "model3.yaml"), ["train.batch_size=100"])
+    with pytest.raises(ConfigError, match="train.batch_size=100 cannot be shared evenly by 3 processes"):
+        LocalTarget(str(tmp_path), processes=3).prepare("r", cfg, str(tmp_path / "nodata"), restart=False)
+    assert not (tmp_path / "runs").exists()
+    cfg = load_config(str(ROOT / "configs" / "model3.yaml"), ["train.batch_size=128"])
+    from core.errors import DataError
+
+    with pytest.raises(DataError, match="MNIST files missing"):  # the batch passes; the missing data is next
+        LocalTarget(str(tmp_path), processes=4).prepare("r", cfg, str(tmp_path / "nodata"), restart=False)
