@@ -75,12 +75,11 @@ class RunView:
         if kind == "start":
             resumed = f", resumed at epoch {ev['start_epoch']}" if ev.get("resumed") else ""
             chosen = " (auto)" if ev.get("mixed_precision_requested") == "auto" else ""
-            self.print(
-                f"[bold]{ev['model']}[/] {ev['params']:,} params · "
-                f"{ev['train_size']:,} train / {ev['test_size']:,} test images · "
-                f"{ev['num_processes']} process(es) on {ev['device_name']} · {_batch(ev)}"
-                f"mixed precision {ev['mixed_precision']}{chosen}{resumed}"
-            )
+            # two lines, each short enough for an 80-column terminal
+            self.print(f"[bold]{ev['model']}[/] {ev['params']:,} params · "
+                       f"{ev['train_size']:,} train / {ev['test_size']:,} test images{resumed}")
+            self.print(f"{ev['num_processes']} process(es) on {ev['device_name']} · {_batch(ev)}"
+                       f"mixed precision {ev['mixed_precision']}{chosen}")
             if ev.get("summary") and not ev.get("resumed"):
                 self.print(summary_table(ev["summary"]))
             self._header()

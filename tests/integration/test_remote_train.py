@@ -137,7 +137,7 @@ def events_on_instance(remote: Path, run_id: str) -> list[dict]:
     return [json.loads(line) for line in (remote / "runs" / run_id / "events.jsonl").read_text().splitlines()]
 
 
-def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, small_mnist):
+def test_train_detach_follow_artifacts_in_s3_then_an_unchanged_second_run_on_data_from_s3(cloud, small_mnist):
     remote = cloud.sshd.remote("instance-a")
     secret = f"s3cr3t-{secrets.token_hex(8)}"  # made here, so not even this synced file holds it
     p = cloud.cli(*train_args(cloud, small_mnist, "e2e-1", str(remote), "--detach",
@@ -181,13 +181,36 @@ def test_train_detach_follow_artifacts_in_s3_then_unchanged_second_run(cloud, sm
     assert [(r["run_id"], r["state"], r["epochs_completed"]) for r in rows if r["run_id"] == "e2e-1"] == [
         ("e2e-1", "succeeded", 2)]
 
-    # the second run: nothing changed, so no file content travels and the venv is not rebuilt
-    p = cloud.cli(*train_args(cloud, small_mnist, "e2e-2", str(remote), "--set", "train.epochs=1"))
+    # the second run: nothing changed, so no file content travels and the venv is not rebuilt; its data is
+    # in S3, and the instance fetches it itself with its role (the laptop's credentials never travel)
+    s3 = boto3.client("s3", region_name="us-east-1")
+    for f in small_mnist.iterdir():
+        s3.upload_file(str(f), BUCKET, f"mnist/data/{f.name}")
+    p = cloud.cli(*train_args(cloud, small_mnist, "e2e-2", str(remote), "--set", "train.epochs=1",
+                              "--data-dir", f"{STORE}/data"))
     assert p.returncode == 0, p.stderr
     assert re.search(r"sync: 0 files sent \(0 B\), 0 deleted, \d+ unchanged", p.stdout), p.stdout
-    assert "setup: environment unchanged" in p.stdout and "MNIST files already on the host" in p.stdout
+    assert "setup: environment unchanged" in p.stdout
+    # what the first run shipped carries no ETag of the store's: fetched, then known by it
+    assert "data: the host fetched 4 of 4 MNIST files" in p.stdout and f"from {STORE}/data" in p.stdout, p.stdout
+    assert sorted(f.name for f in (remote / "data").iterdir() if not f.name.startswith(".")) == sorted(
+        f.name for f in small_mnist.iterdir())
     assert [int(e) for e in EPOCH_ROW.findall(p.stdout)] == [1] and "finished" in p.stdout
     assert f"artifacts: {STORE}/runs/e2e-2" in p.stdout
+    # the next run's data step finds them there and fetches nothing (the step itself, over the instance's SSH
+    # with its role, in the run's environment: a third run would only add a trainer)
+    from infra.datasync import fetch_mnist
+    from infra.ssh import Endpoint, SSHHost
+
+    with SSHHost(Endpoint(cloud.sshd.user, cloud.sshd.host, cloud.sshd.port), cloud.sshd.client_key,
+                 known_hosts=cloud.tmp / "e2e_known_hosts") as host:
+        again = fetch_mnist(host, f"{STORE}/data", str(remote / "data"), python=str(remote / "venv" / "bin" / "python"))
+    assert (again.files_sent, again.files_total) == (0, 4)
+    assert again.summary().startswith(f"data: 4 MNIST files already on the host (unchanged in {STORE}/data)")
+    # a prefix without the files: one line naming what is missing, and no run made
+    p = cloud.cli(*train_args(cloud, small_mnist, "e2e-3", str(remote), "--data-dir", f"{STORE}/nothing-here"))
+    assert p.returncode != 0 and "no train-images-idx3-ubyte[.gz] under s3://" in p.stderr, p.stderr
+    assert not (remote / "runs" / "e2e-3").exists()
 
 
 def test_neither_a_killed_launcher_nor_a_cut_connection_loses_or_repeats_an_event(cloud, small_mnist):
@@ -297,38 +320,6 @@ def test_an_agent_that_dies_at_once_fails_the_run_instead_of_hanging(cloud, smal
     assert p.returncode == 1
     assert "error: run deadagent failed: the agent stopped without finishing" in p.stderr
     assert json.loads((remote / "runs" / "deadagent" / "status.json").read_text())["state"] == "failed"
-
-
-def test_the_instance_fetches_mnist_from_s3_itself(cloud, small_mnist):
-    s3 = boto3.client("s3", region_name="us-east-1")
-    for f in small_mnist.iterdir():
-        s3.upload_file(str(f), BUCKET, f"mnist/data/{f.name}")
-    remote = cloud.sshd.remote("instance-h")
-
-    def args(run_id: str, data: str = f"{STORE}/data") -> list[str]:
-        return ["train", "configs/model3.yaml", "--store", STORE, "--data-dir", data, "--run-id", run_id,
-                "--set", "train.epochs=1", "--set", f"launch.remote_dir={remote}",
-                "--set", f"launch.python={cloud.sshd.python}"]
-
-    p = cloud.cli(*args("s3data"))
-    assert p.returncode == 0, p.stderr
-    assert "data: the host fetched 4 of 4 MNIST files" in p.stdout and "finished" in p.stdout
-    assert sorted(f.name for f in (remote / "data").iterdir() if not f.name.startswith(".")) == sorted(
-        f.name for f in small_mnist.iterdir())
-    # the next run's data step finds them there and fetches nothing (the step itself, over the instance's
-    # SSH with its role, in the run's environment: a second whole run would only add a trainer)
-    from infra.datasync import fetch_mnist
-    from infra.ssh import Endpoint, SSHHost
-
-    with SSHHost(Endpoint(cloud.sshd.user, cloud.sshd.host, cloud.sshd.port), cloud.sshd.client_key,
-                 known_hosts=cloud.tmp / "s3data_known_hosts") as host:
-        again = fetch_mnist(host, f"{STORE}/data", str(remote / "data"), python=str(remote / "venv" / "bin" / "python"))
-    assert (again.files_sent, again.files_total) == (0, 4)
-    assert again.summary().startswith(f"data: 4 MNIST files already on the host (unchanged in {STORE}/data)")
-    # a prefix without the files: one line naming what is missing, and no run made
-    p = cloud.cli(*args("s3data-3", f"{STORE}/nothing-here"))
-    assert p.returncode != 0 and "no train-images-idx3-ubyte[.gz] under s3://" in p.stderr, p.stderr
-    assert not (remote / "runs" / "s3data-3").exists()
 
 
 def test_a_lost_instance_is_replaced_and_the_run_resumes_from_s3(cloud, small_mnist):
