@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 
 from tests.support.aws_helpers import FAKE_ENV, instance_sshd, start_moto_server, ubuntu_ami  # noqa: E402
+from tests.support.runs import EPOCH_ROW  # noqa: E402
 from tests.support.sshd_fixture import stop_sshd  # noqa: E402
-from tests.support.strict_instance import EPOCH_ROW, CuttableProxy  # noqa: E402
+from tests.support.strict_instance import CuttableProxy  # noqa: E402
 
 
 def small_mnist(out: Path) -> Path:

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support import ROOT
 from tests.support.cli import cli
+from tests.support.runs import EPOCH_ROW
 
 ARTIFACTS = ["config.yaml", "meta.json", "events.jsonl", "train.log", "summary.json", "status.json",
              "model.safetensors", "curves.png", "checkpoints"]
@@ -82,8 +83,7 @@ def test_stopping_the_launcher_does_not_stop_the_run(small_mnist, tmp_path, sig)
         assert proc.returncode == 0 and "detached" in out and "mnist-launch logs orphan --follow" in out
     follow = cli("logs", "orphan", "--follow", "--store", str(tmp_path), timeout=240)
     assert follow.returncode == 0
-    lines = [line for line in follow.stdout.splitlines() if line.strip().split(" ")[0] in {"1", "2", "3"}]
-    assert [line.split()[0] for line in lines] == ["1", "2", "3"]  # every epoch once, in order
+    assert [int(e) for e in EPOCH_ROW.findall(follow.stdout)] == [1, 2, 3], follow.stdout  # every epoch once, in order
     assert json.loads((tmp_path / "runs" / "orphan" / "status.json").read_text())["state"] == "succeeded"
 
 

@@ -34,8 +34,9 @@ from tests.support.aws_helpers import (
     start_moto_server,
     ubuntu_ami,
 )
+from tests.support.runs import EPOCH_ROW
 from tests.support.sshd_fixture import stop_sshd
-from tests.support.strict_instance import EPOCH_ROW, CuttableProxy, Instance
+from tests.support.strict_instance import CuttableProxy, Instance
 
 BUCKET = "runs-bucket"
 STORE = f"s3://{BUCKET}/mnist"

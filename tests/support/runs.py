@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
+
+# an epoch row of the live view ("  3   0.1234   97.50% ..."): group 1 is the epoch
+EPOCH_ROW = re.compile(r"^\s+(\d+)\s+\d+\.\d{4}\s+\d+\.\d\d%", re.M)
 
 
 def run_to_end(run, timeout=240):

@@ -24,7 +24,6 @@ import base64
 import hashlib
 import os
 import pwd
-import re
 import shutil
 import socket
 import subprocess
@@ -38,8 +37,6 @@ from typing import Optional
 
 from tests.support.sshd_fixture import SSHD, start_sshd
 
-# an epoch row of the live view ("  3   0.1234   97.50% ..."): group 1 is the epoch
-EPOCH_ROW = re.compile(r"^\s+(\d+)\s+\d+\.\d{4}\s+\d+\.\d\d%", re.M)
 # how long a booting instance refuses connections, then accepts and drops them, from the first attempt
 REFUSE_S = 1.0
 DROP_S = 1.5
