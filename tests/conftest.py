@@ -260,7 +260,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
 # take about a second or less): the long tests are spread over the workers by these, and run first in each
 # worker's share so that the workers end together instead of one finishing a long test alone at the end.
 SECONDS = {"test_remote_train": 20, "test_real_mnist": 15, "test_resume": 15, "test_train": 12, "test_iam": 10,
-           "test_aws_faults_cli": 12, "test_cli": 8, "test_preempt": 6, "test_cloud_cli": 3, "test_aws_provider": 2.5,
+           "test_aws_faults_cli": 12, "test_cli": 8, "test_cloud_cli": 3, "test_aws_provider": 2.5,
            "test_aws_faults": 2.3, "test_remote_setup": 2, "test_s3_store": 1.5, "test_autostop": 1.4}
 
 # Modules whose module-scoped fixture is dear (a moto server, the strict IAM world, an sshd with its login user
