@@ -87,6 +87,34 @@ def _share_boto3_models() -> None:
 
 _share_boto3_models()
 
+
+# And they make hundreds of clients (a few a test, each test its own sessions), for each of which botocore
+# builds a new client class: a method object with its lazy docstring for each of the service's operations
+# (about 600 for EC2), some 15% of the CPU the in-process AWS tests take. The methods depend only on the
+# service's model (each closes over its operation's name), so within this process each service's set is
+# built once and copied into every new class, which botocore still builds, event handlers included.
+def _share_client_methods() -> None:
+    try:
+        from botocore.client import ClientCreator
+    except ImportError:
+        return
+    real = ClientCreator._create_methods
+    made: dict = {}
+
+    def create_methods(self, service_model):
+        model = getattr(service_model, "_service_description", None)  # the loader's parsed model, shared
+        if model is None:
+            return real(self, service_model)
+        hit = made.get(id(model))
+        if hit is None or hit[0] is not model:
+            hit = made[id(model)] = (model, real(self, service_model))
+        return dict(hit[1])  # the class's own dict: creating-client-class handlers add to it
+
+    ClientCreator._create_methods = create_methods
+
+
+_share_client_methods()
+
 # And in this process a connection anywhere else is refused and fails the test that tried it (an
 # address moto invented for an instance, the metadata service, the internet): see _loopback_only.
 _REFUSED: list[str] = []
