@@ -98,7 +98,9 @@ def _share_client_methods() -> None:
         from botocore.client import ClientCreator
     except ImportError:
         return
-    real = ClientCreator._create_methods
+    real = getattr(ClientCreator, "_create_methods", None)
+    if real is None:  # another botocore: its clients are made as it makes them
+        return
     made: dict = {}
 
     def create_methods(self, service_model):
