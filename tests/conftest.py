@@ -117,6 +117,22 @@ def _share_client_methods() -> None:
 
 _share_client_methods()
 
+
+# S3 as it really behaves under a read racing a write: a GET of an object being replaced gets the old bytes
+# or the new, never an error. moto closes the replaced object's buffer at once, so a read in flight on another
+# thread (a follow reading events.jsonl while the agent re-uploads it) failed with "I/O operation on closed
+# file". Here a replaced object's buffer is left to be freed with the object, when no reader holds it.
+def _replaced_s3_objects_stay_readable() -> None:
+    try:
+        from moto.s3.models import FakeKey
+    except ImportError:
+        return
+    if hasattr(FakeKey, "dispose"):
+        FakeKey.dispose = lambda self, garbage=False: None  # type: ignore[method-assign]
+
+
+_replaced_s3_objects_stay_readable()
+
 # And in this process a connection anywhere else is refused and fails the test that tried it (an
 # address moto invented for an instance, the metadata service, the internet): see _loopback_only.
 _REFUSED: list[str] = []
