@@ -136,8 +136,11 @@ def per_process_batch(batch_size: int, processes: int) -> int:
     refused (uneven shares would weigh one process's images more than another's)."""
     from core.errors import ConfigError
 
-    if processes < 1 or batch_size % processes:
-        fits = [b for b in (batch_size - batch_size % processes, batch_size - batch_size % processes + processes) if b]
+    if processes < 1:
+        raise ConfigError(f"{processes} processes: there must be at least one")
+    if batch_size % processes:
+        lower = batch_size // processes * processes
+        fits = [b for b in (lower, lower + processes) if b]
         raise ConfigError(f"train.batch_size={batch_size} cannot be shared evenly by {processes} processes (it is the "
                           f"global batch) — use a multiple of {processes}, e.g. {' or '.join(map(str, fits))}")
     return batch_size // processes
