@@ -45,6 +45,7 @@ class ClusterSpec:
     autostop: str = "60m"
     autostop_terminate: bool = False  # the watcher's shutdown terminates (always so for spot)
     avoid_az: Optional[str] = None  # tried last: a replacement for an instance lost there (spot capacity went first)
+    nodes: int = 1  # instances of the cluster, in one zone (one placement group where the type has them)
 
     @property
     def shutdown_behavior(self) -> str:
@@ -72,6 +73,8 @@ class InstanceInfo:
     autostop: Optional[str] = None
     autostop_action: Optional[str] = None
     profile_arn: Optional[str] = None  # the instance profile the cloud gives the instance's processes, if any
+    private_ip: Optional[str] = None  # where the cluster's other nodes reach it (multi-node rendezvous)
+    node: int = 0  # its rank in a multi-node cluster (0 runs the run's head: events, artifacts)
 
     def uptime_seconds(self, now: Optional[datetime] = None) -> float:
         if self.state != "running" or self.launch_time is None:
