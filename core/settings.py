@@ -34,6 +34,7 @@ IAM_CONSISTENCY_S = "MNIST_LAUNCH_IAM_CONSISTENCY_S"
 AWS_MAX_ATTEMPTS = "MNIST_LAUNCH_AWS_MAX_ATTEMPTS"
 AWS_RETRY_CAP_S = "MNIST_LAUNCH_AWS_RETRY_CAP_S"
 IMDS_POLL = "MNIST_LAUNCH_IMDS_POLL"
+RENDEZVOUS_ADDRESS = "MNIST_LAUNCH_RENDEZVOUS_ADDRESS"
 
 # What an unset or empty variable means ("" = nothing: the caller's own fallback applies).
 DEFAULTS: dict[str, str] = {
@@ -53,6 +54,7 @@ DEFAULTS: dict[str, str] = {
     AWS_MAX_ATTEMPTS: "10",
     AWS_RETRY_CAP_S: "5",
     IMDS_POLL: "2",
+    RENDEZVOUS_ADDRESS: "",
 }
 # the watcher's own settings: passed on to it by `up` (tests replace its shutdown, let it ignore their SSH)
 AUTOSTOP_FORWARDED = (SHUTDOWN_CMD, AUTOSTOP_IGNORE_SSH)
@@ -109,6 +111,11 @@ def step_delay() -> float:
 def ssh_endpoint() -> Optional[str]:
     """``[user@]host:port`` to connect to instead of the instance's own address."""
     return raw(SSH_ENDPOINT)
+
+
+def rendezvous_address() -> Optional[str]:
+    """Where a multi-node run's nodes reach rank 0 instead of its private address (a tunnel, tests)."""
+    return raw(RENDEZVOUS_ADDRESS)
 
 
 def ssh_cidr() -> Optional[str]:

@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -52,8 +53,23 @@ def write_status(run_dir: Path, state: Optional[RunState] = None, **fields: obje
     return StatusWriter.for_path(run_dir / STATUS_FILE).update(state, **fields)
 
 
+@dataclass(frozen=True)
+class Nodes:
+    """Where this agent's node stands in a multi-node run: ``count`` machines, this one ``rank``; every node
+    reaches rank 0's torch.distributed rendezvous at ``address``:``port`` (its private address on a cluster)."""
+
+    count: int = 1
+    rank: int = 0
+    address: str = ""
+    port: int = 0
+
+    @property
+    def head(self) -> bool:
+        return self.rank == 0
+
+
 def accelerate_command(run_dir: Path, processes: int, mixed_precision: str, resume: bool,
-                       python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
+                       python: str = sys.executable, nodes: Nodes = Nodes()) -> tuple[list[str], dict[str, str]]:
     """The trainer's command line and the environment it adds: one process per device, gloo on CPU,
     NCCL on GPUs.
 
@@ -72,15 +88,19 @@ def accelerate_command(run_dir: Path, processes: int, mixed_precision: str, resu
     if gpus == 0:  # Intel OpenMP settings accelerate gives CPU runs
         env.update(KMP_AFFINITY="granularity=fine,compact,1,0", KMP_BLOCKTIME="1")
     trainer = ["-m", "trainer", "--run-dir", str(run_dir), *(["--resume"] if resume else [])]
-    if processes == 1:
+    if processes == 1 and nodes.count == 1:
         if gpus:
             env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # accelerate's GPU default
         return [python, *trainer], env
     # torchrun underneath; without CUDA, Accelerate picks MULTI_CPU with gloo (ACCELERATE_USE_CPU).
     # (`--cpu` would route to the single-process launcher, which needs mpirun for more than one process.)
-    cmd = [python, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", str(processes),
-           "--mixed_precision", precision, "--dynamo_backend", "no", "--multi_gpu",
-           "--main_process_port", str(free_port()), *trainer]
+    if nodes.count > 1:  # torchrun's static rendezvous at rank 0's address; every node the same world
+        where = ["--num_machines", str(nodes.count), "--machine_rank", str(nodes.rank),
+                 "--main_process_ip", nodes.address, "--main_process_port", str(nodes.port), "--same_network"]
+    else:
+        where = ["--num_machines", "1", "--main_process_port", str(free_port())]
+    cmd = [python, "-m", "accelerate.commands.launch", *where, "--num_processes", str(processes * nodes.count),
+           "--mixed_precision", precision, "--dynamo_backend", "no", "--multi_gpu", *trainer]
     return cmd, env
 
 
@@ -119,8 +139,11 @@ class ArtifactSync:
 
     SKIP_SUFFIXES = (".tmp", ".part")
 
-    def __init__(self, run_dir: Path, store_uri: Optional[str], run_id: str) -> None:
+    def __init__(self, run_dir: Path, store_uri: Optional[str], run_id: str, prefix: str = "") -> None:
         self.run_dir, self.run_id = run_dir, run_id
+        # another node than the head: its logs and status go under the run's nodes/RANK/, its checkpoint files to
+        # the head over the process group (the head's checkpoint is the run's)
+        self.prefix = prefix
         self.store: Optional[ArtifactStore] = None
         if store_uri:
             from infra.store import open_store
@@ -155,6 +178,7 @@ class ArtifactSync:
             rel = str(path.relative_to(self.run_dir))
             if rel.startswith(CHECKPOINTS + "/"):
                 continue  # whole checkpoints only, manifest last: below
+            rel = self.prefix + rel
             try:
                 st = path.stat()
             except FileNotFoundError:
@@ -168,14 +192,14 @@ class ArtifactSync:
                 continue
             self.seen[rel] = key
             sent += 1
-        return sent + self._sync_checkpoints(store)
+        return sent + (0 if self.prefix else self._sync_checkpoints(store))
 
     def checkpoint_waiting(self) -> bool:
         """A finished checkpoint (its trainer marker written) not yet in the store: the agent uploads it at
         once rather than at its next periodic pass, so the newest one a spot interruption or a lost instance
         resumes from is seconds old, not up to ``--sync-every`` more."""
         root = self.run_dir / CHECKPOINTS
-        if self.store is None or not root.is_dir():
+        if self.store is None or self.prefix or not root.is_dir():
             return False
         try:
             return any((d / MARKER).is_file() for d in root.iterdir() if d.name not in self.checkpoints_done)
@@ -283,6 +307,15 @@ def preempt_reason(notice: dict, run_dir: Path) -> str:
     return what + f"; resumes from checkpoint {ckpt.name}"
 
 
+def stopped_on_request(log_path: Path) -> bool:
+    """The trainer's last words say it checkpointed on request and stopped (trainer/__main__.py)."""
+    try:
+        tail = log_path.read_text(errors="replace")[-20000:]
+    except FileNotFoundError:
+        return False
+    return "trainer: stopped on request after saving" in tail
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines (the launcher writes them; values may hold '=' and spaces), then the file is removed."""
     env: dict[str, str] = {}
@@ -333,6 +366,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--imds-poll", type=float, default=settings.imds_poll(),
                         help="with --spot-watch: seconds between checks; 0: off "
                              "(default 2, or $MNIST_LAUNCH_IMDS_POLL)")
+    parser.add_argument("--nodes", type=int, default=1, help="machines in the run (multi-node); this is one of them")
+    parser.add_argument("--node-rank", type=int, default=0, help="with --nodes: this machine's rank (0: the head)")
+    parser.add_argument("--main-address", default="", help="with --nodes: where every node reaches rank 0")
+    parser.add_argument("--main-port", type=int, default=0, help="with --nodes: rank 0's rendezvous port")
     parser.add_argument("--preempt-grace", type=float, default=90.0,
                         help="seconds the trainer gets to checkpoint after a spot notice before it is stopped")
     args = parser.parse_args(argv)
@@ -346,7 +383,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     run_id = args.run_id or run_dir.name
     events = EventWriter(run_dir / EVENTS_FILE)
     log_path = run_dir / LOG_FILE
-    sync = ArtifactSync(run_dir, args.store, run_id)
+    nodes = Nodes(args.nodes, args.node_rank, args.main_address, args.main_port)
+    if nodes.count > 1 and not (0 <= nodes.rank < nodes.count and nodes.address and nodes.port > 0):
+        parser.error("--nodes needs --node-rank below it, --main-address and --main-port")
+    args.nodes = nodes
+    sync = ArtifactSync(run_dir, args.store, run_id, prefix="" if nodes.head else f"nodes/{nodes.rank}/")
     job = mark_job(args.jobs_dir, run_id, run_dir) if args.jobs_dir else None
     try:
         return supervise(args, run_dir, run_id, events, log_path, sync, extra_env)
@@ -374,7 +415,8 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
             ckpt = restore_run(sync.store, run_id, run_dir)
             args.resume = True
             events.emit("restored", checkpoint=ckpt["name"], epoch=ckpt["epoch"], store=sync.store.uri)
-        cmd, launch_env = accelerate_command(run_dir, args.processes, args.mixed_precision, args.resume)
+        cmd, launch_env = accelerate_command(run_dir, args.processes, args.mixed_precision, args.resume,
+                                             nodes=args.nodes)
     except LaunchError as err:  # e.g. fp16 on a host without a GPU: the run fails with that one line
         with open(log_path, "a") as log:
             log.write(f"error: {err}\n")
@@ -394,6 +436,7 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
     write_status(run_dir, RunState.RUNNING, agent_pid=os.getpid(), trainer_pid=child.pid,
                  launch_env=sorted(extra_env),  # the names only: values may be secrets
                  started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None,
+                 nodes=args.nodes.count, node_rank=args.nodes.rank,
                  spot_watch=bool(args.spot_watch and args.imds_poll > 0),
                  spot_notice=None, rebalance=None)  # a resumed attempt starts without the last one's notices
 
@@ -469,6 +512,9 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
         state, reason = RunState.SUCCEEDED, None
     elif notice is not None:
         state, reason = RunState.PREEMPTED, preempt_reason(notice, run_dir)
+    elif args.nodes.count > 1 and stopped_on_request(log_path):  # another node's notice: every rank saved, stopped
+        state, reason = RunState.PREEMPTED, ("a spot interruption notice on another node: every rank checkpointed at "
+                                             "the same step and stopped")
     else:
         state, reason = RunState.FAILED, failure_reason(log_path, rc)
     write_status(run_dir, state, exit_code=rc, reason=reason, finished_at=round(time.time(), 3))

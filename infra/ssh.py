@@ -91,11 +91,16 @@ def parse_endpoint(text: str, default_user: str) -> Endpoint:
     return Endpoint(user or default_user, host.strip("[]"), int(port))
 
 
-def endpoint_for(host: Optional[str], user: str, port: int = 22) -> Endpoint:
-    """Where to connect: MNIST_LAUNCH_SSH_ENDPOINT if set, else the instance's own address."""
+def endpoint_for(host: Optional[str], user: str, port: int = 22, node: int = 0) -> Endpoint:
+    """Where to connect: MNIST_LAUNCH_SSH_ENDPOINT if set (for a multi-node cluster a comma-separated list,
+    one entry per node in rank order), else the instance's own address."""
     override = settings.ssh_endpoint()
     if override:
-        return parse_endpoint(override, user)
+        entries = [e.strip() for e in override.split(",")]
+        if len(entries) > 1 and node >= len(entries):
+            raise SSHError(f"{ENDPOINT_ENV} lists {len(entries)} endpoints, none for node {node} — "
+                           "give one [user@]host:port per node, in rank order")
+        return parse_endpoint(entries[node if len(entries) > 1 else 0], user)
     if not host:
         raise SSHError("the instance has no public IP address — check its subnet assigns one, "
                        "or set MNIST_LAUNCH_SSH_ENDPOINT")

@@ -68,6 +68,9 @@ def train(
     data_dir: Optional[str] = typer.Option(None, "--data-dir",
                                            help="folder with the MNIST IDX files [default: data.dir or ./data]"),
     processes: int = typer.Option(1, "--processes", help="training processes (accelerate launch --num_processes)"),
+    nodes: Optional[int] = typer.Option(None, "--nodes",
+                                        help="machines training the run together [default: launch.nodes, 1]; "
+                                             "with --local, that many nodes on this machine"),
     detach: bool = typer.Option(False, "--detach", help="start the run and return; follow later with `logs --follow`"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue RUN_ID from its latest checkpoint"),
     name: Optional[str] = typer.Option(None, "--name", help="cluster to run on [default: launch.name, mnist]"),
@@ -87,13 +90,15 @@ def train(
     if local:
         from launcher.targets.local import LocalTarget
 
-        target: "Target" = LocalTarget(store, processes=processes)
+        target: "Target" = LocalTarget(store, processes=processes, nodes=nodes or 1)
         attempt = lifecycle.start(target, spec)
         console.print(f"run [bold]{attempt.run_id}[/] → {attempt.run_dir}")
         failed = f"full log: {attempt.run_dir}/train.log"
     else:
         if spot:
             spec.overrides.append("launch.spot=true")
+        if nodes is not None:
+            spec.overrides.append(f"launch.nodes={nodes}")
         recover = recover or spot
         if recover and detach:
             raise ConfigError("--recover/--spot keep watching the run to replace a lost instance — drop --detach")

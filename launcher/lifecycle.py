@@ -13,6 +13,7 @@ instance).
 
 from __future__ import annotations
 
+import re
 import secrets
 import signal
 import subprocess
@@ -156,6 +157,7 @@ def attach(target: Target, attempt: Attempt, follow: Follow, note: Note, recover
             end = follow(files, attempt.events_offset)  # a recovered attempt's: from its restored event
         except HostGone:
             end = {"state": RunState.LOST.value, "reason": f"instance {attempt.info.get('instance_id')} is gone"}
+        end = settle_nodes(target, attempt, end, note)
         lost = bool(recover and end and end.get("state") in ("failed", "lost", "preempted") and target.gone(attempt))
         if end and end.get("state") == "failed" and not lost:
             # an agent that died unheard leaves no run saying "starting"
@@ -178,6 +180,56 @@ def attach(target: Target, attempt: Attempt, follow: Follow, note: Note, recover
              + ", from the newest complete checkpoint in the store")
         target = replacement
         attempt = start(target, recover, recover=attempt.run_id)
+
+
+# a rank's error that only says a peer went away (its node failed first): never the node to blame
+_PEER_ERROR = re.compile(r"gloo|nccl|connection (closed|reset) by peer|broken pipe|DistBackendError|DistNetworkError|"
+                         r"ProcessGroup|TCPStore|rendezvous|timed out|timeout", re.IGNORECASE)
+
+
+def settle_nodes(target: Target, attempt: Attempt, end: Optional[dict], note: Note, wait_s: float = 30.0,
+                 poll: float = 0.5) -> Optional[dict]:
+    """A multi-node run after its head's end: every other node ends too (an agent still running ``wait_s`` later
+    gets SIGTERM: no rank is left waiting on a collective), and a run that failed names the node that failed
+    first, the one whose error is its own rather than a lost peer's. One node: ``end`` as it is."""
+    others = attempt.nodes()[1:]
+    if not others or end is None:
+        return end
+    states: dict[int, dict] = {}
+    deadline = time.monotonic() + wait_s
+    while True:
+        for rank, host, folder in others:
+            if rank in states and states[rank].get("state") not in ACTIVE:
+                continue
+            try:
+                states[rank] = parse_status(host.read_text(f"{folder}/{STATUS_FILE}"))
+            except Exception as err:  # its instance is gone or unreachable: it ended with it
+                states[rank] = {"state": RunState.LOST.value, "reason": f"unreachable ({str(err).split(' — ')[0]})"}
+        running = [r for r, st in states.items() if st.get("state") in ACTIVE]
+        if not running or time.monotonic() > deadline:
+            break
+        time.sleep(poll)
+    for rank, host, _folder in others:
+        pid = states[rank].get("agent_pid")
+        if rank in running and pid:
+            note(f"node {rank} still runs {wait_s:.0f}s after the head ended: stopping its agent")
+            try:
+                host.kill(int(pid), signal.SIGTERM)
+            except Exception:
+                pass
+    if end.get("state") not in ("failed", "lost"):
+        return end
+    failed = {0: {"reason": end.get("reason"), "finished_at": 0.0}}  # the head: blamed only if nobody else is
+    failed.update({r: st for r, st in states.items() if st.get("state") in ("failed", "lost")})
+    own = [r for r, st in failed.items() if not _PEER_ERROR.search(str(st.get("reason") or ""))]
+    rank = min(own or sorted(failed, reverse=True), key=lambda r: (r == 0, failed[r].get("finished_at") or 0.0))
+    where = attempt.info.get("node_ids", {}).get(rank) if isinstance(attempt.info.get("node_ids"), dict) else None
+    reason = f"node {rank}{f' ({where})' if where else ''}: {failed[rank].get('reason') or 'failed'}"
+    try:
+        target.retrying(lambda: host_status(attempt.host, attempt.run_dir).update(reason=reason, failed_node=rank))
+    except Exception:
+        pass  # the head is gone: the reason is still shown
+    return {**end, "reason": reason, "failed_node": rank}
 
 
 class HostGone(RunError):
@@ -214,6 +266,10 @@ def cancel(target: Target, run_id: str, timeout: float = 30.0, poll: float = 0.2
         if pid is None:
             raise RunError(f"run '{run_id}' has not started its agent yet — try again in a few seconds")
         attempt.host.kill(int(pid), signal.SIGTERM)
+        for _rank, host, folder in attempt.nodes()[1:]:  # every node's agent: each records cancelled
+            other = parse_status(host.read_text(f"{folder}/{STATUS_FILE}")).get("agent_pid")
+            if other:
+                host.kill(int(other), signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # done when the agent has recorded the end and exited
             st = status.read()

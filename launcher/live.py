@@ -13,6 +13,7 @@ import time
 from typing import Callable, Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -78,7 +79,8 @@ class RunView:
             # two lines, each short enough for an 80-column terminal
             self.print(f"[bold]{ev['model']}[/] {ev['params']:,} params · "
                        f"{ev['train_size']:,} train / {ev['test_size']:,} test images{resumed}")
-            self.print(f"{ev['num_processes']} process(es) on {ev['device_name']} · {_batch(ev)}"
+            nodes = f" on {ev['nodes']} nodes" if (ev.get("nodes") or 1) > 1 else ""
+            self.print(f"{ev['num_processes']} process(es){nodes} on {ev['device_name']} · {_batch(ev)}"
                        f"mixed precision {ev['mixed_precision']}{chosen}")
             if ev.get("summary") and not ev.get("resumed"):
                 self.print(summary_table(ev["summary"]))
@@ -126,9 +128,9 @@ class RunView:
             grid.add_row("device", f"{f['device']} × {f['num_processes']} · {f['mixed_precision']}")
             self.console.print(Panel(grid, title="finished", border_style="green", expand=False))
         elif end.get("state") == "cancelled":
-            self.console.print(f"[yellow]cancelled[/]: {end.get('reason')}")
-        else:
-            self.console.print(f"[red]{end.get('state')}[/]: {end.get('reason')}")
+            self.console.print(f"[yellow]cancelled[/]: {escape(str(end.get('reason')))}")
+        else:  # a reason quotes logs: '[/path/pair.cc:545]' is text, not markup
+            self.console.print(f"[red]{end.get('state')}[/]: {escape(str(end.get('reason')))}")
 
     def stop(self) -> None:
         if self.progress is not None:

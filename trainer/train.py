@@ -38,6 +38,9 @@ PREEMPTED_EXIT = 75  # the trainer saved a checkpoint on request (SIGUSR1) and s
 CHECK_EVERY_MULTI = 10  # with several ranks, the signal flags are agreed on (all-reduced) every N steps
 STEP_DELAY_ENV = settings.STEP_DELAY  # seconds slept after each step: a throttle for tests and demos
 CURVES_EVERY_S = 60.0  # curves.png is redrawn at most this often while a run trains, and when it stops
+# a collective that waits longer fails: a node that vanished (instance lost, network cut) ends every rank within
+# this bound instead of torch's 30 minutes (a rank killed on a live host fails its peers at once: the socket closes)
+COLLECTIVE_TIMEOUT_S = 300.0
 
 
 step_delay = settings.step_delay  # MNIST_LAUNCH_STEP_DELAY (core/settings.py)
@@ -245,7 +248,12 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").is_file() else {}
     tc = cfg.train
     precision = resolve_mixed_precision(tc.mixed_precision, cuda_capability())  # auto -> what this host does best
-    accelerator = Accelerator(mixed_precision=precision, log_with="tensorboard", project_dir=str(run_dir))
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    accelerator = Accelerator(mixed_precision=precision, log_with="tensorboard", project_dir=str(run_dir),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))])
     main = accelerator.is_main_process
     events = EventWriter(run_dir / EVENTS_FILE, enabled=main)
 
@@ -261,6 +269,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model.parameters())
     world = accelerator.num_processes
+    nodes = node_count(world)
     batch = per_process_batch(tc.batch_size, world)  # train.batch_size is the global batch
     steps = steps_per_epoch(len(data.train_images), batch, world)
     scheduler, sched_when = build_scheduler(cfg, optimizer, steps)
@@ -302,7 +311,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     aug_gen = torch.Generator(device=device)
     events.emit(
         "start", model=cfg.model, params=params, epochs=tc.epochs, steps_per_epoch=steps,
-        batch_size=tc.batch_size, per_process_batch=batch, num_processes=world, device=str(device),
+        batch_size=tc.batch_size, per_process_batch=batch, num_processes=world, nodes=nodes, device=str(device),
         device_name=device_name(device), mixed_precision=precision,
         mixed_precision_requested=tc.mixed_precision, start_epoch=start_epoch,
         train_size=len(data.train_images), test_size=len(data.test_images), summary=rows, resumed=resume,
@@ -427,7 +436,8 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         "train_seconds": round(state.train_seconds, 3),
         "images_per_second": round(state.images_seen / state.train_seconds, 1) if state.train_seconds else None,
         "mixed_precision": precision, "mixed_precision_requested": tc.mixed_precision,
-        "num_processes": world, "world_size": world, "global_batch": tc.batch_size, "per_process_batch": batch,
+        "num_processes": world, "world_size": world, "nodes": nodes, "global_batch": tc.batch_size,
+        "per_process_batch": batch,
         "device": device_name(device), "seed": tc.seed, "code_revision": meta.get("code_revision"),
         "torch": torch.__version__, "history": state.history,
     }
@@ -439,10 +449,47 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     return summary
 
 
+def node_count(world: int) -> int:
+    """Machines in the run: torchrun gives each node LOCAL_WORLD_SIZE of the WORLD_SIZE processes."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or world)
+    return max(1, world // max(1, local))
+
+
+def collect_rank_files(accelerator: Accelerator, path: Path) -> None:
+    """On several nodes each rank wrote its own files of a checkpoint (its RNG state, its running sums) on its
+    own node's disk; the head's copy, the one that goes to the store and that every node restores from, gets
+    all of them (a few KB per rank, over the process group). One node shares one folder: nothing to do."""
+    if node_count(accelerator.num_processes) == 1:
+        return
+    from accelerate.utils import gather_object
+
+    rank = accelerator.process_index
+    mine = {p.name: p.read_bytes() for p in path.iterdir()
+            if p.is_file() and p.stem.endswith(f"_{rank}") and p.suffix in (".pkl", ".pt")
+            and not p.name.startswith("custom_checkpoint_")}  # the head saves the shared ones itself
+    every = gather_object([(rank, mine)])
+    if accelerator.is_main_process:
+        for other, files in every:
+            for name, data in files.items():
+                if other != rank and "/" not in name and name.endswith((f"_{other}.pkl", f"_{other}.pt")):
+                    tmp = path / (name + ".tmp")
+                    tmp.write_bytes(data)
+                    os.replace(tmp, path / name)
+
+
+def drop_node_copy(accelerator: Accelerator, path: Path) -> None:
+    """Another node than the head: its part of a checkpoint is in the head's copy now (collect_rank_files);
+    a new attempt restores the whole checkpoint on every node, so nothing of it stays here."""
+    if node_count(accelerator.num_processes) > 1 and not accelerator.is_main_process \
+            and accelerator.is_local_main_process:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def save_checkpoint(accelerator: Accelerator, model, run_dir: Path, state: TrainState, is_best: bool, keep: int,
                     events: EventWriter) -> None:
     path = run_dir / CHECKPOINTS / f"epoch_{state.epoch:03d}"
     accelerator.save_state(str(path))
+    collect_rank_files(accelerator, path)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if is_best:
@@ -459,6 +506,7 @@ def save_checkpoint(accelerator: Accelerator, model, run_dir: Path, state: Train
         prune_checkpoints(run_dir, keep, state.best_epoch)
         events.emit("checkpoint", epoch=state.epoch, path=f"{CHECKPOINTS}/{path.name}", best=is_best)
     accelerator.wait_for_everyone()
+    drop_node_copy(accelerator, path)
 
 
 def save_mid_epoch(accelerator: Accelerator, run_dir: Path, state: TrainState, step: int, sums: dict,
@@ -474,6 +522,7 @@ def save_mid_epoch(accelerator: Accelerator, run_dir: Path, state: TrainState, s
     finally:
         state.step = 0
     torch.save(sums, path / f"partial_{accelerator.process_index}.pt")
+    collect_rank_files(accelerator, path)
     accelerator.wait_for_everyone()
     rel = f"{CHECKPOINTS}/{path.name}"
     if accelerator.is_main_process:
@@ -482,6 +531,7 @@ def save_mid_epoch(accelerator: Accelerator, run_dir: Path, state: TrainState, s
                                    "files": files, "best": False})
         events.emit("checkpoint", epoch=state.epoch, step=step, path=rel, best=False, reason=why)
     accelerator.wait_for_everyone()
+    drop_node_copy(accelerator, path)
     return rel
 
 

@@ -56,4 +56,5 @@ def login_key(inst: InstanceInfo, name: str, identity: Optional[str]) -> Path:
 
 def cluster_host(inst: InstanceInfo, name: str, identity: Optional[str]) -> SSHHost:
     """An SSHHost for the cluster's instance, its host key pinned under the instance id."""
-    return SSHHost(endpoint_for(inst.public_ip, inst.user), login_key(inst, name, identity), alias=inst.id)
+    return SSHHost(endpoint_for(inst.public_ip, inst.user, node=inst.node), login_key(inst, name, identity),
+                   alias=inst.id)

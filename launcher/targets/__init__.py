@@ -2,8 +2,9 @@
 
 A target supplies the host(s), the run's paths on them and the store; it prepares the hosts
 (code, data, environment), starts the agent, and finds a run again for ``logs`` and ``cancel``.
-``targets/local.py`` is this machine, ``targets/ec2.py`` one EC2 instance; a multi-node target
-lists its workers after the head in ``Attempt.hosts``.
+``targets/local.py`` is this machine (one node, or several nodes on it), ``targets/ec2.py`` one EC2
+instance or a multi-node cluster; a multi-node attempt lists its workers after the head in ``Attempt.hosts``,
+their run folders in ``Attempt.node_dirs``.
 
     attempt = lifecycle.start(LocalTarget("."), RunSpec(config="configs/model3.yaml"))
 """
@@ -32,10 +33,17 @@ class Attempt:
     agent_pid: Optional[int] = None  # the spawned agent's pid, known before it writes status.json
     events_offset: int = 0  # where this attempt's events begin (what came before was shown already)
     info: dict[str, Any] = field(default_factory=dict)  # what the target knows: cluster, instance, timings
+    # multi-node: the run's folder on each host, in rank order (node_dirs[0] is run_dir); [] for one node
+    node_dirs: list[str] = field(default_factory=list)
 
     @property
     def host(self) -> Host:
         return self.hosts[0]
+
+    def nodes(self) -> list[tuple[int, Host, str]]:
+        """(rank, host, run folder) of every node; one for a single-node run."""
+        dirs = self.node_dirs or [self.run_dir]
+        return [(rank, host, d) for rank, (host, d) in enumerate(zip(self.hosts, dirs))]
 
 
 class Target(Protocol):

@@ -12,15 +12,18 @@ A new attempt of a run (``--resume``, a recovery on a replacement instance) star
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, TypeVar
 
 from rich.console import Console
 
+from core import settings
 from core.config import Config, load_config, per_process_batch
 from core.errors import ConfigError, RunError, SSHError
 from infra import home
+from infra.host import Host
 from infra.ssh import SSHHost
 from infra.store import RunFiles, StoreRun, latest_stored_checkpoint, open_store
 from launcher import cluster
@@ -91,10 +94,14 @@ class EC2Target:
 
     def prepare(self, run_id: str, cfg: Config, data_dir: Optional[str], restart: bool) -> Attempt:
         cfg = self._check_store(cfg)
+        nodes = cfg.launch.nodes
         if cfg.launch.gpus:  # processes known before anything starts (else one per GPU: the trainer checks)
-            per_process_batch(cfg.train.batch_size, cfg.launch.gpus)
+            per_process_batch(cfg.train.batch_size, cfg.launch.gpus * nodes)
         if restart and not self.store:
             raise ConfigError("recovering or resuming a cloud run needs its store: pass --store s3://bucket/prefix")
+        if nodes > 1 and not self.store:
+            raise ConfigError(f"launch.nodes={nodes}: a multi-node run keeps its checkpoints and every node's logs in "
+                              "S3 — pass --store s3://bucket/prefix")
         data_dir = data_dir or self.local_data_dir
         data_uri = data_dir if (data_dir or "").startswith("s3://") else None
         local_data = None if data_uri else resolve_data_dir(data_dir, cfg)
@@ -102,38 +109,53 @@ class EC2Target:
             check_dir(local_data)  # the local copy is what travels: a bad file fails here, by name
         timings: dict[str, float] = {}
         t = time.monotonic()
-        inst, host = self._cluster(cfg, data_uri)
-        self.host = host
-        host.connect()
-        timings["connect"] = time.monotonic() - t  # finding the instance (EC2) and the SSH handshake
+        insts, hosts = self._cluster(cfg, data_uri)
+        self.host = hosts[0]
+        in_parallel([h.connect for h in hosts])
+        timings["connect"] = time.monotonic() - t  # finding the instance(s) (EC2) and the SSH handshakes
         paths = remote_layout(cfg.launch.remote_dir, run_id)
         t = time.monotonic()
-        python = prepare_host(host, self.console, cfg, paths, local_data, data_uri, timings)
+        # every node at once: the launcher's start grows little with the node count
+        each = [dict(timings) for _ in hosts]
+        def prepare_one(host: SSHHost, tm: dict[str, float]) -> Callable[[], str]:
+            return lambda: prepare_host(host, self.console, cfg, paths, local_data, data_uri, tm)
+
+        pythons = in_parallel([prepare_one(h, tm) for h, tm in zip(hosts, each)])
+        for key in ("sync", "data", "setup"):
+            timings[key] = max(tm.get(key, 0.0) for tm in each)
         timings["prepare"] = time.monotonic() - t
         cfg.data.dir = "data"  # relative to the remote folder, where the agent and trainer start
         name = self.flags.name or cfg.launch.name
+        inst = insts[0]
         info = {"cluster": name, "instance_id": inst.id, "region": inst.region, "az": inst.az,
                 "image_id": inst.image_id, "instance_type": inst.instance_type, "timings": timings, "paths": paths,
-                "python": python, "local_data_dir": local_data, "t_start": time.monotonic()}
-        return Attempt(run_id, [host], paths["run_dir"], cfg, store=self.store, info=info)
+                "python": pythons[0], "pythons": pythons, "local_data_dir": local_data, "t_start": time.monotonic(),
+                "node_ids": {i.node: i.id for i in insts}, "rendezvous": insts[0].private_ip}
+        return Attempt(run_id, list(hosts), paths["run_dir"], cfg, store=self.store, info=info,
+                       node_dirs=[paths["run_dir"]] * len(hosts) if len(hosts) > 1 else [])
 
-    def _cluster(self, cfg: Config, data_uri: Optional[str]) -> tuple[Any, SSHHost]:
-        """(instance, SSHHost) of the run's cluster; `up` it first when nothing runs under that name. Its role
-        covers the run's store and s3:// data before the run starts (a run that could upload nothing never starts)."""
+    def _cluster(self, cfg: Config, data_uri: Optional[str]) -> tuple[list[Any], list[SSHHost]]:
+        """(instances, SSHHosts) of the run's cluster, in rank order; `up` it first when nothing (or not every node)
+        runs under that name. Its role covers the run's store and s3:// data before the run starts (a run that
+        could upload nothing never starts)."""
         name = self.flags.name or cfg.launch.name
+        nodes = cfg.launch.nodes
         try:
-            inst = cluster.running_instance(name, cfg.launch.region)
-        except cluster.NoInstanceError:  # bring it up with the config's launch: section (and the flags)
-            self.console.print(f"no running instance for cluster '{name}': starting it")
+            insts = cluster.running_nodes(name, cfg.launch.region, nodes) if nodes > 1 \
+                else [cluster.running_instance(name, cfg.launch.region)]
+        except cluster.NoInstanceError as err:  # bring it up with the config's launch: section (and the flags)
+            self.console.print(f"{str(err).split(' — ')[0]}: starting it" if nodes > 1
+                               else f"no running instance for cluster '{name}': starting it")
             made = cluster.up(cluster.UpRequest(launch=cfg.launch, store=self.store, explicit_type=True,
                                                 avoid_az=self.flags.avoid_az, confirm=self.confirm),
-                               console=self.console).instance
-            assert made is not None  # up raises when it cannot start one
-            inst = made
-        changed = cluster.grant_run_access(inst, name, self.store, data_uri)
-        if changed:
-            self.console.print(f"[dim]{changed}[/]")
-        return inst, cluster.cluster_host(inst, name, self.flags.identity)
+                              console=self.console)
+            assert made.instance is not None  # up raises when it cannot start one
+            insts = sorted(made.instances, key=lambda i: i.node) if nodes > 1 else [made.instance]
+        for inst in {i.profile_arn: i for i in insts}.values():  # one grant per role (a cluster has one)
+            changed = cluster.grant_run_access(inst, name, self.store, data_uri)
+            if changed:
+                self.console.print(f"[dim]{changed}[/]")
+        return insts, [cluster.cluster_host(i, name, self.flags.identity) for i in insts]
 
     def exists(self, attempt: Attempt) -> bool:
         return self.retrying(lambda: attempt.host.read_text(f"{attempt.run_dir}/config.yaml")) is not None
@@ -163,19 +185,39 @@ class EC2Target:
         info, cfg = attempt.info, attempt.cfg
         assert cfg is not None  # a started attempt has its config
         paths = info["paths"]
-        argv = agent_argv(info["python"], paths, attempt.run_id, cfg, attempt.store)
-        if cfg.launch.env:
-            attempt.host.write_text(paths["env"], "".join(f"{k}={v}\n" for k, v in cfg.launch.env.items()), mode=0o600)
-            argv += ["--env-file", paths["env"][len(paths["root"]) + 1:] if paths["env"].startswith(paths["root"] + "/")
-                     else paths["env"]]
-        if restart:
-            argv.append("--restore")
+        nodes = attempt.nodes()
         where = {"cluster": info["cluster"], "instance_id": info["instance_id"], "region": info["region"],
                  "remote_dir": paths["root"], "run_dir": attempt.run_dir}
         record = {**where, "store": attempt.store, "identity": self.flags.identity,
                   "created_at": info.get("created_at") or round(time.time(), 3)}
+        if len(nodes) > 1:
+            record["nodes"] = [{"rank": rank, "instance_id": info["node_ids"][rank], "run_dir": folder}
+                               for rank, _host, folder in nodes]
         home.write_run_record(attempt.run_id, record)
-        pid = spawn_once(attempt.host, argv, paths["root"], attempt.run_dir, tag="restore" if restart else "start")
+        # a port of rank 0's for this attempt: two runs on one cluster, or a recovery next to a dying attempt,
+        # never meet at the same rendezvous (the cluster's security group opens every port between its nodes)
+        port = secrets.randbelow(10000) + 20000
+        address = settings.rendezvous_address() or info.get("rendezvous") or ""
+        if len(nodes) > 1 and not address:
+            raise RunError(f"{info['instance_id']} has no private address for the other nodes to reach it — "
+                           "check the cluster's subnet (or set MNIST_LAUNCH_RENDEZVOUS_ADDRESS)")
+        tag = f"restore-{secrets.token_hex(3)}" if restart else "start"  # each new attempt starts its agents once
+        pids = []
+        for rank, host, folder in nodes:
+            argv = agent_argv(info["pythons"][rank], paths, attempt.run_id, cfg, attempt.store)
+            if len(nodes) > 1:
+                argv += ["--nodes", str(len(nodes)), "--node-rank", str(rank), "--main-address", address,
+                         "--main-port", str(port)]
+            if cfg.launch.env:
+                host.write_text(paths["env"], "".join(f"{k}={v}\n" for k, v in cfg.launch.env.items()), mode=0o600)
+                argv += ["--env-file", paths["env"][len(paths["root"]) + 1:]
+                         if paths["env"].startswith(paths["root"] + "/") else paths["env"]]
+            if restart:
+                argv.append("--restore")
+            pids.append(spawn_once(host, argv, paths["root"], folder, tag=tag))
+        pid = pids[0]
+        if len(nodes) > 1:
+            record["nodes"] = [{**n, "spawn_pid": p} for n, p in zip(record["nodes"], pids)]
         home.write_run_record(attempt.run_id, {**record, "spawn_pid": pid})  # an agent that dies before its first word
         info["timings"]["start"] = time.monotonic() - info["t_start"]
         if restart:  # the agent restores the run from the store: what came before its checkpoint was shown already
@@ -193,21 +235,24 @@ class EC2Target:
         return step() if self.host is None else retrying(self.host, self.console, step)
 
     def gone(self, attempt: Attempt) -> bool:
-        """Whether EC2 says the attempt's instance no longer runs (one DescribeInstances)."""
+        """Whether EC2 says an instance of the attempt (any node) no longer runs (one DescribeInstances)."""
         from infra.aws import AWSProvider, Clients
 
         name = attempt.info["cluster"]
         provider = AWSProvider(Clients.create(cluster.default_region(None, name)))
-        live = [i for i in provider.find_instances(name) if i.id == attempt.info["instance_id"]]
-        return not any(i.state in ("pending", "running") for i in live)
+        ids = set((attempt.info.get("node_ids") or {0: attempt.info["instance_id"]}).values())
+        live = {i.id for i in provider.find_instances(name) if i.id in ids and i.state in ("pending", "running")}
+        return live != ids
 
     def close(self, attempt: Attempt) -> None:
-        attempt.host.close()
+        for host in attempt.hosts:
+            host.close()
 
     def replacement(self, attempt: Attempt) -> "EC2Target":
         info = attempt.info
+        multi = len(info.get("node_ids") or {}) > 1  # a node joins the others in their zone and placement group
         flags = replace(self.flags, store=attempt.store, instance=info.get("instance_type") or self.flags.instance,
-                        ami=info.get("image_id"), avoid_az=info.get("az"))
+                        ami=info.get("image_id"), avoid_az=None if multi else info.get("az"))
         return EC2Target(flags, self.console, self.note)  # --recover agreed to replacements: nobody is asked
 
     # -- finding a run again: logs, cancel ----------------------------------------------------------
@@ -216,10 +261,11 @@ class EC2Target:
         rec = run_record(run_id, self.flags.store)
         if not rec:
             return None
-        host = host_for(rec)
-        host.connect()
-        return Attempt(run_id, [host], rec["run_dir"], None, store=rec.get("store"), agent_pid=rec.get("spawn_pid"),
-                       info=rec)
+        hosts = hosts_for(rec)
+        in_parallel([h.connect for h in hosts])
+        return Attempt(run_id, list[Host](hosts), rec["run_dir"], None, store=rec.get("store"),
+                       agent_pid=rec.get("spawn_pid"), info=rec,
+                       node_dirs=[n["run_dir"] for n in rec["nodes"]] if rec.get("nodes") else [])
 
 
 def run_record(run_id: str, store: Optional[str]) -> dict[str, Any]:
@@ -242,6 +288,28 @@ def host_for(rec: dict[str, Any]) -> SSHHost:
     if inst.id != rec.get("instance_id"):
         raise SSHError(f"cluster '{rec['cluster']}' now runs {inst.id}, not {rec.get('instance_id')} where the run was")
     return cluster.cluster_host(inst, rec["cluster"], rec.get("identity"))
+
+
+def hosts_for(rec: dict[str, Any]) -> list[SSHHost]:
+    """The SSHHosts of a run's nodes (one for a single-node run), each still the instance the run started on."""
+    if not rec.get("nodes"):
+        return [host_for(rec)]
+    live = {i.id: i for i in cluster.running_nodes(rec["cluster"], rec.get("region"))}
+    missing = [f"node {n['rank']} ({n['instance_id']})" for n in rec["nodes"] if n["instance_id"] not in live]
+    if missing:
+        raise SSHError(f"cluster '{rec['cluster']}' no longer runs {', '.join(missing)} where the run was")
+    return [cluster.cluster_host(live[n["instance_id"]], rec["cluster"], rec.get("identity")) for n in rec["nodes"]]
+
+
+def in_parallel(steps: list[Callable[[], T]]) -> list[T]:
+    """Run each step on its own thread (one per node); their results in order; the first error is raised."""
+    if len(steps) == 1:
+        return [steps[0]()]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(steps)) as pool:
+        futures = [pool.submit(step) for step in steps]
+        return [f.result() for f in futures]
 
 
 def open_cloud_run(run_id: str, store: Optional[str], note: Callable[[str], None]) -> Optional[RunFiles]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
@@ -45,9 +46,14 @@ class LocalTarget:
     """This machine: ``LocalHost`` and a ``LocalStore`` whose run folders are where the trainer writes."""
 
     def __init__(self, store: Optional[str] = None, processes: int = 1, host: Optional[Host] = None,
-                 spot_watch: bool = False) -> None:
+                 spot_watch: bool = False, nodes: int = 1) -> None:
         if processes < 1:
             raise ConfigError(f"--processes {processes}: must be at least 1")
+        if not 1 <= nodes <= 16:
+            raise ConfigError(f"--nodes {nodes}: a --local run takes 1 to 16 nodes on this machine")
+        # several nodes here: an agent per node, each with its own folder (runs/ID/nodes/RANK/ for ranks above 0,
+        # as on separate machines), meeting at a rendezvous on 127.0.0.1: the multi-node mechanics without AWS
+        self.nodes = nodes
         self.store = local_store(store)
         self.host: Host = host or LocalHost()
         self.processes = processes
@@ -66,14 +72,16 @@ class LocalTarget:
         return path.read_text(), str(path)
 
     def prepare(self, run_id: str, cfg: Config, data_dir: Optional[str], restart: bool) -> Attempt:
-        per_process_batch(cfg.train.batch_size, self.processes)  # shared evenly, or one line now
+        per_process_batch(cfg.train.batch_size, self.processes * self.nodes)  # shared evenly, or one line now
         cfg.data.dir = resolve_data_dir(data_dir, cfg)
         check_dir(cfg.data.dir)  # one clear line now, not a traceback from the trainer later
         # this machine trains: fp16 without a GPU fails now, not in the agent (only fp16 asks torch for the
         # GPU; the agent resolves 'auto' where it trains, so the launcher does not import torch for it)
         if cfg.train.mixed_precision == "fp16":
             resolve_mixed_precision("fp16", cuda_capability())
-        return Attempt(run_id, [self.host], str(self.store.run_dir(run_id)), cfg, store=self.store.uri)
+        run_dir = str(self.store.run_dir(run_id))
+        dirs = [run_dir, *(node_dir(run_dir, rank) for rank in range(1, self.nodes))] if self.nodes > 1 else []
+        return Attempt(run_id, [self.host] * self.nodes, run_dir, cfg, store=self.store.uri, node_dirs=dirs)
 
     def exists(self, attempt: Attempt) -> bool:
         return Path(attempt.run_dir).exists()
@@ -95,17 +103,31 @@ class LocalTarget:
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
         events = run_dir / "events.jsonl"
         attempt.events_offset = events.stat().st_size if events.is_file() else 0  # a resumed run appends
+        for _rank, _host, folder in attempt.nodes()[1:]:  # each node's own folder, as on its own disk
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "config.yaml").write_text(config_yaml)
+            (Path(folder) / "meta.json").write_text(meta_path.read_text())
+            if restart and (run_dir / "checkpoints").is_dir():  # every rank loads the whole checkpoint
+                shutil.copytree(run_dir / "checkpoints", Path(folder) / "checkpoints", dirs_exist_ok=True)
 
     def spawn_agent(self, attempt: Attempt, restart: bool) -> int:
         assert attempt.cfg is not None  # a started attempt has its config
-        argv = [sys.executable, "-m", "infra.agent", "--run-dir", attempt.run_dir, "--processes", str(self.processes),
-                "--mixed-precision", attempt.cfg.train.mixed_precision]
-        if restart:
-            argv.append("--resume")
-        if self.spot_watch:
-            argv.append("--spot-watch")
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-        return self.host.spawn(argv, cwd=str(PROJECT_ROOT), log=f"{attempt.run_dir}/agent.log", env=env)
+        port = free_port() if self.nodes > 1 else 0
+        pids = []
+        for rank, host, folder in attempt.nodes():
+            argv = [sys.executable, "-m", "infra.agent", "--run-dir", folder, "--processes", str(self.processes),
+                    "--mixed-precision", attempt.cfg.train.mixed_precision]
+            if self.nodes > 1:
+                argv += ["--nodes", str(self.nodes), "--node-rank", str(rank), "--main-address", "127.0.0.1",
+                         "--main-port", str(port)]
+            if restart:
+                argv.append("--resume")
+            if self.spot_watch:
+                argv.append("--spot-watch")
+            pids.append(host.spawn(argv, cwd=str(PROJECT_ROOT), log=f"{folder}/agent.log", env=env))
+        attempt.info["node_pids"] = pids
+        return pids[0]
 
     def files(self, attempt: Attempt, note: Callable[[str], None]) -> RunFiles:
         return HostRun(attempt.host, attempt.run_dir)
@@ -130,5 +152,22 @@ class LocalTarget:
             raise RunError(f"run '{run_id}' not found in {self.store.uri}/runs{hint} — `mnist-launch runs` lists them")
         from core.config import config_from_yaml
 
-        return Attempt(run_id, [self.host], str(run_dir), config_from_yaml((run_dir / "config.yaml").read_text()),
-                       store=self.store.uri)
+        ranks = sorted(int(d.name) for d in (run_dir / "nodes").glob("*") if d.name.isdigit()) \
+            if (run_dir / "nodes").is_dir() else []
+        dirs = [str(run_dir), *(node_dir(str(run_dir), r) for r in ranks)] if ranks else []
+        return Attempt(run_id, [self.host] * (1 + len(ranks)), str(run_dir),
+                       config_from_yaml((run_dir / "config.yaml").read_text()), store=self.store.uri, node_dirs=dirs)
+
+
+def node_dir(run_dir: str, rank: int) -> str:
+    """The folder of node ``rank`` (above 0) of a run on this machine: inside the run's, so its logs are the run's."""
+    return f"{run_dir}/nodes/{rank}"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now: the local nodes' rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
