@@ -32,6 +32,7 @@ class LocalRequest:
     run_id: Optional[str] = None
     data_dir: Optional[str] = None
     processes: int = 1
+    nodes: int = 1  # nodes on this machine (multi-node mechanics without a cloud)
     resume: Optional[str] = None  # run id to continue
     # the agent watches instance metadata for spot notices: only for code that knows this host is an EC2
     # instance; `train --local` never sets it (a laptop has no metadata service to ask)
@@ -56,7 +57,7 @@ def read_status(run_dir: Path) -> dict:
 
 
 def start_run(req: LocalRequest, host: Optional[Host] = None) -> Run:
-    target = LocalTarget(req.store, processes=req.processes, host=host, spot_watch=req.spot_watch)
+    target = LocalTarget(req.store, processes=req.processes, host=host, spot_watch=req.spot_watch, nodes=req.nodes)
     spec = lifecycle.RunSpec(config=req.config, overrides=req.overrides, run_id=req.run_id, data_dir=req.data_dir,
                              resume=req.resume)
     a = lifecycle.start(target, spec)
