@@ -5,7 +5,10 @@ instance (reached through MNIST_LAUNCH_SSH_ENDPOINT, as in the tests), `up` once
 run (builds the venv, ships MNIST), then ``--repeats`` measured runs of the same tree, each
 through ``lifecycle.start`` over the EC2 target (what `train` calls) and a follow until the first event arrives.
 
-    python bench/remote_overhead.py [--repeats 5] [--data-dir ../shared/data/mnist]
+    python bench/remote_overhead.py [--repeats 5] [--data-dir ../shared/data/mnist] [--nodes 1]
+
+``--nodes N``: a cluster of N nodes, each its own sshd on 127.0.0.1 with its own home (the tests' nodes),
+the rendezvous on 127.0.0.1; each phase's time is the slowest node's (they run at once).
 
 Phases: connect (EC2 lookup + SSH handshake), then at once over one connection: sync (workdir
 manifest compare, 0 bytes when unchanged), data (MNIST hashes compared there), setup (venv stamp
@@ -50,6 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--nodes", type=int, default=1)
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
@@ -58,8 +62,11 @@ def main() -> None:
                       AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"), MNIST_LAUNCH_SSH_CIDR="203.0.113.7/32")
     server, url = start_moto_server()
     os.environ["AWS_ENDPOINT_URL"] = url
-    srv = instance_sshd(tmp / "sshd", url)
-    os.environ["MNIST_LAUNCH_SSH_ENDPOINT"] = srv.endpoint
+    nodes = [instance_sshd(tmp / f"sshd-{rank}", url, node=f"{tmp.name}-node-{rank}" if args.nodes > 1 else None)
+             for rank in range(args.nodes)]
+    srv = nodes[0]
+    os.environ["MNIST_LAUNCH_SSH_ENDPOINT"] = ",".join(n.endpoint for n in nodes)
+    os.environ["MNIST_LAUNCH_RENDEZVOUS_ADDRESS"] = "127.0.0.1"
     console = Console(file=open(os.devnull, "w"))
     try:
         from core.config import LaunchConfig
@@ -68,14 +75,16 @@ def main() -> None:
         from tests.support.aws_helpers import ubuntu_ami
 
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bench")
-        cluster.up(cluster.UpRequest(launch=LaunchConfig(name="bench", ami=ubuntu_ami(), identity=str(srv.client_key)),
+        cluster.up(cluster.UpRequest(launch=LaunchConfig(name="bench", ami=ubuntu_ami(), identity=str(srv.client_key),
+                                                         nodes=args.nodes, max_instances=max(2, args.nodes)),
                                      store="s3://bench/mnist", yes=True), console=console)
-        remote = str(srv.remote(f"overhead-{os.getpid()}"))  # under the instance user's home
+        # under each instance user's home (each node's own)
+        remote = f"~/overhead-{os.getpid()}" if args.nodes > 1 else str(srv.remote(f"overhead-{os.getpid()}"))
         rows = []
         for i in range(args.repeats + 1):  # run 0 is the warm-up: venv built, data shipped
             spec = lifecycle.RunSpec(config="configs/model3.yaml", run_id=f"overhead-{i}", data_dir=args.data_dir,
                                      overrides=["train.epochs=1", f"launch.remote_dir={remote}",
-                                                f"launch.python={srv.python}"])
+                                                f"launch.python={srv.python}", f"launch.nodes={args.nodes}"])
             t = time.monotonic()
             run = lifecycle.start(EC2Target(CloudFlags(store="s3://bench/mnist", name="bench"), console), spec)
             launcher = time.monotonic() - t
@@ -86,7 +95,8 @@ def main() -> None:
             if i:
                 rows.append(row)
             lifecycle.cancel_anywhere(run.run_id, None)
-            run.host.close()
+            for host in run.hosts:
+                host.close()
         keys = [*PHASES, "launcher_overhead", "first_event_after_start", "train_to_first_event"]
         print("\n| phase | median (s) | min (s) | max (s) |\n| --- | ---: | ---: | ---: |")
         for k in keys:
@@ -94,7 +104,8 @@ def main() -> None:
             print(f"| {k} | {statistics.median(xs):.2f} | {min(xs):.2f} | {max(xs):.2f} |")
         cluster.down("bench", None, yes=True, console=console)
     finally:
-        stop_sshd(srv)
+        for n in nodes:
+            stop_sshd(n)
         server.stop()
 
 

@@ -102,15 +102,17 @@ def start_moto_server(strict: Optional[bool] = None, schedule: Optional[Callable
     return StrictServer(server, proxy, url), proxy.url
 
 
-def instance_sshd(where, url: str, aws_env: str = "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing"):
+def instance_sshd(where, url: str, aws_env: str = "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing",
+                  node: Optional[str] = None):
     """A real sshd playing an instance (tests/support/strict_instance.py: a non-root login user, the image's
     torch in a venv of its own at ``.python``, SSH refused then dropped while it boots; the run's
     folders go under ``.home``): its sessions reach moto at ``url`` with fake credentials, as an
     instance's role would (``aws_env``: other SetEnv words for them, e.g. tests.support.iam_world.instance_aws_env).
+    ``node``: one node of a cluster, its home a folder of that name (see ``strict_instance``).
     Stop it with ``tests.support.sshd_fixture.stop_sshd``."""
     from tests.support.strict_instance import strict_instance
 
-    return strict_instance(where, extra_config=(
+    return strict_instance(where, node=node, extra_config=(
         f"SetEnv AWS_ENDPOINT_URL={url} {aws_env} "
         # the agent there watches for spot notices (--spot-watch): no metadata service, and were it asked, 127.0.0.1
         "AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true "

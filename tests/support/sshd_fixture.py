@@ -86,7 +86,7 @@ def start_sshd(root: Path, extra_config: tuple[str, ...] = (), authorized_keys: 
     instead of the current one, with the client key in ``authorized_keys`` (a file that user can read:
     sshd reads it as the user). ``home``: the sessions' home instead of the user's own (``$HOME`` for
     commands, the starting folder for SFTP), so a test writing to ``~`` writes under its tmp folder
-    (sshd takes the first SetEnv line only: not with a SetEnv in ``extra_config``)."""
+    (sshd takes the first SetEnv line only: HOME joins the first SetEnv line of ``extra_config``)."""
     exe = shutil.which("sshd") or next((p for p in SSHD_CANDIDATES if os.path.exists(p)), None)
     if exe is None or shutil.which("ssh-keygen") is None:
         why = "OpenSSH sshd is not installed (apt-get install -y openssh-server)"
@@ -103,6 +103,12 @@ def start_sshd(root: Path, extra_config: tuple[str, ...] = (), authorized_keys: 
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     port = _free_port()
+    home_env = [f"SetEnv HOME={home}"] if home else []
+    first_env = next((i for i, line in enumerate(extra_config) if line.startswith("SetEnv ")), None)
+    if home and first_env is not None:  # one SetEnv line: HOME joins the first one's words
+        extra_config = tuple(f"SetEnv HOME={home} {line[len('SetEnv '):]}" if i == first_env else line
+                             for i, line in enumerate(extra_config))
+        home_env = []
     config = root / "sshd_config"
     config.write_text("\n".join([
         f"Port {port}",
@@ -117,7 +123,7 @@ def start_sshd(root: Path, extra_config: tuple[str, ...] = (), authorized_keys: 
         "StrictModes no",
         "UsePAM no",
         f"Subsystem sftp internal-sftp -d {home}" if home else "Subsystem sftp internal-sftp",
-        *([f"SetEnv HOME={home}"] if home else []),
+        *home_env,
         "LogLevel VERBOSE",
         *extra_config,
         "",

@@ -332,8 +332,11 @@ class CuttableProxy:
         self.cut()
 
 
-def strict_instance(where: Path, extra_config: tuple[str, ...] = (), booting: bool = True) -> Instance:
-    """Start sshd as an AMI-like instance (see the module doc).
+def strict_instance(where: Path, extra_config: tuple[str, ...] = (), booting: bool = True,
+                    node: Optional[str] = None) -> Instance:
+    """Start sshd as an AMI-like instance (see the module doc). ``node``: the sessions' home is a folder of
+    that name under the login user's (``$HOME`` for commands, where SFTP starts), so the nodes of a cluster,
+    each an sshd of its own, keep their ``~`` apart as separate machines do.
 
     Stop it with ``tests.support.sshd_fixture.stop_sshd``."""
     user = login_user()
@@ -355,12 +358,18 @@ def strict_instance(where: Path, extra_config: tuple[str, ...] = (), booting: bo
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         os.chown(ssh_dir, user.uid, user.gid)
         keys = ssh_dir / "authorized_keys"
-    srv = start_sshd(where, extra_config=extra_config, authorized_keys=keys, user=user.name)
+    home = None
+    if node is not None:
+        home = user.home / node
+        home.mkdir(exist_ok=True)
+        if user.created:
+            os.chown(home, user.uid, user.gid)
+    srv = start_sshd(where, extra_config=extra_config, authorized_keys=keys, user=user.name, home=home)
     if keys is not None:
         os.chown(keys, user.uid, user.gid)
     front = BootingFront((srv.host, srv.port), srv.proc) if booting else None
     return Instance(srv.host, front.port if front else srv.port, srv.user, srv.client_key, srv.host_key_pub, srv.dir,
-                    srv.proc, home=user.home, python=str(python), login=user, front=front,
+                    srv.proc, home=home or user.home, python=str(python), login=user, front=front,
                     outside_at_boot=tuple(written_outside(user)))
 
 

@@ -1,0 +1,144 @@
+"""A run across a 2-node cluster, end to end: moto (ThreadedMotoServer, behind the strict AWS proxy and the
+enforced IAM world) as EC2 and S3, two real sshds on 127.0.0.1 as the two instances, each with its own home
+(``~``) as separate machines have, gloo between the nodes, one process a node.
+
+Every node address maps to 127.0.0.1: SSH through MNIST_LAUNCH_SSH_ENDPOINT (one endpoint per node, in rank
+order), the rendezvous through MNIST_LAUNCH_RENDEZVOUS_ADDRESS; nothing is sent to the addresses moto invents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+
+import boto3
+import pytest
+
+from tests.integration.test_remote_train import BUCKET, CIDR, ROLE, STORE, Cloud
+from tests.support import iam_world
+from tests.support.aws_helpers import STRICT_ENV, fake_aws_env, instance_credentials, instance_sshd, start_moto_server, \
+    ubuntu_ami
+from tests.support.runs import EPOCH_ROW
+from tests.support.sshd_fixture import stop_sshd
+
+NAME = "duo"
+REMOTE = "~/mnist-launch-duo"  # the same on both nodes; each node's ~ is its own
+
+
+@pytest.fixture(scope="module")
+def duo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("duo")
+    with contextlib.ExitStack() as stack:
+        mp = pytest.MonkeyPatch()
+        stack.callback(mp.undo)
+        fake_aws_env(mp, tmp / "home")
+        server, url = start_moto_server(strict=os.environ.get(STRICT_ENV, "1") != "0")
+        stack.callback(server.stop)
+        mp.setenv("AWS_ENDPOINT_URL", url)
+        world = iam_world.IAMWorld.start(iam_world.laptop_policy(BUCKET), url) if iam_world.enabled() else None
+        if world:
+            stack.callback(world.stop)
+        creds = instance_credentials(tmp)
+        if world:
+            for k in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+                mp.delenv(k, raising=False)
+            for k, v in world.admin.env().items():
+                mp.setenv(k, v)
+            mp.setattr(boto3, "DEFAULT_SESSION", None)
+        nodes = []
+        for rank in range(2):
+            srv = instance_sshd(tmp / f"sshd-{rank}", url, *([iam_world.instance_aws_env(creds)] if world else []),
+                                node=f"{tmp.name}-node-{rank}")
+            stack.callback(stop_sshd, srv)
+            nodes.append(srv)
+        mp.setenv("MNIST_LAUNCH_SSH_ENDPOINT", ",".join(s.endpoint for s in nodes))
+        mp.setenv("MNIST_LAUNCH_RENDEZVOUS_ADDRESS", "127.0.0.1")
+        mp.setenv("MNIST_LAUNCH_SSH_CIDR", CIDR)
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        c = Cloud(tmp / "home", url, nodes[0], tmp, env=world.laptop.env() if world else {})
+        c.nodes = nodes  # type: ignore[attr-defined]
+        stack.callback(c.cli, "down", NAME, "--yes")
+        up = c.cli("up", "--nodes", "2", "--instance", "g4dn.xlarge", "--ami", ubuntu_ami(), "--identity",
+                   str(nodes[0].client_key), "--store", STORE, "--name", NAME, "--yes")
+        assert up.returncode == 0, up.stderr
+        if world:
+            world.write_role_credentials(ROLE.replace("-mnist-", f"-{NAME}-"), creds, owner=nodes[0].login)
+        yield c
+
+
+def running(ec2) -> dict[int, str]:
+    """rank -> instance id of the cluster's running nodes."""
+    out = {}
+    for r in ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["running"]},
+                                             {"Name": "tag:mnist-launch:cluster", "Values": [NAME]}])["Reservations"]:
+        for i in r["Instances"]:
+            tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+            out[int(tags["mnist-launch:node"])] = i["InstanceId"]
+    return out
+
+
+def test_two_nodes_train_lose_one_recover_and_down_leaves_nothing(duo, small_mnist, tmp_path):
+    """--recover on 2 nodes: EC2 terminates node 1 mid-run (its processes and disk go with it); every rank stops,
+    the launcher replaces node 1 in the cluster, both nodes restore the run from S3, and it ends with every
+    epoch once, at the accuracy of the same run on 2 processes of one machine."""
+    from launcher.orchestrator import LocalRequest, start_run
+    from tests.support.runs import run_to_end
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    before = running(ec2)
+    assert sorted(before) == [0, 1]
+    common = ["--set", "train.epochs=3", "--set", "train.batch_size=64", "--set", "data.train_limit=400"]
+    # 2 s a step: node 1 is gone long before epoch 2 ends
+    proc = duo.popen("train", "configs/model3.yaml", "--store", STORE, "--data-dir", str(small_mnist), "--run-id",
+                     "duo-1", "--name", NAME, "--set", f"launch.remote_dir={REMOTE}", "--set",
+                     f"launch.python={duo.sshd.python}", "--set", "launch.nodes=2", *common, "--recover",
+                     "--set=launch.env.MNIST_LAUNCH_STEP_DELAY=2.0")
+    deadline = time.monotonic() + 300
+    while not duo.has("duo-1", "checkpoints/epoch_001/checkpoint.json"):  # the head's agent uploaded it whole
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    ec2.terminate_instances(InstanceIds=[before[1]])
+    node1 = duo.nodes[1].home / REMOTE[2:]
+    status = json.loads((node1 / "runs" / "duo-1" / "status.json").read_text())
+    for pid in (status["trainer_pid"], status["agent_pid"]):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+    shutil.rmtree(node1 / "runs" / "duo-1")  # the disk went with the instance
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err
+    assert "recovery 1/3" in out and "finished" in out, out
+    assert [int(e) for e in EPOCH_ROW.findall(out)] == [1, 2, 3], out  # every epoch shown once, across attempts
+    after = running(ec2)
+    assert after[0] == before[0] and after[1] != before[1]  # node 1 replaced, the head kept
+
+    objs = duo.objects("duo-1")
+    summary = json.loads(objs["summary.json"])
+    assert (summary["epochs_completed"], summary["nodes"], summary["world_size"], summary["per_process_batch"]) == (
+        3, 2, 2, 32)
+    for name in ("train.log", "agent.log", "status.json", "nodes/1/train.log", "nodes/1/agent.log",
+                 "nodes/1/status.json", "model.safetensors", "curves.png"):
+        assert name in objs, sorted(objs)
+    assert json.loads(objs["nodes/1/status.json"])["state"] == "succeeded"
+    assert not [k for k in objs if k.startswith("nodes/1/checkpoints")]  # the head's checkpoint is the run's
+    assert "random_states_1.pkl" in json.loads(objs["checkpoints/epoch_003/checkpoint.json"])["files"]
+
+    # the same run on 2 processes of this machine: the same numbers (same shards, same global batch)
+    ref = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(small_mnist),
+                                 processes=2, overrides=["train.epochs=3", "train.batch_size=64",
+                                                         "data.train_limit=400"]))
+    end, _ = run_to_end(ref)
+    assert end["state"] == "succeeded"
+    one = json.loads((ref.run_dir / "summary.json").read_text())
+    assert summary["final_test_accuracy"] == pytest.approx(one["final_test_accuracy"], abs=1e-6)
+    assert [h["test_loss"] for h in summary["history"]] == pytest.approx([h["test_loss"] for h in one["history"]],
+                                                                        rel=1e-5)
+
+    p = duo.cli("down", NAME, "--yes")
+    assert p.returncode == 0, p.stderr
+    assert not running(ec2)
+    assert not ec2.describe_placement_groups(
+        Filters=[{"Name": "tag:mnist-launch:cluster", "Values": [NAME]}])["PlacementGroups"]
