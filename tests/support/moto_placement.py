@@ -1,10 +1,12 @@
-"""EC2 placement groups for moto, which has none (moto 5.2: CreatePlacementGroup is "not implemented").
+"""EC2 placement groups for moto, which has none (moto 5.2: CreatePlacementGroup is "not implemented"), and
+the instance profile of every instance a launch of several makes.
 
 A multi-node cluster lives in a cluster placement group, and `down` looks for one on every cluster, so every
 test that reaches EC2 needs what AWS does here: Create/Describe/DeletePlacementGroups (tags on create,
 ``tag:KEY``/``group-name``/``strategy`` filters, AWS's error codes for an unknown, duplicate or in-use
 group) and RunInstances with ``Placement.GroupName`` (refused for an unknown group; the instances describe
-their group back). The operations are methods of moto's EC2 responses, so moto's IAM access control checks
+their group back; and each instance of one launch gets the instance profile, where moto gives it to the first
+only). The operations are methods of moto's EC2 responses, so moto's IAM access control checks
 them like any other (``ec2:CreatePlacementGroup`` ...), in-process and in the ThreadedMotoServer alike. The
 groups live on moto's per-region EC2 backend, so a new ``mock_aws`` starts without any.
 
@@ -99,9 +101,17 @@ def install() -> None:
         if name and name not in _groups(self.ec2_backend):
             raise _unknown(name)
         result = real_run(self)
+        insts = result.result.instances
         if name:
-            for inst in result.result.instances:
+            for inst in insts:
                 inst.placement.group_name = name
+        # moto gives the instance profile to the first instance of a launch only; AWS gives it to each
+        profile = {"iam_instance_profile_name": self._get_param("IamInstanceProfile.Name"),
+                   "iam_instance_profile_arn": self._get_param("IamInstanceProfile.Arn")}
+        if any(profile.values()):
+            for inst in insts[1:]:
+                if inst.id not in self.ec2_backend.iam_instance_profile_associations:
+                    self.ec2_backend.associate_iam_instance_profile(instance_id=inst.id, **profile)
         return result
 
     EC2Response.create_placement_group = create_placement_group
