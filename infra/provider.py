@@ -75,6 +75,7 @@ class InstanceInfo:
     profile_arn: Optional[str] = None  # the instance profile the cloud gives the instance's processes, if any
     private_ip: Optional[str] = None  # where the cluster's other nodes reach it (multi-node rendezvous)
     node: int = 0  # its rank in a multi-node cluster (0 runs the run's head: events, artifacts)
+    placement_group: Optional[str] = None  # the group keeping the cluster's nodes close, if it has one
 
     def uptime_seconds(self, now: Optional[datetime] = None) -> float:
         if self.state != "running" or self.launch_time is None:
@@ -86,7 +87,8 @@ class InstanceInfo:
 class Step:
     """One line of a plan: what happens to one resource."""
 
-    resource: str  # "key pair", "security group", "instance profile", "instance", "image", "root volume"
+    resource: str  # "key pair", "security group", "instance profile", "placement group", "instance", "image",
+    # "root volume"
     action: str  # "create", "reuse", "start", "update", "none"; "find" and "raise": notes on the image
     detail: str
 
@@ -96,7 +98,7 @@ class Step:
 
 @dataclass
 class Created:
-    kind: str  # "instance", "instance-profile", "role", "security-group", "key-pair"
+    kind: str  # "instance", "instance-profile", "role", "security-group", "key-pair", "placement-group"
     id: str
 
 
@@ -108,15 +110,31 @@ class Plan:
     image_id: Optional[str]
     user: str
     spot: bool
-    hourly_usd: Optional[float]
+    hourly_usd: Optional[float]  # one instance's; the cluster costs ``nodes`` times it
     existing: Optional[InstanceInfo] = None
+    nodes: int = 1  # instances the cluster has once `up` is done
 
 
 @dataclass
 class UpOutcome:
-    instance: InstanceInfo
+    instance: InstanceInfo  # node 0 (the lowest rank there is)
     steps: list[Step]
     created: list[Created] = field(default_factory=list)
+    instances: list[InstanceInfo] = field(default_factory=list)  # every node, by rank; [instance] when left out
+
+    def __post_init__(self) -> None:
+        if not self.instances:
+            self.instances = [self.instance]
+
+
+def by_rank(insts: list[InstanceInfo]) -> list[InstanceInfo]:
+    """A cluster's instances by rank (stable: of two with one rank, the one listed first stays first)."""
+    return sorted(insts, key=lambda i: i.node)
+
+
+def missing_ranks(nodes: int, insts: list[InstanceInfo]) -> list[int]:
+    """The ranks below ``nodes`` that none of ``insts`` holds: what `up` creates to make the cluster whole."""
+    return sorted(set(range(nodes)) - {i.node for i in insts})
 
 
 class Provider(Protocol):
@@ -129,7 +147,8 @@ class Provider(Protocol):
         ...
 
     def ensure(self, spec: ClusterSpec, found: Optional[list[InstanceInfo]] = None) -> UpOutcome:
-        """Reuse a running instance, start a stopped one, or create one; on failure undo what it created."""
+        """Reuse the cluster's running instances, start stopped ones, create the ranks below ``spec.nodes`` it
+        lacks (all of them for a new cluster, all or none); on failure undo what it created."""
         ...
 
     def find_instances(self, name: Optional[str] = None, states: Optional[list[str]] = None) -> list[InstanceInfo]:

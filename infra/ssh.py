@@ -17,6 +17,7 @@ import re
 import shlex
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from functools import wraps
@@ -33,6 +34,7 @@ from infra.host import Completed
 ENDPOINT_ENV = settings.SSH_ENDPOINT
 # paramiko logs a dropped connection with a traceback; our errors say it in one line instead
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+_PIN_LOCK = threading.Lock()  # known_hosts is rewritten whole: one pin at a time in this process
 
 
 T = TypeVar("T")
@@ -188,13 +190,16 @@ class SSHHost:
         return keys
 
     def _pin(self, key: paramiko.PKey) -> None:
-        keys = self._load_known()
-        keys.add(self.alias, key.get_name(), key)
-        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.known_hosts.with_name(self.known_hosts.name + ".tmp")
-        keys.save(str(tmp))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.known_hosts)
+        # read, add, write whole: hosts first met at once (the nodes of a cluster `up` waits for in parallel)
+        # would each write the file without the others' pins, so one writer at a time
+        with _PIN_LOCK:
+            keys = self._load_known()
+            keys.add(self.alias, key.get_name(), key)
+            self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.known_hosts.with_name(self.known_hosts.name + ".tmp")
+            keys.save(str(tmp))
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.known_hosts)
 
     def connect(self) -> paramiko.Transport:
         if self._transport is not None and self._transport.is_active():

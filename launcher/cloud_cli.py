@@ -32,6 +32,8 @@ def up(
     region: Optional[str] = typer.Option(None, "--region",
                                          help="AWS region [default: the AWS config's, else us-east-1]"),
     spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="request a spot instance"),
+    nodes: Optional[int] = typer.Option(None, "--nodes", help="instances in the cluster, in one zone (multi-node) "
+                                                              "[default: 1]"),
     disk_gb: Optional[int] = typer.Option(None, "--disk-gb", help="root volume size in GB (encrypted gp3)"),
     ami: Optional[str] = typer.Option(None, "--ami", help="image id [default: the region's PyTorch Deep Learning AMI]"),
     ami_parameter: Optional[str] = typer.Option(None, "--ami-parameter",
@@ -54,11 +56,12 @@ def up(
     force: bool = typer.Option(False, "--force", help="go beyond launch.max_instances"),
     status_checks: bool = typer.Option(True, "--status-checks/--no-status-checks", help="wait for EC2 status checks"),
 ) -> None:
-    """Provision or reuse a GPU instance: find it by its tags, start it, or create it."""
+    """Provision or reuse a GPU instance (or --nodes of them): find it by its tags, start it, or create it."""
     from launcher import cluster
 
     launch, store_uri, explicit = cluster.launch_settings(config, dict(
-        instance=instance, name=name, region=region, spot=spot, disk_gb=disk_gb, ami=ami, ami_parameter=ami_parameter,
+        instance=instance, name=name, region=region, spot=spot, nodes=nodes, disk_gb=disk_gb, ami=ami,
+        ami_parameter=ami_parameter,
         identity=identity, ssh_cidr=ssh_cidr, autostop=autostop, autostop_terminate=autostop_terminate,
         timeout=timeout, store=store,
     ))

@@ -133,6 +133,16 @@ def _replaced_s3_objects_stay_readable() -> None:
 
 _replaced_s3_objects_stay_readable()
 
+# EC2 placement groups, which moto lacks: a multi-node cluster sits in one, and `down` looks for one on every
+# cluster (tests/support/moto_placement.py), in-process and in the ThreadedMotoServer alike.
+def _moto_placement_groups() -> None:
+    from tests.support.moto_placement import install
+
+    install()
+
+
+_moto_placement_groups()
+
 # And in this process a connection anywhere else is refused and fails the test that tried it (an
 # address moto invented for an instance, the metadata service, the internet): see _loopback_only.
 _REFUSED: list[str] = []

@@ -37,7 +37,8 @@ class LaunchConfig(Section):
     autostop: str = "60m"  # idle time before the instance stops itself ('off' to disable)
     autostop_terminate: bool = False  # autostop terminates the instance instead of stopping it (spot always terminates)
     gpus: Optional[int] = Field(None, ge=1)  # processes to launch on each node; default: every GPU
-    nodes: int = Field(1, ge=1, le=64)  # instances training one run together (multi-node); each counts in max_instances
+    # instances that train one run together (multi-node), in one zone; each counts in max_instances
+    nodes: int = Field(1, ge=1, le=64)
     python: Optional[str] = None  # interpreter on the instance; default: the image's PyTorch env
     setup: Literal["auto", "skip"] = "auto"  # build the venv when its inputs change, or never
     remote_dir: str = "~/mnist-launch"  # code, data and runs on the instance

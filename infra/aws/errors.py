@@ -143,6 +143,8 @@ class Transient:
 NEW_INSTANCE = Transient("the new instance", frozenset({"InvalidInstanceID.NotFound"}), EC2_DEADLINE_ENV)
 NEW_GROUP = Transient("the new security group", frozenset({"InvalidGroup.NotFound"}), EC2_DEADLINE_ENV)
 NEW_KEY = Transient("the new key pair", frozenset({"InvalidKeyPair.NotFound"}), EC2_DEADLINE_ENV)
+NEW_PLACEMENT_GROUP = Transient("the new placement group", frozenset({"InvalidPlacementGroup.Unknown"}),
+                                EC2_DEADLINE_ENV)
 # RunInstances: "Value (x) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"
 NEW_PROFILE = Transient("the new instance profile", frozenset({"InvalidParameterValue"}), IAM_DEADLINE_ENV,
                         messages=("instance profile", "iamInstanceProfile"))

@@ -1,5 +1,6 @@
-"""The instances themselves (and the key pairs they log in with): find, describe, launch across AZs,
-wait for a state, tag their autostop settings, stop and terminate.
+"""The instances themselves (and the key pairs they log in with): find, describe, launch across AZs (one
+or a whole cluster's nodes at once, all or nothing), wait for a state, tag their autostop settings and
+ranks, stop and terminate.
 
     inst = Instances(clients).find("mnist")[0]   # InstanceInfo, newest running first
 """
@@ -19,7 +20,16 @@ from core.errors import AWSError
 from infra.aws.clients import Regional
 from infra.aws.errors import CAPACITY_ERRORS, NEW_INSTANCE, QUOTA_ERRORS, Backoff, Transient, error_code, retry
 from infra.aws.images import DLAMI_USER, Image
-from infra.aws.tags import TAG_AUTOSTOP, TAG_AUTOSTOP_ACTION, TAG_CLUSTER, TAG_MANAGED, TAG_USER, is_managed, tags
+from infra.aws.tags import (
+    TAG_AUTOSTOP,
+    TAG_AUTOSTOP_ACTION,
+    TAG_CLUSTER,
+    TAG_MANAGED,
+    TAG_NODE,
+    TAG_USER,
+    is_managed,
+    tags,
+)
 from infra.provider import ClusterSpec, InstanceInfo
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -56,6 +66,9 @@ class Instances(Regional):
             autostop=t.get(TAG_AUTOSTOP),
             autostop_action=t.get(TAG_AUTOSTOP_ACTION),
             profile_arn=inst.get("IamInstanceProfile", {}).get("Arn"),
+            private_ip=inst.get("PrivateIpAddress"),
+            node=int(t[TAG_NODE]) if t.get(TAG_NODE, "").isdigit() else 0,
+            placement_group=inst.get("Placement", {}).get("GroupName") or None,
         )
 
     def find(self, name: Optional[str] = None, states: Optional[list[str]] = None) -> list[InstanceInfo]:
@@ -147,13 +160,20 @@ class Instances(Regional):
     # -- launching and changing ----------------------------------------------------------------
 
     def run(self, spec: ClusterSpec, image: Image, key_name: str, group_id: str, profile: Optional[str],
-            new: tuple[Transient, ...], subnets: list[tuple[str, str]]) -> dict[str, Any]:
-        """RunInstances in the first AZ of ``subnets`` with capacity; the new instance as EC2 describes it.
-        ``new``: the refusals to wait out because this call just made the resource (key, group, profile)."""
+            new: tuple[Transient, ...], subnets: list[tuple[str, str]], ranks: tuple[int, ...] = (0,),
+            placement: Optional[str] = None, joining: bool = False) -> list[dict[str, Any]]:
+        """One instance per rank of ``ranks``, all in the first AZ of ``subnets`` that has room for all of
+        them (MinCount = MaxCount: EC2 starts all or none), in group ``placement`` if given; the new instances
+        as EC2 describes them, in launch order. Tag their ranks with ``tag_ranks`` (one rank goes on at launch).
+        ``new``: the refusals to wait out because this call just made the resource (key, group, profile).
+        ``joining``: they join live nodes in their one zone, so no other zone is tried."""
+        count = len(ranks)
         extra = {TAG_USER: image.user, TAG_AUTOSTOP: spec.autostop, TAG_AUTOSTOP_ACTION: spec.shutdown_behavior,
                  "Name": f"mnist-launch-{spec.name}"}
+        if count == 1:
+            extra[TAG_NODE] = str(ranks[0])
         params: dict[str, Any] = dict(
-            ImageId=image.id, InstanceType=spec.type_or_default, MinCount=1, MaxCount=1,
+            ImageId=image.id, InstanceType=spec.type_or_default, MinCount=count, MaxCount=count,
             KeyName=key_name, SecurityGroupIds=[group_id],
             # IMDSv2 only, one hop: the agent runs on the host itself. 2 is what a container behind a
             # bridge needs to reach IMDS; nothing of ours runs in one, and 1 keeps any container out.
@@ -170,12 +190,15 @@ class Instances(Regional):
         )
         if profile:
             params["IamInstanceProfile"] = {"Name": profile}
+        if placement:
+            params["Placement"] = {"GroupName": placement}
         if spec.spot:
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
                 "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
         token = uuid.uuid4().hex[:24]
         tried: list[str] = []
         last = ""
+        what = f"{count} x {spec.type_or_default}" if count > 1 else spec.type_or_default
         for az, subnet in subnets:
             try:
                 # the same ClientToken on every try: a retried launch never makes a second instance
@@ -190,6 +213,7 @@ class Instances(Regional):
                         "https://console.aws.amazon.com/servicequotas/home"
                         f"?region={self.region}#!/services/ec2/quotas, "
                         "or pick a smaller --instance type" + (" or drop --spot" if spec.spot else "")
+                        + (" or fewer --nodes" if count > 1 else "")
                     ) from None
                 if code in CAPACITY_ERRORS:
                     tried.append(az)
@@ -197,18 +221,30 @@ class Instances(Regional):
                     self.log(f"{az}: {code}; trying the next availability zone")
                     continue
                 raise
-            inst: dict[str, Any] = res["Instances"][0]
-            return inst
+            insts: list[dict[str, Any]] = sorted(res["Instances"], key=lambda i: i.get("AmiLaunchIndex", 0))
+            return insts
+        if joining:
+            raise AWSError(
+                f"no capacity for {what} in {', '.join(tried)}, the zone of cluster '{spec.name}' ({last}) — "
+                f"retry later, or `mnist-launch down {spec.name}` and `up` it again to take a zone with room")
         raise AWSError(
-            f"no capacity for {spec.type_or_default} in {self.region} (tried {', '.join(tried)}: {last}) — "
+            f"no capacity for {what} in {self.region} (tried {', '.join(tried)}: {last}) — "
             "retry later, or pick another --instance type or --region" + ("" if spec.spot else " (or try --spot)")
+            + (" or fewer --nodes" if count > 1 else "")
         )
 
-    def dry_run(self, spec: ClusterSpec, image_id: str, subnet: str) -> None:
+    def tag_ranks(self, instance_ids: list[str], ranks: tuple[int, ...]) -> None:
+        """Each new node's rank, in launch order (several launched at once share their launch tags)."""
+        for instance_id, rank in zip(instance_ids, ranks):
+            retry(partial(self.clients.ec2.create_tags, Resources=[instance_id],
+                          Tags=[{"Key": TAG_NODE, "Value": str(rank)}]), NEW_INSTANCE,
+                  what=f"CreateTags {instance_id}", log=self.log)
+
+    def dry_run(self, spec: ClusterSpec, image_id: str, subnet: str, count: int = 1) -> None:
         """AWS's own DryRun: permissions, type and image are checked without launching anything."""
         try:
-            self.clients.ec2.run_instances(ImageId=image_id, InstanceType=spec.type_or_default, MinCount=1,
-                                           MaxCount=1, SubnetId=subnet, DryRun=True)
+            self.clients.ec2.run_instances(ImageId=image_id, InstanceType=spec.type_or_default, MinCount=count,
+                                           MaxCount=count, SubnetId=subnet, DryRun=True)
         except ClientError as err:
             if error_code(err) != "DryRunOperation":
                 raise
@@ -222,8 +258,8 @@ class Instances(Regional):
             {"Key": TAG_AUTOSTOP, "Value": spec.autostop},
             {"Key": TAG_AUTOSTOP_ACTION, "Value": spec.shutdown_behavior}])
 
-    def start(self, instance_id: str) -> None:
-        self.clients.ec2.start_instances(InstanceIds=[instance_id])
+    def start(self, instance_ids: list[str]) -> None:
+        self.clients.ec2.start_instances(InstanceIds=instance_ids)
 
     def stop(self, instance_ids: list[str]) -> None:
         self.clients.ec2.stop_instances(InstanceIds=instance_ids)

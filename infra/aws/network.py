@@ -1,5 +1,6 @@
 """Where an instance sits and who may reach it: the default VPC's subnets per AZ, and a security group
-that lets SSH in from the caller's address (/32) only.
+that lets SSH in from the caller's address (/32) only, and, in a multi-node cluster, every TCP port in
+from the group's own members (the nodes' rendezvous and collectives) and from nobody else.
 
     net = Network(clients)
     group_id = net.create_group("mnist", vpc)
@@ -25,6 +26,7 @@ CHECKIP_URL = "https://checkip.amazonaws.com"
 # What `up` writes on the ingress rules it adds, so that it replaces its own rule (and only its own)
 # when the caller's address changes.
 SSH_RULE_DESCRIPTION = "mnist-launch: ssh from the launcher"
+MEMBERS_RULE_DESCRIPTION = "mnist-launch: the cluster's nodes reach each other"
 
 
 def caller_cidr(url: str = CHECKIP_URL, timeout: float = 5.0) -> str:
@@ -63,6 +65,13 @@ def _is_ssh(perm: dict[str, Any]) -> bool:
 def has_ingress(sg: dict[str, Any], cidr: str) -> bool:
     return any(r.get("CidrIp") == cidr for perm in sg.get("IpPermissions", []) if _is_ssh(perm)
                for r in perm.get("IpRanges", []))
+
+
+def has_members_rule(sg: dict[str, Any]) -> bool:
+    """Whether the group lets its own members in on every TCP port."""
+    return any(perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == 0 and perm.get("ToPort") == 65535
+               and any(p.get("GroupId") == sg["GroupId"] for p in perm.get("UserIdGroupPairs", []))
+               for perm in sg.get("IpPermissions", []))
 
 
 def stale_ssh_rules(sg: dict[str, Any], cidr: str) -> list[str]:
@@ -135,6 +144,31 @@ class Network(Regional):
             IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
                             "IpRanges": [{"CidrIp": cidr, "Description": SSH_RULE_DESCRIPTION}]}],
         )
+
+    def allow_members(self, group_id: str, just_created: bool = False) -> None:
+        """Every TCP port from the group's own members (a multi-node cluster's nodes), nothing from anyone else.
+        ``just_created``: AWS may not see the group for a while yet. A rule already there is fine."""
+        def authorize() -> None:
+            self.clients.ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[
+                {"IpProtocol": "tcp", "FromPort": 0, "ToPort": 65535,
+                 "UserIdGroupPairs": [{"GroupId": group_id, "Description": MEMBERS_RULE_DESCRIPTION}]}])
+
+        try:
+            if just_created:
+                retry(authorize, NEW_GROUP, what=f"AuthorizeSecurityGroupIngress {group_id}", log=self.log)
+            else:
+                authorize()
+        except ClientError as err:
+            if error_code(err) != "InvalidPermission.Duplicate":
+                raise
+
+    def update_members(self, sg: dict[str, Any], apply: bool = True) -> Optional[Step]:
+        """Add the members' rule to an existing group that lacks it; None: nothing to change."""
+        if has_members_rule(sg):
+            return None
+        if apply:
+            self.allow_members(sg["GroupId"])
+        return Step("security group", "update", f"{sg['GroupId']}: allow all TCP between the cluster's nodes")
 
     def update_ssh(self, sg: dict[str, Any], cidr: str, apply: bool = True) -> Optional[Step]:
         """Let ``cidr`` reach SSH and revoke the rule an earlier `up` added for another address (the

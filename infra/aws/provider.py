@@ -1,5 +1,7 @@
 """AWSProvider: the provisioning interface (infra/provider.py) for EC2, composed of the instances,
-network, IAM and images modules of this package; it knows the order of things, they know AWS.
+network, placement, IAM and images modules of this package; it knows the order of things, they know AWS.
+A new cluster of one or more nodes is created here; an existing one is reused and made whole in reuse.py,
+and planned in planning.py.
 
     provider = AWSProvider(Clients.create("us-east-1"))
     outcome = provider.ensure(spec)          # reuse, start or create; rolls back on failure
@@ -9,20 +11,31 @@ network, IAM and images modules of this package; it knows the order of things, t
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from core.errors import AWSError, ConfigError
 from infra.aws.clients import Clients
-from infra.aws.errors import NEW_GROUP, NEW_KEY, NEW_PROFILE, Transient, one_line
+from infra.aws.errors import NEW_GROUP, NEW_KEY, NEW_PLACEMENT_GROUP, NEW_PROFILE, Transient, one_line
 from infra.aws.iam import IAM, parse_s3_uri
 from infra.aws.images import Image, Images, image_steps
 from infra.aws.instances import NOT_TERMINATED, Instances, key_pair_name
 from infra.aws.network import Network, sg_name
+from infra.aws.placement import Placements, placement_strategy
+from infra.aws.planning import plan_cluster
+from infra.aws.reuse import reuse_cluster
 from infra.aws.tags import is_managed, tags
-from infra.prices import hourly_price
-from infra.provider import ClusterSpec, Created, InstanceInfo, Plan, Provider, Step, UpOutcome
+from infra.provider import (
+    ClusterSpec,
+    Created,
+    InstanceInfo,
+    Plan,
+    Provider,
+    Step,
+    UpOutcome,
+    by_rank,
+)
 
 
 class AWSProvider:
@@ -38,6 +51,7 @@ class AWSProvider:
         self.network = Network(clients, log, poll_s)
         self.iam = IAM(clients, log, poll_s)
         self.images = Images(clients)
+        self.placements = Placements(clients, log, poll_s)
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -78,58 +92,11 @@ class AWSProvider:
     # -- planning (read-only) ------------------------------------------------------------------
 
     def plan(self, spec: ClusterSpec) -> Plan:
-        """What `up` would do, from read-only calls plus RunInstances with DryRun=True."""
-        existing = next(iter(self.find_instances(spec.name)), None)
-        if existing is not None:
-            self._check_same_type(spec, existing)
-            action = "reuse" if existing.state in ("running", "pending") else "start"
-            steps = [Step("instance", action, f"{existing.id} ({existing.instance_type}, {existing.state})")]
-            sg = self.network.find_group(spec.name)
-            sg_step = self.network.update_ssh(sg, spec.ssh_cidr, apply=False) if sg is not None else None
-            if sg_step is not None:
-                steps.append(sg_step)
-            if spec.store:
-                self.iam.check_profile(spec.name, existing, spec.store)
-                if not self.iam.grants_cover(self.role_name(spec.name), spec.store):
-                    steps.append(Step("instance profile", "update",
-                                      f"{self.role_name(spec.name)}: add read/write {spec.store}/runs/"))
-            return Plan(self.region, steps, existing.instance_type, existing.image_id, existing.user,
-                        existing.spot, hourly_price(existing.instance_type), existing)
-        image = self.resolve_image(spec.ami, spec.ami_parameter)
-        vpc = self.network.default_vpc()
-        steps = image_steps(spec, image)
-        spec = replace(spec, disk_gb=image.root_volume_gb(spec.disk_gb))
-        if spec.public_key:
-            key_name = key_pair_name(spec.public_key)
-            steps.append(Step("key pair", "reuse" if self.instances.key_exists(key_name) else "create", key_name))
-        else:
-            steps.append(Step("key pair", "create", "from a new ed25519 key (generated under MNIST_LAUNCH_HOME)"))
-        sg = self.network.find_group(spec.name, vpc)
-        if sg is None:
-            steps.append(Step("security group", "create",
-                              f"{sg_name(spec.name)} in {vpc}: tcp/22 from {spec.ssh_cidr} only"))
-        else:
-            steps.append(self.network.update_ssh(sg, spec.ssh_cidr, apply=False)
-                         or Step("security group", "reuse", f"{sg['GroupId']}: tcp/22 from {spec.ssh_cidr}"))
-        if spec.store:
-            parse_s3_uri(spec.store)
-            role = self.role_name(spec.name)
-            have = self.iam.profile_exists(spec.name)
-            steps.append(Step("instance profile", "reuse" if have else "create",
-                              f"{role}: read/write {spec.store}/runs/ only"))
-        else:
-            steps.append(Step("instance profile", "none", "no s3:// store configured: the instance gets no AWS access"))
-        subnets = self.network.subnets_by_az(vpc, spec.type_or_default, spec.avoid_az)
-        market = "spot" if spec.spot else "on-demand"
-        steps.append(Step("instance", "create", f"{spec.type_or_default} {market} in {subnets[0][0]} "
-                          f"(then {', '.join(az for az, _ in subnets[1:]) or 'no other AZ'}), "
-                          f"{spec.disk_gb} GB gp3 encrypted, IMDSv2"))
-        self.instances.dry_run(spec, image.id, subnets[0][1])
-        return Plan(self.region, steps, spec.type_or_default, image.id, image.user, spec.spot,
-                    hourly_price(spec.type_or_default))
+        """What `up` would do, from read-only calls plus RunInstances with DryRun=True (infra/aws/planning.py)."""
+        return plan_cluster(self, spec)
 
     @staticmethod
-    def _check_same_type(spec: ClusterSpec, existing: InstanceInfo) -> None:
+    def check_same_type(spec: ClusterSpec, existing: InstanceInfo) -> None:
         if spec.instance_type and spec.instance_type != existing.instance_type:
             raise ConfigError(
                 f"cluster '{spec.name}' is a {existing.instance_type} ({existing.id}), not a {spec.instance_type} — "
@@ -139,15 +106,16 @@ class AWSProvider:
     # -- creating ------------------------------------------------------------------------------
 
     def ensure(self, spec: ClusterSpec, found: Optional[list[InstanceInfo]] = None) -> UpOutcome:
-        """Reuse a running instance, start a stopped one, or create one; roll back on failure.
+        """Reuse the cluster's instances (starting stopped ones, creating the ranks below ``spec.nodes`` that
+        none holds), or create all ``spec.nodes`` of them; roll back what this call created on failure.
 
         ``found``: the cluster's live instances if the caller already looked them up.
         """
-        existing = next(iter(self.find_instances(spec.name) if found is None else found), None)
-        if existing is not None:
-            return self._reuse(spec, existing)
+        existing = self.find_instances(spec.name) if found is None else found
         created: list[Created] = []
         try:
+            if existing:
+                return reuse_cluster(self, spec, by_rank(existing), created)
             return self._create(spec, created)
         except BaseException:
             self.rollback(created)
@@ -162,30 +130,39 @@ class AWSProvider:
     def set_autostop(self, instance_id: str, spec: ClusterSpec) -> None:
         self.instances.set_autostop(instance_id, spec)
 
-    def _reuse(self, spec: ClusterSpec, inst: InstanceInfo) -> UpOutcome:
-        self._check_same_type(spec, inst)
-        steps = []
-        step = self.store_access(spec.name, inst, spec.store)
-        if step is not None:
-            steps.append(step)
-        sg = self.network.find_group(spec.name)
-        sg_step = self.network.update_ssh(sg, spec.ssh_cidr) if sg is not None else None
-        if sg_step is not None:
-            steps.append(sg_step)
-        if inst.state == "stopping":
-            inst = self.wait_state(inst.id, "stopped", timeout_s=600)
-        if (inst.autostop, inst.autostop_action) != (spec.autostop, spec.shutdown_behavior):
-            self.set_autostop(inst.id, spec)
-            steps.append(Step("instance", "update",
-                              f"{inst.id}: autostop {spec.autostop}, then {spec.shutdown_behavior}"))
-            inst = replace(inst, autostop=spec.autostop, autostop_action=spec.shutdown_behavior)
-        if inst.state == "stopped":
-            self.instances.start(inst.id)
-            steps.insert(0, Step("instance", "start", f"{inst.id} ({inst.instance_type})"))
-            inst = self.describe(inst.id)
-        else:
-            steps.insert(0, Step("instance", "reuse", f"{inst.id} ({inst.instance_type}, {inst.state})"))
-        return UpOutcome(inst, steps)
+    def key_for(self, spec: ClusterSpec, created: list[Created],
+             have: Optional[str] = None) -> tuple[str, tuple[Transient, ...], Step]:
+        """The key pair to launch with (``have``, the live nodes' own, while it exists), imported if missing."""
+        if have and self.instances.key_exists(have):
+            return have, (), Step("key pair", "reuse", have)
+        key_name = key_pair_name(spec.public_key)
+        if self.instances.key_exists(key_name):
+            return key_name, (), Step("key pair", "reuse", key_name)
+        self.instances.import_key(spec.name, key_name, spec.public_key)
+        created.append(Created("key-pair", key_name))
+        return key_name, (NEW_KEY,), Step("key pair", "create", key_name)
+
+    def _placement(self, spec: ClusterSpec, created: list[Created], new: list[Transient]) -> tuple[Optional[str], Step]:
+        """The cluster placement group of a new multi-node cluster, where its type has one (infra/aws/placement.py)."""
+        strategy = placement_strategy(spec.type_or_default, spec.nodes)
+        if strategy is None:
+            return None, Step("placement group", "none", f"{spec.type_or_default} has no cluster placement groups: "
+                              "its nodes share one AZ only")
+        found = self.placements.find(spec.name)
+        if found:  # an earlier cluster of this name lost all its nodes: its group is empty, and any AZ may take it
+            return str(found[0]["GroupName"]), Step("placement group", "reuse", str(found[0]["GroupName"]))
+        name = self.placements.create(spec.name, strategy)
+        created.append(Created("placement-group", name))
+        new.append(NEW_PLACEMENT_GROUP)
+        return name, Step("placement group", "create", f"{name} ({strategy})")
+
+    def launched(self, spec: ClusterSpec, raws: list[dict[str, Any]], ranks: tuple[int, ...],
+                  created: list[Created]) -> list[InstanceInfo]:
+        """Instances RunInstances just made: noted for the rollback first, then given their ranks."""
+        created += [Created("instance", raw["InstanceId"]) for raw in raws]
+        if len(raws) > 1:
+            self.instances.tag_ranks([raw["InstanceId"] for raw in raws], ranks)
+        return [replace(self.instances.to_info(raw), name=spec.name, node=rank) for raw, rank in zip(raws, ranks)]
 
     def _create(self, spec: ClusterSpec, created: list[Created]) -> UpOutcome:
         steps: list[Step] = []
@@ -198,26 +175,26 @@ class AWSProvider:
         if spec.store:
             parse_s3_uri(spec.store)
 
-        key_name = key_pair_name(spec.public_key)
-        new: list[Transient] = []  # what RunInstances may not see yet: the resources made just now
-        if self.instances.key_exists(key_name):
-            steps.append(Step("key pair", "reuse", key_name))
-        else:
-            self.instances.import_key(spec.name, key_name, spec.public_key)
-            created.append(Created("key-pair", key_name))
-            new.append(NEW_KEY)
-            steps.append(Step("key pair", "create", key_name))
+        key_name, made, step = self.key_for(spec, created)
+        new: list[Transient] = list(made)  # what RunInstances may not see yet: the resources made just now
+        steps.append(step)
 
+        many = spec.nodes > 1
         sg = self.network.find_group(spec.name, vpc)
         if sg is None:
             group_id = self.network.create_group(spec.name, vpc)
             created.append(Created("security-group", group_id))
             self.network.allow_new(group_id, spec.ssh_cidr)
+            if many:
+                self.network.allow_members(group_id, just_created=True)
             new.append(NEW_GROUP)
-            steps.append(Step("security group", "create", f"{group_id}: tcp/22 from {spec.ssh_cidr} only"))
+            steps.append(Step("security group", "create", f"{group_id}: tcp/22 from {spec.ssh_cidr} only"
+                              + (f"; all TCP between its {spec.nodes} nodes" if many else "")))
         else:
             group_id = sg["GroupId"]
             steps.append(self.network.update_ssh(sg, spec.ssh_cidr) or Step("security group", "reuse", group_id))
+            if many:
+                steps += [s for s in [self.network.update_members(sg)] if s is not None]
 
         profile = None
         if spec.store:
@@ -226,12 +203,18 @@ class AWSProvider:
                 new.append(NEW_PROFILE)
             steps.append(step)
 
-        raw = self.instances.run(spec, image, key_name, group_id, profile, tuple(new), subnets)
-        created.append(Created("instance", raw["InstanceId"]))
-        inst = self.instances.to_info(raw)
+        placement = None
+        if many:
+            placement, step = self._placement(spec, created, new)
+            steps.append(step)
+
+        ranks = tuple(range(spec.nodes))
+        raws = self.instances.run(spec, image, key_name, group_id, profile, tuple(new), subnets, ranks, placement)
+        insts = self.launched(spec, raws, ranks, created)
         market = "spot" if spec.spot else "on-demand"
-        steps.append(Step("instance", "create", f"{inst.id} ({inst.instance_type} {market} in {inst.az})"))
-        return UpOutcome(inst, steps, created)
+        steps += [Step("instance", "create", f"{i.id} ({'node %d: ' % i.node if many else ''}"
+                       f"{i.instance_type} {market} in {i.az})") for i in insts]
+        return UpOutcome(insts[0], steps, created, insts)
 
     # -- removing ------------------------------------------------------------------------------
 
@@ -256,6 +239,9 @@ class AWSProvider:
         if sg is not None and is_managed(sg):
             self.network.delete_group(sg["GroupId"], timeout_s)
             removed.append(f"security group {sg['GroupId']}")
+        for group in self.placements.find(name):  # once its instances are gone: they hold it until then
+            self.placements.delete(group["GroupName"], timeout_s)
+            removed.append(f"placement group {group['GroupName']}")
         removed += self.iam.delete_profile(self.role_name(name))
         # the key pair is shared by every cluster using the same key: delete it only when none does
         key_names |= self.instances.cluster_keys(name)
@@ -268,13 +254,14 @@ class AWSProvider:
 
     def leftovers(self, name: str) -> list[str]:
         """What `down` must not leave behind, still found for cluster ``name``: instances not yet
-        terminated, volumes tagged with the cluster, its security group, role and instance profile,
-        and its key pairs that no live instance uses. [] when the cluster is gone without a trace."""
+        terminated, volumes tagged with the cluster, its security group, placement group, role and instance
+        profile, and its key pairs that no live instance uses. [] when the cluster is gone without a trace."""
         left = [f"instance {i.id} ({i.state})" for i in self.find_instances(name, states=NOT_TERMINATED)]
         left += self.instances.volumes(name)
         sg = self.network.find_group(name)
         if sg is not None and is_managed(sg):
             left.append(f"security group {sg['GroupId']}")
+        left += [f"placement group {g['GroupName']}" for g in self.placements.find(name)]
         left += self.iam.leftovers(name)
         in_use = self.instances.keys_in_use()
         left += [f"key pair {k}" for k in sorted(self.instances.cluster_keys(name)) if k not in in_use]
@@ -292,6 +279,8 @@ class AWSProvider:
                     self.iam.delete_profile(item.id)
                 elif item.kind == "security-group":
                     self.network.delete_group(item.id, just_created=True)
+                elif item.kind == "placement-group":
+                    self.placements.delete(item.id, just_created=True)
                 elif item.kind == "key-pair":
                     self.clients.ec2.delete_key_pair(KeyName=item.id)
                 undone.append(f"{item.kind} {item.id}")

@@ -12,6 +12,7 @@ TAG_CLUSTER = "mnist-launch:cluster"
 TAG_USER = "mnist-launch:user"  # the login user of the image, so `ssh` needs no local state
 TAG_AUTOSTOP = "mnist-launch:autostop"  # the idle limit the watcher on the instance enforces ('30m', 'off')
 TAG_AUTOSTOP_ACTION = "mnist-launch:autostop-action"  # what its OS shutdown does: 'stop' or 'terminate'
+TAG_NODE = "mnist-launch:node"  # an instance's rank in its cluster, 0..nodes-1 (none: 0, a cluster of one)
 MANAGED = {"Key": TAG_MANAGED, "Value": "true"}
 
 

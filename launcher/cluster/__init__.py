@@ -3,7 +3,8 @@
     settings.py   names, durations, region, key; a config's launch: section merged with the flags
     output.py     rich consoles, the phase spinner, the ``Confirm`` question the CLI passes in
     access.py     a cluster's running instance, its login key, its SSHHost, its role's store access
-    provision.py  `up`: find / start / create, wait until SSH runs a command, install autostop
+    provision.py  `up`: find / start / create (every node), wait until SSH runs a command, install autostop
+    ready.py      the waits of `up`: running, status checks, SSH; one line per phase, or all nodes at once
     listing.py    `status`: instances, prices, active runs and idle time, forgotten-instance warnings
     teardown.py   `down`: terminate or stop, delete what was created, verify nothing is left
     shell.py      `ssh`: the system ssh client with the pinned host key and a bare environment
@@ -15,7 +16,14 @@ They know the order of things, not how AWS or SSH work; they never ask on the te
 """
 
 from infra.activity import STATE_MARK, parse_activity
-from launcher.cluster.access import NoInstanceError, cluster_host, grant_run_access, login_key, running_instance
+from launcher.cluster.access import (
+    NoInstanceError,
+    cluster_host,
+    grant_run_access,
+    login_key,
+    running_instance,
+    running_nodes,
+)
 from launcher.cluster.listing import (
     WARN_AGE_S,
     WARN_IDLE_S,
@@ -31,9 +39,9 @@ from launcher.cluster.provision import (
     print_plan,
     setup_autostop,
     up,
-    wait_until_ready,
     warn_autostop_off,
 )
+from launcher.cluster.ready import wait_all_ready, wait_until_ready
 from launcher.cluster.settings import (
     NAME_RE,
     autostop_home,
@@ -51,6 +59,7 @@ __all__ = [
     "STATE_MARK", "WARN_AGE_S", "WARN_IDLE_S", "Confirm", "NoInstanceError", "UpRequest", "UpResult",
     "autostop_home", "check_name", "cluster_host", "default_region", "down", "err_console", "grant_run_access",
     "identity_for", "instance_activity", "launch_settings", "login_key", "orphan_warnings", "out_console",
-    "parse_activity", "parse_duration", "phase", "print_plan", "running_instance", "setup_autostop", "ssh",
-    "ssh_argv", "ssh_env", "status", "status_rows", "up", "wait_until_ready", "warn_autostop_off",
+    "parse_activity", "parse_duration", "phase", "print_plan", "running_instance", "running_nodes", "setup_autostop",
+    "ssh", "ssh_argv", "ssh_env", "status", "status_rows", "up", "wait_all_ready", "wait_until_ready",
+    "warn_autostop_off",
 ]

@@ -1,8 +1,9 @@
-"""A cluster's running instance and the way in: which instance, which key logs in, an SSHHost with its
-host key pinned under the instance id, and the instance role's access to a run's store and data.
-Used by `ssh`, `status` and cloud runs alike.
+"""A cluster's running instances and the way in: which instance (node 0, or every node by rank), which key
+logs in, an SSHHost with its host key pinned under the instance id, and the instance role's access to a
+run's store and data. Used by `ssh`, `status` and cloud runs alike.
 
     inst = running_instance("mnist", None)
+    head, *workers = running_nodes("mnist", None, nodes=2)
     with cluster_host(inst, "mnist", None) as host:
         host.run(["nvidia-smi"])
 """
@@ -14,7 +15,7 @@ from typing import Optional
 
 from core.errors import LaunchError, SSHError
 from infra import home
-from infra.aws import AWSProvider, Clients, InstanceInfo, aws_errors, key_pair_name
+from infra.aws import AWSProvider, Clients, InstanceInfo, aws_errors, by_rank, key_pair_name, missing_ranks
 from infra.ssh import SSHHost, endpoint_for, public_key_of
 from launcher.cluster.settings import check_name, default_region, identity_for
 
@@ -24,15 +25,32 @@ class NoInstanceError(LaunchError):
 
 
 def running_instance(name: str, region: Optional[str]) -> InstanceInfo:
-    """The cluster's running instance, or one line saying how to get one."""
+    """The cluster's running instance of the lowest rank (node 0 of a whole multi-node cluster), or one line
+    saying how to get one."""
+    return running_nodes(name, region)[0]
+
+
+def running_nodes(name: str, region: Optional[str], nodes: Optional[int] = None) -> list[InstanceInfo]:
+    """The cluster's running instances by rank, or one line (NoInstanceError) saying how to get them: when
+    none runs, and, with ``nodes``, when a rank below it is missing or not running (`up` creates or starts it).
+    With ``nodes``: exactly ranks 0 .. nodes-1, one instance each."""
     region = default_region(region, name)
     provider = AWSProvider(Clients.create(region))
     with aws_errors():
-        running = [i for i in provider.find_instances(check_name(name)) if i.state == "running"]
+        running = by_rank([i for i in provider.find_instances(check_name(name)) if i.state == "running"])
     if not running:
         raise NoInstanceError(f"no running instance for cluster '{name}' in {region} — "
                               f"`mnist-launch up --name {name}` first")
-    return running[0]
+    if not nodes:
+        return running
+    missing = missing_ranks(nodes, running)
+    if missing:
+        raise NoInstanceError(
+            f"cluster '{name}' in {region} has {nodes - len(missing)} of its {nodes} nodes running: "
+            f"{'node' if len(missing) == 1 else 'nodes'} {', '.join(map(str, missing))} "
+            f"{'is' if len(missing) == 1 else 'are'} missing or not running — "
+            f"`mnist-launch up --name {name} --nodes {nodes}` brings {'it' if len(missing) == 1 else 'them'} up")
+    return [next(i for i in running if i.node == rank) for rank in range(nodes)]
 
 
 def grant_run_access(inst: InstanceInfo, name: str, store: Optional[str], data: Optional[str]) -> Optional[str]:

@@ -1,6 +1,7 @@
 """`status`: every instance mnist-launch created, with its price, cost so far, active runs and the
 autostop watcher's idle time (one SSH command per running instance, all at once), and one warning
-line per instance that looks forgotten.
+line per instance that looks forgotten. A multi-node cluster is one row per node (its rank and private
+address), its nodes together by rank, and a line with the whole cluster's price and cost.
 
     status(["us-east-1"], as_json=False)
 """
@@ -33,10 +34,11 @@ def status_rows(regions: list[str], now: Optional[datetime] = None, jobs: bool =
     rows: list[dict[str, Any]] = []
     for region in regions:
         with aws_errors():
-            for inst in AWSProvider(Clients.create(region)).find_instances():
+            for inst in _clusters_together(AWSProvider(Clients.create(region)).find_instances()):
                 up_s = inst.uptime_seconds(now)
                 rows.append({
-                    "name": inst.name, "id": inst.id, "region": region, "type": inst.instance_type,
+                    "name": inst.name, "node": inst.node, "id": inst.id, "region": region, "az": inst.az,
+                    "private_ip": inst.private_ip, "type": inst.instance_type,
                     "state": inst.state, "market": "spot" if inst.spot else "on-demand",
                     "uptime_s": round(up_s), "hourly_usd": hourly_price(inst.instance_type),
                     # spot is billed at the spot price: the on-demand figure is an upper bound
@@ -56,6 +58,28 @@ def status_rows(regions: list[str], now: Optional[datetime] = None, jobs: bool =
                 r["idle_s"] = None if watcher is None else watcher.get("idle_seconds")
                 r["autostop_watcher"] = None if watcher is None else "stale" if watcher.get("stale") else "running"
     return rows
+
+
+def _clusters_together(insts: list[InstanceInfo]) -> list[InstanceInfo]:
+    """Each cluster where its first instance was listed (newest running first), its nodes together by rank."""
+    first = {i.name: n for n, i in reversed(list(enumerate(insts)))}
+    return sorted(insts, key=lambda i: (first[i.name], i.node))
+
+
+def cluster_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per cluster of several nodes: how many run, and what the cluster costs (N x one node's price)."""
+    out = []
+    for name in dict.fromkeys(r["name"] for r in rows):
+        nodes = [r for r in rows if r["name"] == name]
+        if len(nodes) < 2:
+            continue
+        running = [r for r in nodes if r["state"] == "running"]
+        hourly = [r["hourly_usd"] for r in running]
+        cost = [r["cost_usd"] for r in nodes]
+        out.append(f"{name}: {len(running)} of {len(nodes)} nodes running"
+                   + (f", ~${sum(hourly):.3f}/h" if running and None not in hourly else "")
+                   + (f", ~${sum(cost):.2f} so far" if None not in cost else ""))
+    return out
 
 
 def instance_activity(inst: InstanceInfo) -> tuple[Optional[list[str]], Optional[dict[str, Any]]]:
@@ -105,15 +129,18 @@ def status(regions: list[str], as_json: bool) -> list[dict[str, Any]]:
     if not rows:
         out.print(f"no mnist-launch instances in {', '.join(regions)}")
         return rows
-    table = Table("name", "id", "region", "type", "state", "market", "uptime", "$/h", "cost so far", "jobs",
-                  "autostop", "idle")
+    table = Table("name", "node", "id", "region", "type", "state", "private ip", "market", "uptime", "$/h",
+                  "cost so far", "jobs", "autostop", "idle")
     for r in rows:
-        table.add_row(r["name"], r["id"], r["region"], r["type"], r["state"], r["market"], _hms(r["uptime_s"]),
+        table.add_row(r["name"], str(r["node"]), r["id"], r["region"], r["type"], r["state"], r["private_ip"] or "-",
+                      r["market"], _hms(r["uptime_s"]),
                       "?" if r["hourly_usd"] is None else f"{r['hourly_usd']:.3f}",
                       "?" if r["cost_usd"] is None else f"{r['cost_usd']:.2f}",
                       "-" if r["state"] != "running" else "?" if r["jobs"] is None else ", ".join(r["jobs"]) or "idle",
                       _autostop_cell(r), _idle_cell(r))
     out.print(table)
+    for line in cluster_lines(rows):
+        out.print(line)
     out.print(f"prices: approximate on-demand list prices ({PRICES_REGION}, {PRICES_DATE}); spot costs less")
     for line in orphan_warnings(rows):
         err_console().print(f"[yellow]warning[/]: {line}")

@@ -1,14 +1,15 @@
-"""`up`: find, start or create the cluster's instance, wait until a real SSH command runs there,
-then install the autostop watcher. Rolls back what it created when the instance never gets ready.
+"""`up`: find, start or create the cluster's instances (``launch.nodes`` of them, in one zone), wait until
+a real SSH command runs on each (all at once, launcher/cluster/ready.py), then install the autostop watcher
+on each. Rolls back what it created when an instance never gets ready.
 
-    wait running -> EC2 status checks -> SSH banner -> `true` over SSH -> autostop watcher
+    wait running -> EC2 status checks -> SSH banner -> `true` over SSH -> autostop watcher   (every node)
 
     up(UpRequest(launch=LaunchConfig(instance="g4dn.xlarge", ssh_cidr="203.0.113.7/32")))
 """
 
 from __future__ import annotations
 
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -17,12 +18,11 @@ from rich.console import Console
 
 from core import settings
 from core.config import LaunchConfig
-from core.errors import AWSError, LaunchError, SSHError
+from core.errors import LaunchError
 from infra import home
 from infra.autostop_setup import install_autostop
 from infra.aws import (
     AWSProvider,
-    Backoff,
     Clients,
     ClusterSpec,
     InstanceInfo,
@@ -30,11 +30,13 @@ from infra.aws import (
     Step,
     aws_errors,
     caller_cidr,
+    missing_ranks,
     validate_cidr,
 )
 from infra.prices import PRICES_DATE, PRICES_REGION, hourly_price
-from infra.ssh import HostKeyChangedError, KeyRefusedError, SSHHost, endpoint_for, public_key_of, wait_for_banner
-from launcher.cluster.output import Confirm, err_console, phase
+from infra.ssh import SSHHost, endpoint_for, public_key_of
+from launcher.cluster.output import Confirm, err_console
+from launcher.cluster.ready import wait_all_ready
 from launcher.cluster.settings import (
     autostop_home,
     check_name,
@@ -61,62 +63,18 @@ class UpRequest:
 
 @dataclass
 class UpResult:
-    instance: Optional[InstanceInfo]
+    instance: Optional[InstanceInfo]  # node 0; None for a dry run
     plan: Optional[Plan] = None
     steps: list[Step] = field(default_factory=list)
-
-
-def wait_until_ready(provider: AWSProvider, inst: InstanceInfo, key: Path, timeout_s: float,
-                     status_checks: bool, console: Console, poll_s: float) -> InstanceInfo:
-    deadline = time.monotonic() + timeout_s
-
-    def left() -> float:
-        return max(1.0, deadline - time.monotonic())
-
-    with phase(console, f"instance {inst.id} running") as tick:
-        inst = provider.wait_state(inst.id, "running", left(), tick=lambda i: tick(i.state))
-    if status_checks:
-        backoff = Backoff(poll_s)
-        with phase(console, "status checks") as tick:
-            while not provider.status_checks_ok(inst.id):
-                if time.monotonic() > deadline:
-                    raise AWSError(f"{inst.id} status checks not ok after {timeout_s:.0f}s — "
-                                   "check the EC2 console or raise --timeout")
-                tick("")
-                backoff.sleep()
-    ep = endpoint_for(inst.public_ip, inst.user)
-    backoff = Backoff(poll_s)
-    with phase(console, f"SSH banner from {ep.host}:{ep.port}") as tick:
-        while not wait_for_banner(ep.host, ep.port, timeout_s=min(5.0, left())):
-            if time.monotonic() > deadline:
-                raise SSHError(f"no SSH answer from {ep.host}:{ep.port} after {timeout_s:.0f}s — "
-                               "check --ssh-cidr is your address, or raise --timeout")
-            tick("")
-            backoff.sleep()
-    backoff = Backoff(poll_s)
-    with phase(console, f"SSH login as {ep.user}") as tick:
-        while True:
-            try:
-                with SSHHost(ep, key, alias=inst.id) as host:
-                    res = host.run(["true"], timeout=30)
-                if res.returncode == 0:
-                    break
-                last = f"`true` exited {res.returncode}"
-            except (HostKeyChangedError, KeyRefusedError):
-                raise  # will not fix itself
-            except SSHError as err:
-                last = str(err)
-            if time.monotonic() > deadline:
-                raise SSHError(f"SSH login to {ep} kept failing for {timeout_s:.0f}s ({last}) — "
-                               "raise --timeout or check the image")
-            tick("")
-            backoff.sleep()
-    return inst
+    instances: list[InstanceInfo] = field(default_factory=list)  # every node, by rank (none for a dry run)
 
 
 def print_plan(plan: Plan, console: Console) -> None:
     market = "spot" if plan.spot else "on-demand"
     price = f"${plan.hourly_usd:.3f}/h" if plan.hourly_usd is not None else "price unknown"
+    if plan.nodes > 1:
+        price = (f"{plan.nodes} x ${plan.hourly_usd:.3f}/h = ${plan.nodes * plan.hourly_usd:.3f}/h"
+                 if plan.hourly_usd is not None else f"{plan.nodes} nodes, price unknown")
     console.print(f"plan for {plan.region}: {plan.instance_type} {market}, image {plan.image_id or '?'} "
                   f"(user {plan.user}), ~{price} on-demand ({PRICES_REGION} list prices, {PRICES_DATE})")
     for step in plan.steps:
@@ -140,10 +98,10 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
         disk_gb=launch.disk_gb, ami=launch.ami, ami_parameter=launch.ami_parameter,
         store=req.store if (req.store or "").startswith("s3://") else None,
         autostop="off" if autostop_s is None else launch.autostop, autostop_terminate=launch.autostop_terminate,
-        avoid_az=req.avoid_az,
+        avoid_az=req.avoid_az, nodes=launch.nodes,
     )
     if autostop_s is None:
-        warn_autostop_off(spec.type_or_default, console)
+        warn_autostop_off(spec.type_or_default, console, launch.nodes)
     provider = AWSProvider(Clients.create(region), log=lambda m: console.print(f"  {m}"), poll_s=req.poll_s)
     with aws_errors():
         if req.dry_run:
@@ -154,15 +112,10 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
         assert key is not None  # identity_for(create=True) makes one when there is none
         everything = provider.find_instances()
         existing = [i for i in everything if i.name == name]
-        if not existing and not req.force:
-            live = [i for i in everything if i.state in ("pending", "running")]
-            if len(live) >= launch.max_instances:
-                raise LaunchError(
-                    f"{len(live)} mnist-launch instances already run in {region} "
-                    f"(max_instances={launch.max_instances}) — "
-                    "`mnist-launch down NAME` one, or pass --force"
-                )
-        if not existing and not req.yes and req.confirm is not None:
+        new_nodes = len(missing_ranks(launch.nodes, existing))  # what this `up` creates
+        if new_nodes and not req.force:
+            check_max_instances(everything, new_nodes, launch, name, region)
+        if new_nodes and not req.yes and req.confirm is not None:
             plan = provider.plan(spec)
             print_plan(plan, console)
             if not req.confirm("create these resources?", True):
@@ -171,27 +124,56 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
         for step in outcome.steps:
             console.print(f"  {step}")
         try:
-            inst = wait_until_ready(provider, outcome.instance, key, timeout_s, req.status_checks, console, req.poll_s)
+            insts = wait_all_ready(provider, outcome.instances, key, timeout_s, req.status_checks, console,
+                                   req.poll_s)
         except BaseException:
             if outcome.created:
                 console.print("[red]✗[/] not ready: rolling back what this run created")
                 provider.rollback(outcome.created)
             raise
+    inst = insts[0]
     home.write_cluster_cache(name, {"region": region, "instance_id": inst.id,
                                     "identity": str(Path(identity).expanduser().resolve()) if identity else None})
-    setup_autostop(inst, key, autostop_s, launch, console)
+    if len(insts) == 1:
+        setup_autostop(inst, key, autostop_s, launch, console)
+    else:
+        with ThreadPoolExecutor(max_workers=min(16, len(insts))) as pool:
+            list(pool.map(lambda i: setup_autostop(i, key, autostop_s, launch, console), insts))
     price = hourly_price(inst.instance_type)
-    console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, "
-                  f"ssh {endpoint_for(inst.public_ip, inst.user)}"
-                  + (f", ~${price:.3f}/h" if price is not None else "")
-                  + f" — `mnist-launch ssh {name}`, `mnist-launch down {name}`")
-    return UpResult(inst, None, outcome.steps)
+    if len(insts) == 1:
+        console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, "
+                      f"ssh {endpoint_for(inst.public_ip, inst.user)}"
+                      + (f", ~${price:.3f}/h" if price is not None else "")
+                      + f" — `mnist-launch ssh {name}`, `mnist-launch down {name}`")
+    else:
+        console.print(f"[bold]{name}[/] is up: {len(insts)} nodes, {inst.instance_type} in {inst.az}"
+                      + (f", placement group {inst.placement_group}" if inst.placement_group else "")
+                      + f"; node 0 {inst.id}, ssh {endpoint_for(inst.public_ip, inst.user)}"
+                      + (f", ~{len(insts)} x ${price:.3f}/h = ${len(insts) * price:.3f}/h" if price is not None else "")
+                      + f" — `mnist-launch status`, `mnist-launch down {name}`")
+    return UpResult(inst, None, outcome.steps, insts)
 
 
-def warn_autostop_off(instance_type: str, console: Console) -> None:
+def check_max_instances(everything: list[InstanceInfo], new_nodes: int, launch: LaunchConfig, name: str,
+                        region: str) -> None:
+    """Refuse in one line an `up` that would make more than ``launch.max_instances`` instances run in the region
+    (every node counts; --force goes beyond)."""
+    live = len([i for i in everything if i.state in ("pending", "running")])
+    if live + new_nodes <= launch.max_instances:
+        return
+    if new_nodes == 1:
+        raise LaunchError(f"{live} mnist-launch instances already run in {region} "
+                          f"(max_instances={launch.max_instances}) — `mnist-launch down NAME` one, or pass --force")
+    raise LaunchError(f"{new_nodes} new nodes for '{name}' would make {live + new_nodes} mnist-launch instances run in "
+                      f"{region} ({live} already do; max_instances={launch.max_instances}) — lower --nodes, "
+                      "raise launch.max_instances, `mnist-launch down NAME` one, or pass --force")
+
+
+def warn_autostop_off(instance_type: str, console: Console, nodes: int = 1) -> None:
     price = hourly_price(instance_type)
-    cost = (f"~${price * 24:.2f} per day ({instance_type} on-demand)" if price is not None
-            else f"{instance_type} by the hour")
+    what = f"{nodes} x {instance_type}" if nodes > 1 else instance_type
+    cost = (f"~${price * 24 * nodes:.2f} per day ({what} on-demand)" if price is not None
+            else f"{what} by the hour")
     console.print(f"[yellow]warning:[/] --autostop off: the instance runs until you stop it — "
                   f"an idle one costs {cost}; `mnist-launch down` when done")
 

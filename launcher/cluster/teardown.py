@@ -63,7 +63,7 @@ def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = Fal
                                        f"down {n} --yes` again; if it stays, delete it in the EC2/IAM console")
                     if removed:
                         done.append(f"verified: nothing of {n} remains (instances, volumes, security group, "
-                                    "role, instance profile, key pair)")
+                                    "placement group, role, instance profile, key pair)")
     for item in done:
         console.print(f"  {item}")
     if not done:

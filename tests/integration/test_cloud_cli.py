@@ -322,8 +322,8 @@ def test_ssh_cidr_from_the_environment_and_spot_flag(aws, monkeypatch):
 
 def test_help_lists_the_flags():
     out = cli("up", "--help")
-    for flag in ("--instance", "--name", "--region", "--spot", "--disk-gb", "--ami", "--ami-parameter", "--identity",
-                 "--ssh-cidr", "--autostop", "--timeout", "--dry-run", "--yes"):
+    for flag in ("--instance", "--name", "--region", "--spot", "--nodes", "--disk-gb", "--ami", "--ami-parameter",
+                 "--identity", "--ssh-cidr", "--autostop", "--timeout", "--dry-run", "--yes"):
         assert flag in out.stdout
 
 

@@ -203,6 +203,29 @@ def test_a_train_on_another_store_or_data_widens_the_role_before_the_run(world):
     assert role.list_names("r") == ["events.jsonl"]
 
 
+def granted_actions() -> set[str]:
+    return {a for st in iam_world.laptop_policy(BUCKET)["Statement"]
+            for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+
+
+def test_a_multi_node_cluster_with_exactly_the_laptop_policy(world):
+    """`up --nodes 2` (a placement group, the nodes' own rule, their ranks), a lost node replaced, and `down`:
+    everything through the laptop's policy, which grants what they use."""
+    provider = AWSProvider(Clients(session(world.laptop), REGION), poll_s=0.01)
+    two = replace(spec(), instance_type="g4dn.12xlarge", nodes=2)
+    out = provider.ensure(two)
+    assert [i.node for i in out.instances] == [0, 1] and out.instance.placement_group == "mnist-launch-mnist"
+    session(world.admin).client("ec2").terminate_instances(InstanceIds=[out.instances[1].id])
+    again = provider.ensure(two)
+    assert [c.kind for c in again.created] == ["instance"]
+    assert again.instances[1].placement_group == "mnist-launch-mnist"
+    provider.remove("mnist")
+    assert provider.leftovers("mnist") == []
+    used = world.actions_of(":user/mnist-launch-test-laptop")
+    assert {"ec2:CreatePlacementGroup", "ec2:DescribePlacementGroups", "ec2:DeletePlacementGroup", "ec2:CreateTags",
+            "ec2:AuthorizeSecurityGroupIngress"} <= used <= granted_actions()
+
+
 # ---------------------------------------------------------------------------------------------
 # the CLI with exactly docs/laptop-policy.json, the instance with its role: up -> train -> down
 
@@ -282,9 +305,7 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
         # the policy holds nothing these commands did not use, but for what they do only in cases this test does
         # not make, and what moto does not check (AWS asks for it on top of the call it authorizes)
         used = world.actions_of(":user/mnist-launch-test-laptop")
-        policy = iam_world.laptop_policy(BUCKET)
-        granted = {a for st in policy["Statement"]
-                   for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+        granted = granted_actions()
         assert used <= granted
         elsewhere = {
             "ssm:GetParameter",  # the default image (the tests pass --ami)
@@ -293,6 +314,8 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
             "ec2:ModifyInstanceAttribute", "ec2:CreateTags",  # `up` with another --autostop; AWS: tags on create
             "iam:GetRolePolicy",  # read only when reusing a running cluster's role (`up`, `train` on it)
             "iam:TagRole", "iam:TagInstanceProfile", "iam:PassRole",  # AWS only: tags on create, the role to EC2
+            # a cluster of several nodes (test_a_multi_node_cluster_with_exactly_the_laptop_policy)
+            "ec2:CreatePlacementGroup", "ec2:DeletePlacementGroup",
         }
         assert granted - used <= elsewhere, sorted(granted - used - elsewhere)
         # the instance's calls: S3 only, under the run's store and its data

@@ -9,6 +9,7 @@ from typing import Callable, Iterator, Optional
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 import infra.aws
 from infra.aws.clients import new_session
@@ -202,14 +203,36 @@ def published_image(name: str, root_gb: int, created: str, region: str = "us-eas
     return ami.id
 
 
+def inject_run_instances_error(monkeypatch: pytest.MonkeyPatch, p: "infra.aws.AWSProvider", code: str,
+                               bad_azs: set[str]) -> list[str]:
+    """Fault injection: RunInstances fails with ``code`` in the given AZs ("*": all of them), a real ClientError
+    from ``p``'s own client; the AZs it was called for, in order."""
+    client = p.clients.ec2
+    real = client.run_instances
+    subnet_az = {s["SubnetId"]: s["AvailabilityZone"] for s in client.describe_subnets()["Subnets"]}
+    tried: list[str] = []
+
+    def run_instances(**kw):
+        az = subnet_az.get(kw.get("SubnetId"), "?")
+        tried.append(az)
+        if az in bad_azs or "*" in bad_azs:
+            raise ClientError({"Error": {"Code": code, "Message": f"no {kw['InstanceType']} in {az}"}}, "RunInstances")
+        return real(**kw)
+
+    monkeypatch.setattr(client, "run_instances", run_instances)
+    return tried
+
+
 def nothing_left() -> None:
-    """No live instance, managed security group, key pair, mnist-launch role or instance profile is left."""
+    """No live instance, managed security group, placement group, key pair, mnist-launch role or instance profile
+    is left."""
     ec2, iam = boto3.client("ec2", region_name="us-east-1"), boto3.client("iam", region_name="us-east-1")
     live = [i for r in ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": [
         "pending", "running", "stopping", "stopped"]}])["Reservations"] for i in r["Instances"]]
     assert live == []
     assert ec2.describe_security_groups(
         Filters=[{"Name": f"tag:{infra.aws.TAG_MANAGED}", "Values": ["true"]}])["SecurityGroups"] == []
+    assert ec2.describe_placement_groups()["PlacementGroups"] == []
     assert ec2.describe_key_pairs()["KeyPairs"] == []
     assert [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("mnist-launch")] == []
     assert [p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]] == []

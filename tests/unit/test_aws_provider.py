@@ -26,7 +26,13 @@ from infra.aws import (
 )
 from infra.home import ensure_default_key
 from infra.ssh import public_key_of
-from tests.support.aws_helpers import fake_aws_env, install_recorder, published_image, ubuntu_ami
+from tests.support.aws_helpers import (
+    fake_aws_env,
+    inject_run_instances_error,
+    install_recorder,
+    published_image,
+    ubuntu_ami,
+)
 
 REGION = "us-east-1"
 CIDR = "203.0.113.7/32"
@@ -223,24 +229,6 @@ def test_stopped_instance_is_started(spec, rec):
     assert [(s.resource, s.action) for s in out.steps] == [("instance", "start")]
     assert [c.operation for c in rec.mutating()] == ["StartInstances"]
     assert provider().describe(first.instance.id).state in ("pending", "running")
-
-
-def inject_run_instances_error(monkeypatch, p: AWSProvider, code: str, bad_azs: set[str]) -> list[str]:
-    """Fault injection: RunInstances fails with ``code`` in the given AZs (a real ClientError)."""
-    client = p.clients.ec2
-    real = client.run_instances
-    subnet_az = {s["SubnetId"]: s["AvailabilityZone"] for s in client.describe_subnets()["Subnets"]}
-    tried: list[str] = []
-
-    def run_instances(**kw):
-        az = subnet_az.get(kw.get("SubnetId"), "?")
-        tried.append(az)
-        if az in bad_azs or "*" in bad_azs:
-            raise ClientError({"Error": {"Code": code, "Message": f"no {kw['InstanceType']} in {az}"}}, "RunInstances")
-        return real(**kw)
-
-    monkeypatch.setattr(client, "run_instances", run_instances)
-    return tried
 
 
 def test_capacity_error_in_first_az_moves_to_the_next(spec, monkeypatch):
