@@ -98,7 +98,8 @@ def main() -> None:
     print(f"model3: {numel:,} parameters, {numel * 4 / 1024:.1f} KB of fp32 gradients a step")
     steps_epoch = 60000 // 128
     reduce = {w: allreduce_us(w, numel, args.reduces) for w in (2, 4)}
-    print("\n| nodes | per-process batch | step compute (ms) | all-reduce (us, loopback) | epoch estimate (s) | speed-up |")
+    print("\n| nodes | per-process batch | step compute (ms) | all-reduce (us, loopback) | epoch estimate (s) "
+          "| speed-up |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     base = None
     for n in (1, 2, 4):

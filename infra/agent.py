@@ -42,6 +42,9 @@ from trainer.events import EVENTS_FILE, EventWriter
 from trainer.precision import cuda_capability, cuda_device_count, resolve_mixed_precision
 
 LOG_FILE = "train.log"
+# multi-node: the launcher writes this into the head's run folder when another node failed (its reason inside);
+# the agent stops training and ends the run failed with that reason instead of waiting on the lost peer
+ABORT_FILE = "abort"
 
 
 PREEMPT_SIGNAL = signal.SIGUSR1  # trainer: checkpoint at the next step boundary, then exit
@@ -465,6 +468,8 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
             except (ProcessLookupError, PermissionError):
                 pass
 
+    aborted: Optional[str] = None
+    (run_dir / ABORT_FILE).unlink(missing_ok=True)  # a request to an earlier attempt is not this one's
     watch = SpotWatch(args.imds_poll, enabled=args.spot_watch)
     notice: Optional[dict] = None
     notice_at = last_signal = 0.0
@@ -476,6 +481,9 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
         except subprocess.TimeoutExpired:
             pass
         now = time.monotonic()
+        if aborted is None and (run_dir / ABORT_FILE).is_file():  # the launcher saw another node fail
+            aborted = (run_dir / ABORT_FILE).read_text(errors="replace").strip()[:500] or "stopped by the launcher"
+            signal_group(signal.SIGTERM)
         if notice is None and cancelled["sig"] is None:
             found, rebalance = watch.poll()
             if rebalance is not None:
@@ -506,7 +514,9 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
     except ProcessLookupError:
         pass
 
-    if cancelled["sig"] is not None:
+    if aborted is not None:
+        state, reason = RunState.FAILED, aborted
+    elif cancelled["sig"] is not None:
         state, reason = RunState.CANCELLED, f"cancelled by signal {signal.Signals(cancelled['sig']).name}"
     elif rc == 0:  # finished before the notice mattered (or the notice came during the last step)
         state, reason = RunState.SUCCEEDED, None

@@ -153,10 +153,13 @@ def attach(target: Target, attempt: Attempt, follow: Follow, note: Note, recover
     recoveries = 0
     while True:
         files = target.files(attempt, note)
+        watcher = NodeWatch(attempt)
         try:
             end = follow(files, attempt.events_offset)  # a recovered attempt's: from its restored event
         except HostGone:
             end = {"state": RunState.LOST.value, "reason": f"instance {attempt.info.get('instance_id')} is gone"}
+        finally:
+            watcher.stop()
         end = settle_nodes(target, attempt, end, note)
         lost = bool(recover and end and end.get("state") in ("failed", "lost", "preempted") and target.gone(attempt))
         if end and end.get("state") == "failed" and not lost:
@@ -187,6 +190,43 @@ _PEER_ERROR = re.compile(r"gloo|nccl|connection (closed|reset) by peer|broken pi
                          r"ProcessGroup|TCPStore|rendezvous|timed out|timeout", re.IGNORECASE)
 
 
+class NodeWatch:
+    """While a multi-node run is followed, the other nodes' status every ``every`` seconds: one that ended
+    without succeeding (its agent failed, its rank died before the rendezvous, its instance went) gets the head
+    told at once (``infra.agent.ABORT_FILE``), so the run ends naming it instead of waiting on a collective."""
+
+    def __init__(self, attempt: Attempt, every: float = 2.0) -> None:
+        import threading
+
+        self.attempt, self.every = attempt, every
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True) if attempt.nodes()[1:] else None
+        if self.thread is not None:
+            self.thread.start()
+
+    def _watch(self) -> None:
+        from infra.agent import ABORT_FILE
+
+        while not self.done.wait(self.every):
+            for rank, host, folder in self.attempt.nodes()[1:]:
+                try:
+                    st = parse_status(host.read_text(f"{folder}/{STATUS_FILE}"))
+                except Exception:
+                    continue  # unreachable for now: a lost instance is settled after the head's end
+                if st.get("state") in (RunState.FAILED.value, RunState.LOST.value):  # not a preempted one: saving
+                    why = f"node {rank} {st.get('state')}: {st.get('reason') or 'no reason recorded'}"
+                    try:
+                        self.attempt.host.write_text(f"{self.attempt.run_dir}/{ABORT_FILE}", why + "\n")
+                    except Exception:
+                        pass
+                    return
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+
 def settle_nodes(target: Target, attempt: Attempt, end: Optional[dict], note: Note, wait_s: float = 30.0,
                  poll: float = 0.5) -> Optional[dict]:
     """A multi-node run after its head's end: every other node ends too (an agent still running ``wait_s`` later
@@ -205,6 +245,8 @@ def settle_nodes(target: Target, attempt: Attempt, end: Optional[dict], note: No
                 states[rank] = parse_status(host.read_text(f"{folder}/{STATUS_FILE}"))
             except Exception as err:  # its instance is gone or unreachable: it ended with it
                 states[rank] = {"state": RunState.LOST.value, "reason": f"unreachable ({str(err).split(' — ')[0]})"}
+            if not states[rank].get("state"):  # no status.json: its disk went with its instance, or it never started
+                states[rank] = {"state": RunState.LOST.value, "reason": "its run folder is gone (instance lost?)"}
         running = [r for r, st in states.items() if st.get("state") in ACTIVE]
         if not running or time.monotonic() > deadline:
             break

@@ -142,13 +142,13 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
     price = hourly_price(inst.instance_type)
     if len(insts) == 1:
         console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, "
-                      f"ssh {endpoint_for(inst.public_ip, inst.user)}"
+                      f"ssh {endpoint_for(inst.public_ip, inst.user, node=inst.node)}"
                       + (f", ~${price:.3f}/h" if price is not None else "")
                       + f" — `mnist-launch ssh {name}`, `mnist-launch down {name}`")
     else:
         console.print(f"[bold]{name}[/] is up: {len(insts)} nodes, {inst.instance_type} in {inst.az}"
                       + (f", placement group {inst.placement_group}" if inst.placement_group else "")
-                      + f"; node 0 {inst.id}, ssh {endpoint_for(inst.public_ip, inst.user)}"
+                      + f"; node 0 {inst.id}, ssh {endpoint_for(inst.public_ip, inst.user, node=inst.node)}"
                       + (f", ~{len(insts)} x ${price:.3f}/h = ${len(insts) * price:.3f}/h" if price is not None else "")
                       + f" — `mnist-launch status`, `mnist-launch down {name}`")
     return UpResult(inst, None, outcome.steps, insts)
@@ -190,7 +190,7 @@ def setup_autostop(inst: InstanceInfo, key: Path, autostop_s: Optional[float], l
     jobs = sorted({"~/mnist-launch/jobs", f"{launch.remote_dir.rstrip('/')}/jobs"})
     try:
         poll = settings.autostop_poll()
-        with SSHHost(endpoint_for(inst.public_ip, inst.user), key, alias=inst.id) as host:
+        with SSHHost(endpoint_for(inst.public_ip, inst.user, node=inst.node), key, alias=inst.id) as host:
             how = install_autostop(host, autostop_s, remote_home_dir=autostop_home(), jobs_dirs=jobs, env=env,
                                    poll_s=poll)
     except (LaunchError, OSError, ValueError) as err:  # SSHError is a LaunchError: infra/ssh.py maps paramiko's

@@ -52,7 +52,7 @@ def wait_until_ready(provider: AWSProvider, inst: InstanceInfo, key: Path, timeo
                                    "check the EC2 console or raise --timeout")
                 tick("")
                 backoff.sleep()
-    ep = endpoint_for(inst.public_ip, inst.user)
+    ep = endpoint_for(inst.public_ip, inst.user, node=inst.node)
     backoff = Backoff(poll_s)
     with shown(f"SSH banner from {ep.host}:{ep.port}") as tick:
         while not wait_for_banner(ep.host, ep.port, timeout_s=min(5.0, left())):

@@ -23,7 +23,7 @@ def ssh_argv(name: str, region: Optional[str], identity: Optional[str], command:
     """The system ssh command line for a cluster, with its host key pinned (TOFU on first use)."""
     inst = access.running_instance(name, region)
     key = access.login_key(inst, name, identity)
-    ep = endpoint_for(inst.public_ip, inst.user)
+    ep = endpoint_for(inst.public_ip, inst.user, node=inst.node)
     with SSHHost(ep, key, alias=inst.id) as host:
         host.connect()  # pins the host key on first use, refuses a changed one
     # Nothing of this machine travels but the key's signature: no agent (-a, and no SSH_AUTH_SOCK in

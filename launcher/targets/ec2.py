@@ -174,10 +174,12 @@ class EC2Target:
         info["created_at"] = meta["created_at"]
 
         def write() -> None:
-            # a new attempt keeps the run's meta.json (the agent fetches it from the store) and this config.yaml
-            attempt.host.write_text(f"{attempt.run_dir}/config.yaml", config_yaml)
-            if not restart:
-                attempt.host.write_text(f"{attempt.run_dir}/meta.json", json.dumps(meta, indent=2) + "\n")
+            # a new attempt keeps the run's meta.json (the agent fetches it from the store) and this config.yaml;
+            # every node trains from its own copy of both
+            for _rank, host, folder in attempt.nodes():
+                host.write_text(f"{folder}/config.yaml", config_yaml)
+                if not restart:
+                    host.write_text(f"{folder}/meta.json", json.dumps(meta, indent=2) + "\n")
 
         self.retrying(write)
 

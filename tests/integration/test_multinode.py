@@ -15,7 +15,7 @@ from infra.host import LocalHost
 from launcher import lifecycle
 from launcher.live import RunView, follow_files
 from launcher.targets.local import LocalTarget
-from tests.support.runs import events_of, wait_until
+from tests.support.runs import events_of, is_rank, process_tree, wait_until
 
 
 def start(store, data, nodes, overrides, resume=None):
@@ -40,8 +40,6 @@ def node_status(attempt, rank):
 
 
 def ranks_of(agent_pid):
-    from tests.integration.test_train import is_rank, process_tree
-
     return [pid for pid, argv in process_tree(agent_pid).items() if is_rank(argv)]
 
 

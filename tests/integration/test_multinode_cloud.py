@@ -18,10 +18,17 @@ import time
 import boto3
 import pytest
 
-from tests.integration.test_remote_train import BUCKET, CIDR, ROLE, STORE, Cloud
 from tests.support import iam_world
-from tests.support.aws_helpers import STRICT_ENV, fake_aws_env, instance_credentials, instance_sshd, start_moto_server, \
-    ubuntu_ami
+from tests.support.aws_helpers import (
+    STRICT_ENV,
+    fake_aws_env,
+    instance_credentials,
+    instance_sshd,
+    start_moto_server,
+    ubuntu_ami,
+)
+from tests.support.cloud import BUCKET, CIDR, ROLE, STORE, Cloud
+from infra.agent import descendants
 from tests.support.runs import EPOCH_ROW
 from tests.support.sshd_fixture import stop_sshd
 
@@ -55,6 +62,7 @@ def duo(tmp_path_factory):
                                 node=f"{tmp.name}-node-{rank}")
             stack.callback(stop_sshd, srv)
             nodes.append(srv)
+        nodes[1].authorize(nodes[0].client_key)  # the cluster's one key pair logs in to every node
         mp.setenv("MNIST_LAUNCH_SSH_ENDPOINT", ",".join(s.endpoint for s in nodes))
         mp.setenv("MNIST_LAUNCH_RENDEZVOUS_ADDRESS", "127.0.0.1")
         mp.setenv("MNIST_LAUNCH_SSH_CIDR", CIDR)
@@ -104,11 +112,12 @@ def test_two_nodes_train_lose_one_recover_and_down_leaves_nothing(duo, small_mni
     ec2.terminate_instances(InstanceIds=[before[1]])
     node1 = duo.nodes[1].home / REMOTE[2:]
     status = json.loads((node1 / "runs" / "duo-1" / "status.json").read_text())
-    for pid in (status["trainer_pid"], status["agent_pid"]):
+    for pid in (status["agent_pid"], *descendants(status["agent_pid"])):  # the rank too: torchrun gave it a session
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
     shutil.rmtree(node1 / "runs" / "duo-1")  # the disk went with the instance
     out, err = proc.communicate(timeout=400)
+    print(out, err)  # the transcript (`pytest -rP` shows it)
     assert proc.returncode == 0, err
     assert "recovery 1/3" in out and "finished" in out, out
     assert [int(e) for e in EPOCH_ROW.findall(out)] == [1, 2, 3], out  # every epoch shown once, across attempts

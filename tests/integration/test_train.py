@@ -1,18 +1,16 @@
 """Real runs through the agent (one process: the trainer itself; several: `accelerate launch`), on small IDX
 files cut from the real MNIST."""
 
-import itertools
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from infra.host import LocalHost
 from launcher.orchestrator import LocalRequest, cancel_run, read_status, run_record, start_run
-from tests.support.runs import events_of, run_to_end
+from tests.support.runs import events_of, is_rank, process_tree, run_to_end
 from trainer.precision import cuda_capability, resolve_mixed_precision
 
 
@@ -26,25 +24,6 @@ def wait_for_event(run_dir, kind, timeout=120):
             return
         assert time.monotonic() < deadline, f"no {kind!r} event in {path} after {timeout}s"
         time.sleep(0.1)
-
-
-def process_tree(pid):
-    """``pid`` and every process below it, each with its command line (read from /proc while it runs)."""
-    from infra.agent import descendants
-
-    tree = {}
-    for p in [pid, *descendants(pid)]:
-        try:
-            tree[p] = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            pass  # gone meanwhile
-    return tree
-
-
-def is_rank(argv):
-    """A training process started by torchrun (`python -u -m trainer ...`), not `accelerate launch` itself."""
-    return any(pair == (b"-m", b"trainer") for pair in itertools.pairwise(argv)) \
-        and not any(b"accelerate" in a for a in argv)
 
 
 def test_two_process_run_trains_shards_and_checkpoints(mnist_2k, tmp_path):

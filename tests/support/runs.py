@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
+from pathlib import Path
 
 # an epoch row of the live view ("  3   0.1234   97.50% ..."): group 1 is the epoch
 EPOCH_ROW = re.compile(r"^\s+(\d+)\s+\d+\.\d{4}\s+\d+\.\d\d%", re.M)
@@ -43,3 +45,22 @@ def has_event(run_dir, pred) -> bool:
     if not path.is_file():
         return False
     return any(pred(json.loads(line)) for line in path.read_text().splitlines() if line.endswith("}"))
+
+
+def process_tree(pid):
+    """``pid`` and every process below it, each with its command line (read from /proc while it runs)."""
+    from infra.agent import descendants
+
+    tree = {}
+    for p in [pid, *descendants(pid)]:
+        try:
+            tree[p] = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            pass  # gone meanwhile
+    return tree
+
+
+def is_rank(argv):
+    """A training process started by torchrun (`python -u -m trainer ...`), not `accelerate launch` itself."""
+    return any(pair == (b"-m", b"trainer") for pair in itertools.pairwise(argv)) \
+        and not any(b"accelerate" in a for a in argv)

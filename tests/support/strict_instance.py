@@ -73,6 +73,13 @@ class Instance(SSHD):
     login: Optional[LoginUser] = None
     front: Optional["BootingFront"] = None
     outside_at_boot: tuple[str, ...] = ()  # what its uid owned outside its home before (a reused uid's leftovers)
+    authorized_keys: Optional[Path] = None  # the keys its sshd lets in
+
+    def authorize(self, client_key: Path) -> None:
+        """Let the holder of ``client_key`` in too (the nodes of a cluster share one key pair, as on EC2)."""
+        assert self.authorized_keys is not None
+        with open(self.authorized_keys, "a") as f:
+            f.write(Path(str(client_key) + ".pub").read_text().strip() + "\n")
 
     def written_outside(self) -> list[str]:
         """What the login user wrote outside its home since this instance started (see :func:`written_outside`)."""
@@ -357,7 +364,7 @@ def strict_instance(where: Path, extra_config: tuple[str, ...] = (), booting: bo
         ssh_dir = user.home / ".ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         os.chown(ssh_dir, user.uid, user.gid)
-        keys = ssh_dir / "authorized_keys"
+        keys = ssh_dir / (f"authorized_keys-{node}" if node else "authorized_keys")  # one file an sshd
     home = None
     if node is not None:
         home = user.home / node
@@ -370,7 +377,7 @@ def strict_instance(where: Path, extra_config: tuple[str, ...] = (), booting: bo
     front = BootingFront((srv.host, srv.port), srv.proc) if booting else None
     return Instance(srv.host, front.port if front else srv.port, srv.user, srv.client_key, srv.host_key_pub, srv.dir,
                     srv.proc, home=home or user.home, python=str(python), login=user, front=front,
-                    outside_at_boot=tuple(written_outside(user)))
+                    outside_at_boot=tuple(written_outside(user)), authorized_keys=keys or where / "authorized_keys")
 
 
 def written_outside(user: LoginUser, roots: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")) -> list[str]:
