@@ -18,6 +18,7 @@ import time
 import boto3
 import pytest
 
+from infra.agent import descendants
 from tests.support import iam_world
 from tests.support.aws_helpers import (
     STRICT_ENV,
@@ -28,7 +29,6 @@ from tests.support.aws_helpers import (
     ubuntu_ami,
 )
 from tests.support.cloud import BUCKET, CIDR, ROLE, STORE, Cloud
-from infra.agent import descendants
 from tests.support.runs import EPOCH_ROW
 from tests.support.sshd_fixture import stop_sshd
 
