@@ -100,8 +100,16 @@ def start(target: Target, spec: RunSpec, recover: Optional[str] = None) -> Attem
     resumed = {"at": round(time.time(), 3), "overrides": redact_argv(spec.overrides)} if spec.resume else None
     target.write_run(attempt, _config_yaml(cfg), meta, resumed, restart)
     target.retrying(status.start)
+    for _rank, host, folder in attempt.nodes()[1:]:  # every node begins this attempt at 'starting': nobody reads an
+        target.retrying(lambda: _begin(host_status(host, folder)))  # earlier attempt's end as this one's
     attempt.agent_pid = target.spawn_agent(attempt, restart)
     return attempt
+
+
+def _begin(status: StatusWriter) -> None:
+    if status.read().get("state") in ACTIVE:  # an agent of the last attempt that never wrote its end
+        status.settle(RunState.FAILED, "superseded by a new attempt")
+    status.start()
 
 
 def _end_previous(target: Target, attempt: Attempt, status: StatusWriter, lost: bool) -> None:

