@@ -76,10 +76,14 @@ def accelerate_command(run_dir: Path, processes: int, mixed_precision: str, resu
     """The trainer's command line and the environment it adds: one process per device, gloo on CPU,
     NCCL on GPUs.
 
-    Several processes: ``accelerate launch`` (torchrun underneath). One process: the trainer itself,
-    with the environment ``accelerate launch``'s single-process launcher would give it (it only sets
-    these variables and starts the same ``python -m trainer``): one Python fewer, which saved about
-    4 s of CPU at every run's start (importing accelerate and torch) on a small machine.
+    Several processes: ``accelerate launch`` (torchrun underneath); on several nodes with the machine
+    count, this node's rank and rank 0's address and port. One process: the trainer itself, with the
+    environment ``accelerate launch``'s single-process launcher would give it (it only sets these
+    variables and starts the same ``python -m trainer``): one Python fewer, which saved about 4 s of CPU
+    at every run's start (importing accelerate and torch) on a small machine. One process on each of
+    several nodes: the same, with the variables torchrun's static rendezvous sets for its one worker
+    (rank, world, rank 0's address): no torchrun, whose exit barrier also held a finished head for 5
+    minutes when another node had vanished.
 
     ``mixed_precision`` may be ``auto``: it is resolved here, on the host that trains (ConfigError
     for fp16 without a GPU).
@@ -91,9 +95,14 @@ def accelerate_command(run_dir: Path, processes: int, mixed_precision: str, resu
     if gpus == 0:  # Intel OpenMP settings accelerate gives CPU runs
         env.update(KMP_AFFINITY="granularity=fine,compact,1,0", KMP_BLOCKTIME="1")
     trainer = ["-m", "trainer", "--run-dir", str(run_dir), *(["--resume"] if resume else [])]
-    if processes == 1 and nodes.count == 1:
+    if processes == 1:
         if gpus:
             env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # accelerate's GPU default
+        if nodes.count > 1:  # one rank a node: the variables torchrun's static rendezvous would give it, no torchrun
+            env.update(MASTER_ADDR=nodes.address, MASTER_PORT=str(nodes.port), RANK=str(nodes.rank),
+                       WORLD_SIZE=str(nodes.count), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", GROUP_RANK=str(nodes.rank),
+                       GROUP_WORLD_SIZE=str(nodes.count), ROLE_RANK=str(nodes.rank),
+                       ROLE_WORLD_SIZE=str(nodes.count), TORCH_NCCL_ASYNC_ERROR_HANDLING="1")
         return [python, *trainer], env
     # torchrun underneath; without CUDA, Accelerate picks MULTI_CPU with gloo (ACCELERATE_USE_CPU).
     # (`--cpu` would route to the single-process launcher, which needs mpirun for more than one process.)

@@ -315,7 +315,8 @@ def pytest_xdist_auto_num_workers(config) -> int:
 # About how many seconds of CPU one test of these modules takes (measured on the 2-core dev machine; the rest
 # take about a second or less): the long tests are spread over the workers by these, and run first in each
 # worker's share so that the workers end together instead of one finishing a long test alone at the end.
-SECONDS = {"test_remote_train": 20, "test_real_mnist": 15, "test_resume": 15, "test_train": 12, "test_iam": 10,
+SECONDS = {"test_multinode_cloud": 45, "test_multinode": 20,
+           "test_remote_train": 20, "test_real_mnist": 15, "test_resume": 15, "test_train": 12, "test_iam": 10,
            "test_aws_faults_cli": 12, "test_cli": 8, "test_cloud_cli": 3, "test_aws_provider": 2.5,
            "test_aws_faults": 2.3, "test_remote_setup": 2, "test_s3_store": 1.5, "test_autostop": 1.4}
 

@@ -114,6 +114,8 @@ class LocalTarget:
         assert attempt.cfg is not None  # a started attempt has its config
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
         port = free_port() if self.nodes > 1 else 0
+        if self.nodes > 1 and "OMP_NUM_THREADS" not in os.environ:  # the nodes share this machine's cores
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (self.nodes * self.processes)))
         pids = []
         for rank, host, folder in attempt.nodes():
             argv = [sys.executable, "-m", "infra.agent", "--run-dir", folder, "--processes", str(self.processes),

@@ -50,6 +50,25 @@ def test_one_process_starts_the_trainer_itself_several_go_through_accelerate_lau
     assert env["ACCELERATE_USE_CPU"] == "True" and env["ACCELERATE_DYNAMO_BACKEND"] == "NO"
 
 
+def test_several_nodes_meet_at_rank_0_with_the_machine_count_and_their_rank(cpu_host, tmp_path):
+    from infra.agent import Nodes
+
+    where = Nodes(count=3, rank=2, address="10.0.0.5", port=23456)
+    # one process a node: the trainer itself, with what torchrun's static rendezvous gives its one worker
+    cmd, env = accelerate_command(tmp_path, 1, "no", False, python="py", nodes=where)
+    assert cmd == ["py", "-m", "trainer", "--run-dir", str(tmp_path)]
+    assert {k: env[k] for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                "LOCAL_WORLD_SIZE")} == {"MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "23456",
+                                                         "RANK": "2", "WORLD_SIZE": "3", "LOCAL_RANK": "0",
+                                                         "LOCAL_WORLD_SIZE": "1"}
+    # two a node: accelerate launch over the whole world (6), this machine's rank, rank 0's address and port
+    cmd, env = accelerate_command(tmp_path, 2, "no", False, python="py", nodes=where)
+    assert cmd[:3] == ["py", "-m", "accelerate.commands.launch"] and "RANK" not in env
+    flags = {cmd[i]: cmd[i + 1] for i in range(3, len(cmd) - 1) if cmd[i].startswith("--")}
+    assert (flags["--num_machines"], flags["--machine_rank"], flags["--num_processes"]) == ("3", "2", "6")
+    assert (flags["--main_process_ip"], flags["--main_process_port"]) == ("10.0.0.5", "23456")
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_auto_on_a_cpu_host_launches_without_mixed_precision(cpu_host, tmp_path, processes):
     assert precision_in(accelerate_command(tmp_path, processes, "auto", False)) == "no"

@@ -70,8 +70,9 @@ def test_a_rank_killed_on_one_node_ends_every_node_naming_it_and_resume_continue
     host = LocalHost()
     # each agent exits moments after writing its end (a last upload pass): none is left running
     wait_until(lambda: not [p for p in tree if host.is_alive(p)], "an agent outlived the run", timeout=30)
-    # each node's own log is in the run: node 1's under nodes/1/
-    assert "SIGKILL" in open(f"{head}/nodes/1/train.log").read() + open(f"{head}/nodes/1/agent.log").read()
+    # each node's own logs and status are in the run: node 1's under nodes/1/
+    assert (_p(head) / "nodes" / "1" / "train.log").is_file() and (_p(head) / "nodes" / "1" / "agent.log").is_file()
+    assert "SIGKILL" in node_status(attempt, 1)["reason"]
     # the head's checkpoint holds node 1's own files (its RNG state): written there from node 1 over gloo
     ckpt = _p(head) / "checkpoints" / "epoch_001"
     assert (ckpt / "random_states_1.pkl").is_file() and (ckpt / "checkpoint.json").is_file()
