@@ -186,8 +186,11 @@ def attach(target: Target, attempt: Attempt, follow: Follow, note: Note, recover
                               f"mnist-launch results {attempt.run_id} --store {attempt.store}")
         recoveries += 1
         az = attempt.info.get("az")
-        note(f"{attempt.info.get('instance_id')} is gone ({end.get('reason')}): recovery {recoveries}/{max_recoveries} "
-             "on a replacement instance" + (f" outside {az}" if az else "")
+        multi = len(attempt.nodes()) > 1  # a node's replacement joins the others in their zone
+        gone_id = (attempt.info.get("node_ids") or {}).get(end.get("failed_node"), attempt.info.get("instance_id"))
+        note(f"{gone_id} is gone ({end.get('reason')}): recovery {recoveries}/{max_recoveries} "
+             "on a replacement instance" + (f" in {az}, with the other nodes" if multi and az else
+                                            f" outside {az}" if az else "")
              + ", from the newest complete checkpoint in the store")
         target = replacement
         attempt = start(target, recover, recover=attempt.run_id)
