@@ -65,6 +65,8 @@ def main() -> None:
     nodes = [instance_sshd(tmp / f"sshd-{rank}", url, node=f"{tmp.name}-node-{rank}" if args.nodes > 1 else None)
              for rank in range(args.nodes)]
     srv = nodes[0]
+    for other in nodes[1:]:
+        other.authorize(srv.client_key)  # the cluster's one key pair logs in to every node
     os.environ["MNIST_LAUNCH_SSH_ENDPOINT"] = ",".join(n.endpoint for n in nodes)
     os.environ["MNIST_LAUNCH_RENDEZVOUS_ADDRESS"] = "127.0.0.1"
     console = Console(file=open(os.devnull, "w"))

@@ -204,19 +204,25 @@ class EC2Target:
             raise RunError(f"{info['instance_id']} has no private address for the other nodes to reach it — "
                            "check the cluster's subnet (or set MNIST_LAUNCH_RENDEZVOUS_ADDRESS)")
         tag = f"restore-{secrets.token_hex(3)}" if restart else "start"  # each new attempt starts its agents once
-        pids = []
-        for rank, host, folder in nodes:
+        def spawn(rank: int, host: Host, folder: str) -> Callable[[], int]:
             argv = agent_argv(info["pythons"][rank], paths, attempt.run_id, cfg, attempt.store)
             if len(nodes) > 1:
                 argv += ["--nodes", str(len(nodes)), "--node-rank", str(rank), "--main-address", address,
                          "--main-port", str(port)]
             if cfg.launch.env:
-                host.write_text(paths["env"], "".join(f"{k}={v}\n" for k, v in cfg.launch.env.items()), mode=0o600)
                 argv += ["--env-file", paths["env"][len(paths["root"]) + 1:]
                          if paths["env"].startswith(paths["root"] + "/") else paths["env"]]
             if restart:
                 argv.append("--restore")
-            pids.append(spawn_once(host, argv, paths["root"], folder, tag=tag))
+
+            def go() -> int:
+                if cfg.launch.env:
+                    host.write_text(paths["env"], "".join(f"{k}={v}\n" for k, v in cfg.launch.env.items()),
+                                    mode=0o600)
+                return spawn_once(host, argv, paths["root"], folder, tag=tag)
+            return go
+
+        pids = in_parallel([spawn(rank, host, folder) for rank, host, folder in nodes])  # every node at once
         pid = pids[0]
         if len(nodes) > 1:
             record["nodes"] = [{**n, "spawn_pid": p} for n, p in zip(record["nodes"], pids)]

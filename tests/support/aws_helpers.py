@@ -76,6 +76,9 @@ def plain_moto_server():
     wait forever): (server, url). Stop it with ``server.stop()``."""
     from moto.server import ThreadedMotoServer
 
+    from tests.support.moto_placement import install
+
+    install()  # placement groups, which moto lacks (the tests' conftest installs them too; benchmarks need this)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
