@@ -244,6 +244,33 @@ def mnist_2k(tmp_path_factory) -> Path:
     return _cut_mnist(tmp_path_factory.mktemp("mnist_2k"), 2000, 500)
 
 
+@pytest.fixture(scope="session")
+def two_process_run(mnist_2k, tmp_path_factory):
+    """model3 on 2 processes of this machine (``TWO_PROCESS`` on mnist_2k), uninterrupted: what test_train checks
+    and the 2-node cloud run is compared with. One run a session: the first worker that asks makes it under a
+    lock in the folder the xdist workers share; the others wait for it and read it. (run folder, its run_end,
+    what the live view printed)."""
+    import fcntl
+    import json
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "two-process-run"
+    with open(shared / "two-process-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when this process ends, whatever happens
+        done = root / "done.json"
+        if not done.is_file():
+            from launcher.orchestrator import LocalRequest, start_run
+            from tests.support.runs import TWO_PROCESS, run_to_end
+
+            run = start_run(LocalRequest(config="configs/model3.yaml", store=str(root), data_dir=str(mnist_2k),
+                                         processes=2, run_id="two", overrides=TWO_PROCESS))
+            end, text = run_to_end(run)
+            done.write_text(json.dumps({"end": end, "text": text}))
+    made = json.loads(done.read_text())
+    return root / "runs" / "two", made["end"], made["text"]
+
+
 @pytest.fixture(scope="module")
 def module_sshd(tmp_path_factory):
     """One real sshd for a whole test module: starting one per test would dominate the runtime."""

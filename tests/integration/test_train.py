@@ -26,13 +26,9 @@ def wait_for_event(run_dir, kind, timeout=120):
         time.sleep(0.1)
 
 
-def test_two_process_run_trains_shards_and_checkpoints(mnist_2k, tmp_path):
-    run = start_run(LocalRequest(config="configs/model3.yaml", store=str(tmp_path), data_dir=str(mnist_2k),
-                                 processes=2,
-                                 overrides=["train.epochs=2", "train.batch_size=64", "train.keep_checkpoints=1"]))
-    end, text = run_to_end(run)
-    assert end["state"] == "succeeded", (run.run_dir / "train.log").read_text()[-2000:]
-    d = run.run_dir
+def test_two_process_run_trains_shards_and_checkpoints(two_process_run):
+    d, end, text = two_process_run  # tests/conftest.py: TWO_PROCESS on mnist_2k, shared with the 2-node cloud test
+    assert end["state"] == "succeeded", (d / "train.log").read_text()[-2000:]
     summary = json.loads((d / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["epochs_completed"] == 2
     assert 0.5 < summary["final_test_accuracy"] <= 1.0

@@ -12,6 +12,10 @@ from pathlib import Path
 EPOCH_ROW = re.compile(r"^\s+(\d+)\s+\d+\.\d{4}\s+\d+\.\d\d%", re.M)
 
 
+# the shared 2-process run's settings (tests/conftest.py two_process_run, on mnist_2k)
+TWO_PROCESS = ["train.epochs=2", "train.batch_size=64", "train.keep_checkpoints=1"]
+
+
 def run_to_end(run, timeout=240):
     """Follow ``run`` (a started local run) until it ends: (its run_end event, what the view printed)."""
     from rich.console import Console
