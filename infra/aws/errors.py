@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -193,3 +193,27 @@ class Backoff:
     def sleep(self) -> None:
         time.sleep(self.delay)
         self.delay = min(self.delay * 2, self.cap)
+
+
+def delete_when_free(call: Callable[[], Any], new: Transient, gone: str, busy: str, what: str, poll_s: float,
+                     timeout_s: float, just_created: bool, log: Callable[[str], None] = lambda _m: None) -> None:
+    """Delete a resource with ``call()``: one already gone (``gone``) is fine; one something still holds
+    (``busy``: a just-terminated instance's network interface, its placement) is tried again with backoff until
+    ``timeout_s``. A resource made by this very call may be unknown for a while yet: then ``gone`` is AWS's
+    eventual consistency, retried as ``new``, not "already gone"."""
+    deadline = time.monotonic() + timeout_s
+    backoff = Backoff(poll_s)
+    while True:
+        try:
+            if just_created:
+                retry(call, new, what=what, log=log)
+            else:
+                call()
+            return
+        except ClientError as err:
+            code = error_code(err)
+            if code == gone:
+                return
+            if code != busy or time.monotonic() > deadline:
+                raise
+            backoff.sleep()

@@ -10,7 +10,6 @@ from the group's own members (the nodes' rendezvous and collectives) and from no
 from __future__ import annotations
 
 import ipaddress
-import time
 import urllib.request
 from typing import Any, Optional
 
@@ -18,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from core.errors import AWSError, ConfigError
 from infra.aws.clients import Regional
-from infra.aws.errors import NEW_GROUP, Backoff, error_code, one_line, retry
+from infra.aws.errors import NEW_GROUP, delete_when_free, error_code, one_line, retry
 from infra.aws.tags import tags
 from infra.provider import Step
 
@@ -190,24 +189,7 @@ class Network(Regional):
 
     def delete_group(self, group_id: str, timeout_s: float = 300, just_created: bool = False) -> None:
         # a just-terminated instance's network interface holds the group for a little while
-        deadline = time.monotonic() + timeout_s
-        backoff = Backoff(self.poll_s)
-
-        def delete() -> None:
-            if just_created:  # a group made by this very call may be unknown for a while yet: not "already gone"
-                retry(lambda: self.clients.ec2.delete_security_group(GroupId=group_id), NEW_GROUP,
-                      what=f"DeleteSecurityGroup {group_id}", log=self.log)
-            else:
-                self.clients.ec2.delete_security_group(GroupId=group_id)
-
-        while True:
-            try:
-                delete()
-                return
-            except ClientError as err:
-                code = error_code(err)
-                if code == "InvalidGroup.NotFound":
-                    return
-                if code != "DependencyViolation" or time.monotonic() > deadline:
-                    raise
-                backoff.sleep()
+        delete_when_free(lambda: self.clients.ec2.delete_security_group(GroupId=group_id), NEW_GROUP,
+                         gone="InvalidGroup.NotFound", busy="DependencyViolation",
+                         what=f"DeleteSecurityGroup {group_id}", poll_s=self.poll_s, timeout_s=timeout_s,
+                         just_created=just_created, log=self.log)

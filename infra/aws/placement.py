@@ -13,13 +13,10 @@ A cluster of one node never gets a group: nothing to keep close.
 from __future__ import annotations
 
 import re
-import time
 from typing import Any, Optional
 
-from botocore.exceptions import ClientError
-
 from infra.aws.clients import Regional
-from infra.aws.errors import NEW_PLACEMENT_GROUP, Backoff, error_code, retry
+from infra.aws.errors import NEW_PLACEMENT_GROUP, delete_when_free
 from infra.aws.tags import TAG_CLUSTER, TAG_MANAGED, tags
 
 # the families AWS does not place in a cluster placement group: burstable, Mac, flex
@@ -57,24 +54,7 @@ class Placements(Regional):
     def delete(self, name: str, timeout_s: float = 300, just_created: bool = False) -> None:
         """Delete group ``name``; one already gone is fine. Its instances just terminated may hold it for a
         little while (InvalidPlacementGroup.InUse): waited out until ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        backoff = Backoff(self.poll_s)
-
-        def delete() -> None:
-            if just_created:  # a group made by this very call may be unknown for a while yet: not "already gone"
-                retry(lambda: self.clients.ec2.delete_placement_group(GroupName=name), NEW_PLACEMENT_GROUP,
-                      what=f"DeletePlacementGroup {name}", log=self.log)
-            else:
-                self.clients.ec2.delete_placement_group(GroupName=name)
-
-        while True:
-            try:
-                delete()
-                return
-            except ClientError as err:
-                code = error_code(err)
-                if code == "InvalidPlacementGroup.Unknown":
-                    return
-                if code != "InvalidPlacementGroup.InUse" or time.monotonic() > deadline:
-                    raise
-                backoff.sleep()
+        delete_when_free(lambda: self.clients.ec2.delete_placement_group(GroupName=name), NEW_PLACEMENT_GROUP,
+                         gone="InvalidPlacementGroup.Unknown", busy="InvalidPlacementGroup.InUse",
+                         what=f"DeletePlacementGroup {name}", poll_s=self.poll_s, timeout_s=timeout_s,
+                         just_created=just_created, log=self.log)
