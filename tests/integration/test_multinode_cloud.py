@@ -19,16 +19,11 @@ import boto3
 import pytest
 
 from infra.agent import descendants
-from tests.support import iam_world
 from tests.support.aws_helpers import (
-    STRICT_ENV,
-    fake_aws_env,
-    instance_credentials,
     instance_sshd,
-    start_moto_server,
     ubuntu_ami,
 )
-from tests.support.cloud import BUCKET, CIDR, ROLE, STORE, Cloud
+from tests.support.cloud import BUCKET, CIDR, ROLE, STORE, Cloud, strict_cloud
 from tests.support.runs import EPOCH_ROW
 from tests.support.sshd_fixture import stop_sshd
 
@@ -42,23 +37,11 @@ def duo(tmp_path_factory):
     with contextlib.ExitStack() as stack:
         mp = pytest.MonkeyPatch()
         stack.callback(mp.undo)
-        fake_aws_env(mp, tmp / "home")
-        server, url = start_moto_server(strict=os.environ.get(STRICT_ENV, "1") != "0")
-        stack.callback(server.stop)
-        mp.setenv("AWS_ENDPOINT_URL", url)
-        world = iam_world.IAMWorld.start(iam_world.laptop_policy(BUCKET), url) if iam_world.enabled() else None
-        if world:
-            stack.callback(world.stop)
-        creds = instance_credentials(tmp)
-        if world:
-            for k in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-                mp.delenv(k, raising=False)
-            for k, v in world.admin.env().items():
-                mp.setenv(k, v)
-            mp.setattr(boto3, "DEFAULT_SESSION", None)
+        aws = strict_cloud(stack, mp, tmp)
+        url, world, creds = aws.url, aws.iam, aws.creds
         nodes = []
         for rank in range(2):
-            srv = instance_sshd(tmp / f"sshd-{rank}", url, *([iam_world.instance_aws_env(creds)] if world else []),
+            srv = instance_sshd(tmp / f"sshd-{rank}", url, *aws.instance_env(),
                                 node=f"{tmp.name}-node-{rank}")
             stack.callback(stop_sshd, srv)
             nodes.append(srv)

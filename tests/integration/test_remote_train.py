@@ -22,16 +22,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.support import ROOT, iam_world
+from tests.support import ROOT
 from tests.support.aws_helpers import (
-    STRICT_ENV,
-    fake_aws_env,
-    instance_credentials,
     instance_sshd,
-    start_moto_server,
     ubuntu_ami,
 )
-from tests.support.cloud import BUCKET, CIDR, ROLE, STORE, Cloud
+from tests.support.cloud import BUCKET, CIDR, ROLE, STORE, Cloud, strict_cloud
 from tests.support.runs import EPOCH_ROW
 from tests.support.sshd_fixture import stop_sshd
 from tests.support.strict_instance import CuttableProxy
@@ -45,26 +41,9 @@ def cloud(tmp_path_factory):
     with contextlib.ExitStack() as stack:
         mp = pytest.MonkeyPatch()
         stack.callback(mp.undo)
-        fake_aws_env(mp, tmp / "home")
-        # AWS as it really behaves (tests/support/strict_aws.py; MNIST_LAUNCH_TEST_STRICT_AWS=0 turns it off): a
-        # proxy in front of moto that answers each eventual-consistency and throttling fault once, and 403 for
-        # missing keys
-        server, url = start_moto_server(strict=os.environ.get(STRICT_ENV, "1") != "0")
-        stack.callback(server.stop)
-        mp.setenv("AWS_ENDPOINT_URL", url)
-        # the strict IAM world (tests/support/iam_world.py; MNIST_LAUNCH_TEST_IAM=off turns it off): the test acts as an
-        # admin, the CLI as a user with exactly docs/laptop-policy.json, the "instance" with the role `up` made
-        world = iam_world.IAMWorld.start(iam_world.laptop_policy(BUCKET), url) if iam_world.enabled() else None
-        if world:
-            stack.callback(world.stop)
-        creds = instance_credentials(tmp)
-        if world:
-            for k in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-                mp.delenv(k, raising=False)
-            for k, v in world.admin.env().items():
-                mp.setenv(k, v)
-            mp.setattr(boto3, "DEFAULT_SESSION", None)  # an earlier test's default session keeps its credentials
-        srv = instance_sshd(tmp / "sshd", url, *([iam_world.instance_aws_env(creds)] if world else []))
+        aws = strict_cloud(stack, mp, tmp)
+        url, world, creds = aws.url, aws.iam, aws.creds
+        srv = instance_sshd(tmp / "sshd", url, *aws.instance_env())
         stack.callback(stop_sshd, srv)
         mp.setenv("MNIST_LAUNCH_SSH_ENDPOINT", srv.endpoint)
         mp.setenv("MNIST_LAUNCH_SSH_CIDR", CIDR)
