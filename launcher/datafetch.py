@@ -11,15 +11,17 @@ the folder (infra/datasync.py). Progress goes to stderr: a bar on a terminal, on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from core import settings
 from core.config import Config
 from trainer.data import check_dir, find
 from trainer.download import DEFAULT_MIRRORS, LineProgress, done_line, failed_line, fetch_missing
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 def mirrors_for(cfg: Optional[Config]) -> list[str]:
@@ -44,9 +46,11 @@ class BarProgress:
     """trainer.download.Progress as a rich bar per file (bytes, speed), and a line when each ends."""
 
     def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                             console=console, transient=True)
-        self.task: Optional[TaskID] = None
+        self.task: Optional["TaskID"] = None
 
     def __enter__(self) -> "BarProgress":
         self.bar.start()

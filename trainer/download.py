@@ -15,13 +15,10 @@ files: the mirrors' own ``.gz`` (torchvision lists their MD5s) and a re-compress
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +189,10 @@ def _download(url: str, folder: Path, want: Canonical, progress: Progress) -> tu
 
 
 def _stream(url: str, out: IO[bytes], want: Canonical, progress: Progress) -> int:
+    import http.client  # here, not at the top: every `train` imports this module, few download
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"User-Agent": "mnist-launch", "Accept-Encoding": "identity"})
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
