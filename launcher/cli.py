@@ -212,7 +212,7 @@ def runs(
                                                 help="RUN_ID to compare (repeat, or list them after it)"),
     more: Optional[List[str]] = typer.Argument(None, hidden=True),
     plot: Path = typer.Option(Path("compare.png"), "--plot",
-                              help="where --compare writes its overlay of test-accuracy curves"),
+                              help="where --compare writes its overlay of test error curves"),
 ) -> None:
     """List the runs in the store with their results; --compare puts chosen runs side by side."""
     from launcher.live import pct
@@ -273,7 +273,7 @@ def _compare(run_ids: list[str], store: Optional[str], plot: Path, as_json: bool
     for label, key, fmt in rows:
         table.add_row(label, *[fmt(c["results"].get(key)) for c in columns])
     console.print(table)
-    console.print(f"test-accuracy curves: {png}")
+    console.print(f"test error curves: {png}")
 
 
 @app.command()
