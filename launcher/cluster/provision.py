@@ -33,8 +33,9 @@ from infra.aws import (
     missing_ranks,
     validate_cidr,
 )
-from infra.prices import PRICES_DATE, PRICES_REGION, hourly_price
+from infra.prices import hourly_price
 from infra.ssh import SSHHost, endpoint_for, public_key_of
+from launcher.cluster.costs import price_notes, price_text
 from launcher.cluster.output import Confirm, err_console
 from launcher.cluster.ready import wait_all_ready
 from launcher.cluster.settings import (
@@ -71,12 +72,11 @@ class UpResult:
 
 def print_plan(plan: Plan, console: Console) -> None:
     market = "spot" if plan.spot else "on-demand"
-    price = f"${plan.hourly_usd:.3f}/h" if plan.hourly_usd is not None else "price unknown"
-    if plan.nodes > 1:
-        price = (f"{plan.nodes} x ${plan.hourly_usd:.3f}/h = ${plan.nodes * plan.hourly_usd:.3f}/h"
-                 if plan.hourly_usd is not None else f"{plan.nodes} nodes, price unknown")
+    rates = [plan.rate] * plan.nodes if plan.rate else []
     console.print(f"plan for {plan.region}: {plan.instance_type} {market}, image {plan.image_id or '?'} "
-                  f"(user {plan.user}), ~{price} on-demand ({PRICES_REGION} list prices, {PRICES_DATE})")
+                  f"(user {plan.user}), {price_text(rates)}")
+    for note in price_notes(rates):
+        console.print(f"[yellow]note:[/] {note}")
     for step in plan.steps:
         console.print(f"  {step}")
 
@@ -139,18 +139,19 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
     else:
         with ThreadPoolExecutor(max_workers=min(16, len(insts))) as pool:
             list(pool.map(lambda i: setup_autostop(i, key, autostop_s, launch, console), insts))
-    price = hourly_price(inst.instance_type)
+    with aws_errors():
+        rates = list(provider.rates(insts).values())
+    for note in price_notes(rates):
+        console.print(f"[yellow]note:[/] {note}")
     if len(insts) == 1:
         console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, "
-                      f"ssh {endpoint_for(inst.public_ip, inst.user, node=inst.node)}"
-                      + (f", ~${price:.3f}/h" if price is not None else "")
-                      + f" — `mnist-launch ssh {name}`, `mnist-launch down {name}`")
+                      f"ssh {endpoint_for(inst.public_ip, inst.user, node=inst.node)}, {price_text(rates)}"
+                      f" — `mnist-launch ssh {name}`, `mnist-launch down {name}`")
     else:
         console.print(f"[bold]{name}[/] is up: {len(insts)} nodes, {inst.instance_type} in {inst.az}"
                       + (f", placement group {inst.placement_group}" if inst.placement_group else "")
-                      + f"; node 0 {inst.id}, ssh {endpoint_for(inst.public_ip, inst.user, node=inst.node)}"
-                      + (f", ~{len(insts)} x ${price:.3f}/h = ${len(insts) * price:.3f}/h" if price is not None else "")
-                      + f" — `mnist-launch status`, `mnist-launch down {name}`")
+                      + f"; node 0 {inst.id}, ssh {endpoint_for(inst.public_ip, inst.user, node=inst.node)}, "
+                      + f"{price_text(rates)} — `mnist-launch status`, `mnist-launch down {name}`")
     return UpResult(inst, None, outcome.steps, insts)
 
 

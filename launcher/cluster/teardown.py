@@ -14,6 +14,7 @@ from core.errors import AWSError, ConfigError, LaunchError
 from infra import home
 from infra.aws import AWSProvider, Clients, aws_errors
 from infra.aws.instances import NOT_TERMINATED
+from launcher.cluster.costs import price_notes, spent_line
 from launcher.cluster.output import Confirm, err_console, phase
 from launcher.cluster.settings import check_name, default_region
 
@@ -24,6 +25,16 @@ def _forget_host_keys(instance_ids: list[str]) -> None:
         return
     keep = [line for line in kh.read_text().splitlines() if line.split(" ", 1)[0] not in instance_ids]
     kh.write_text("".join(f"{line}\n" for line in keep))
+
+
+def _cost_before_down(provider: AWSProvider, name: str) -> list[str]:
+    """What cluster ``name`` cost since its instances were launched (every node), and why a spot price is
+    missing: read before they go, as the lines `down` prints last."""
+    insts = provider.find_instances(name, states=NOT_TERMINATED)
+    if not insts:
+        return []
+    rates = provider.rates(insts)
+    return [spent_line(name, insts, rates), *(f"note: {n}" for n in price_notes(list(rates.values())))]
 
 
 def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = False, all_: bool = False,
@@ -48,6 +59,7 @@ def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = Fal
                 raise LaunchError("cancelled — nothing was changed")
         done: list[str] = []
         for n in names:
+            spent = _cost_before_down(provider, n)
             with phase(console, f"{'stopping' if stop else 'removing'} {n}"):
                 if stop:
                     done += [f"stopped instance {i.id}" for i in provider.stop(n)]
@@ -64,6 +76,7 @@ def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = Fal
                     if removed:
                         done.append(f"verified: nothing of {n} remains (instances, volumes, security group, "
                                     "placement group, role, instance profile, key pair)")
+            done += spent
     for item in done:
         console.print(f"  {item}")
     if not done:
