@@ -254,25 +254,6 @@ def spot_price_held(zone: str) -> tuple[str, str]:
     return usd(float(held["SpotPrice"])), held["Timestamp"].astimezone(timezone.utc).isoformat()
 
 
-def test_spot_prices_in_the_plan_status_and_down(aws, home, unreachable_instances):
-    out = cli(*up_args(ubuntu_ami(), "--spot", "--dry-run"))
-    assert out.code == 0, out.stderr
-    price, when = spot_price_held("us-east-1a")  # the zone the plan tries first
-    assert (f"(${price} spot + IPv4 $0.005 + 100 GB gp3 $0.011; spot price in us-east-1a at {when})"
-            in " ".join(out.stderr.split()))
-    [sid] = make_clusters("s", spot=True)
-    [row] = json.loads(cli("status", "--json").stdout)
-    price, when = spot_price_held(row["az"])
-    assert (row["id"], row["market"], row["hourly_usd"], row["spot_price_time"]) == (sid, "spot", float(price), when)
-    assert row["price_source"] == f"spot price in {row['az']} at {when}" and row["price_note"] is None
-    out = cli("down", "s", "--yes")
-    assert out.code == 0, out.stderr
-    text = " ".join(out.stderr.split())
-    assert "cost of s: ~$0.00 in all (an estimate: 0.00 instance-hours since launch x ~$0.016/h " \
-           f"(${price} spot + IPv4 $0.005 + 100 GB gp3 $0.011; spot price in {row['az']} at {when}); " \
-           "the bill is the truth)" in text
-
-
 @pytest.fixture
 def unreachable_instances(monkeypatch):
     """`status` asks each running instance over SSH for its runs: here they answer nothing, from 127.0.0.1
@@ -284,18 +265,28 @@ def unreachable_instances(monkeypatch):
 
 
 def test_status_table_and_down_stop_then_all(aws, home, unreachable_instances):
-    a, b = make_clusters("a", "b")
+    [a], [b] = make_clusters("a"), make_clusters("b", spot=True)
     out = cli("status")
     assert out.code == 0
-    for text in (a, b, "g4dn.xlarge", "running", "on-demand", "0.542", "+ $0.005/h per public IPv4 address"):
+    for text in (a, b, "g4dn.xlarge", "running", "on-demand", "spot", "0.542", "+ $0.005/h per public IPv4 address"):
         assert text in out.stdout
     out = cli("down", "a", "--stop", "--yes")
     assert out.code == 0 and f"stopped instance {a}" in out.stderr
-    states = {r["id"]: r["state"] for r in json.loads(cli("status", "--json").stdout)}
-    assert states == {a: "stopped", b: "running"}
+    rows = {r["id"]: r for r in json.loads(cli("status", "--json").stdout)}
+    assert {i: r["state"] for i, r in rows.items()} == {a: "stopped", b: "running"}
+    # the spot instance: its zone's spot price as EC2 (moto) holds it, with its timestamp
+    price, when = spot_price_held(rows[b]["az"])
+    assert (rows[b]["market"], rows[b]["hourly_usd"], rows[b]["spot_price_time"]) == ("spot", float(price), when)
+    assert rows[b]["price_source"] == f"spot price in {rows[b]['az']} at {when}" and rows[b]["price_note"] is None
+    assert rows[a]["total_usd_per_h"] == pytest.approx(0.08 * 100 / 730)  # stopped: its volume only
     out = cli("down", "--all", "--yes")
     assert out.code == 0, out.stderr
     assert f"instance {a}" in out.stderr and f"instance {b}" in out.stderr
+    text = " ".join(out.stderr.split())
+    assert "cost of a: ~$0.00 in all (an estimate: 0.00 instance-hours since launch; the bill is the truth)" in text
+    assert "cost of b: ~$0.00 in all (an estimate: 0.00 instance-hours since launch x ~$0.016/h " \
+           f"(${price} spot + IPv4 $0.005 + 100 GB gp3 $0.011; spot price in {rows[b]['az']} at {when}); " \
+           "the bill is the truth)" in text
     assert_nothing_left()
 
 

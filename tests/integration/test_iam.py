@@ -238,8 +238,9 @@ def test_a_multi_node_cluster_with_exactly_the_laptop_policy(world):
 
 def test_spot_prices_with_exactly_the_laptop_policy(world):
     """A spot cluster's price is its zone's spot price, read with the laptop's policy, which grants it."""
-    provider = AWSProvider(Clients(session(world.laptop), REGION), poll_s=0.01)
-    inst = provider.ensure(replace(spec(store=None), spot=True)).instance
+    made = AWSProvider(Clients(session(world.admin), REGION), poll_s=0.01)  # `up` as the laptop: tests above
+    inst = made.ensure(replace(spec(store=None), spot=True)).instance
+    provider = AWSProvider(Clients(session(world.laptop), REGION))
     [held] = session(world.admin).client("ec2").describe_spot_price_history(
         InstanceTypes=[inst.instance_type], Filters=[{"Name": "availability-zone", "Values": [inst.az]}]
     )["SpotPriceHistory"]
@@ -256,8 +257,9 @@ def test_without_spot_price_history_a_spot_instance_shows_the_on_demand_price_an
         if isinstance(st["Action"], list):
             st["Action"] = [a for a in st["Action"] if a != "ec2:DescribeSpotPriceHistory"]
     with world_of(monkeypatch, tmp_path, older) as w:
-        provider = AWSProvider(Clients(session(w.laptop), REGION), poll_s=0.01)
-        inst = provider.ensure(replace(spec(store=None), spot=True)).instance
+        made = AWSProvider(Clients(session(w.admin), REGION), poll_s=0.01)
+        inst = made.ensure(replace(spec(store=None), spot=True)).instance
+        provider = AWSProvider(Clients(session(w.laptop), REGION))
         rate = provider.rates([inst])[inst.id]
         assert (rate.market, rate.instance_usd) == ("spot", hourly_price(inst.instance_type))
         assert rate.note is not None and rate.note.startswith("DescribeSpotPriceHistory was refused (")

@@ -4,19 +4,30 @@ and the gp3 volume on top, and what a cluster of several nodes cost since launch
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import boto3
 import pytest
 from moto import mock_aws
+from rich.console import Console
 
 from infra.aws import AWSProvider, Clients, ClusterSpec
 from infra.home import ensure_default_key
-from infra.prices import GP3_USD_PER_GB_MONTH, HOURS_PER_MONTH, IPV4_USD_PER_HOUR, Rate, hourly_price, volume_hourly
+from infra.prices import (
+    GP3_USD_PER_GB_MONTH,
+    HOURS_PER_MONTH,
+    IPV4_USD_PER_HOUR,
+    Rate,
+    hourly_price,
+    usd,
+    volume_hourly,
+)
 from infra.provider import InstanceInfo
 from infra.ssh import public_key_of
 from launcher.cluster.costs import price_text, spent, spent_line
+from launcher.cluster.provision import print_plan
 from tests.support.aws_helpers import CIDR, fake_aws_env, install_recorder, ubuntu_ami
 
 REGION = "us-east-1"
@@ -57,10 +68,15 @@ def test_a_spot_instance_costs_its_zones_spot_price_plus_ipv4_and_volume(aws, mo
     assert (call["InstanceTypes"], call["ProductDescriptions"]) == (["g4dn.xlarge"], ["Linux/UNIX"])
     assert call["Filters"] == [{"Name": "availability-zone", "Values": [inst.az]}]
     assert call["StartTime"] == call["EndTime"]
-    # the plan shows the same, for the zone it would try first
+    # the plan (`up --dry-run --spot`) shows the same, for the zone it would try first
     plan = fresh.plan(replace(spot_spec(), name="other"))
-    assert plan.rate is not None and plan.rate.instance_usd == float(held_by_ec2("g4dn.xlarge", "us-east-1a")[0][
-        "SpotPrice"]) and plan.hourly_usd == plan.rate.instance_usd
+    [first] = held_by_ec2("g4dn.xlarge", "us-east-1a")
+    assert plan.rate is not None and plan.hourly_usd == plan.rate.instance_usd == float(first["SpotPrice"])
+    shown = io.StringIO()
+    print_plan(plan, Console(file=shown, width=300))
+    when = first["Timestamp"].astimezone(timezone.utc).isoformat()
+    assert (f"~${plan.rate.total_usd:.3f}/h (${usd(float(first['SpotPrice']))} spot + IPv4 $0.005 + 120 GB gp3 "
+            f"$0.013; spot price in us-east-1a at {when})") in shown.getvalue()
 
 
 def test_no_spot_history_for_the_type_in_the_zone_falls_back_to_on_demand_and_says_so(aws):
