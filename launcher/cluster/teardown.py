@@ -12,7 +12,7 @@ from rich.console import Console
 
 from core.errors import AWSError, ConfigError, LaunchError
 from infra import home
-from infra.aws import AWSProvider, Clients, aws_errors
+from infra.aws import AWSProvider, Clients, InstanceInfo, aws_errors
 from infra.aws.instances import NOT_TERMINATED
 from launcher.cluster.costs import price_notes, spent_line
 from launcher.cluster.output import Confirm, err_console, phase
@@ -27,10 +27,9 @@ def _forget_host_keys(instance_ids: list[str]) -> None:
     kh.write_text("".join(f"{line}\n" for line in keep))
 
 
-def _cost_before_down(provider: AWSProvider, name: str) -> list[str]:
+def _cost_lines(provider: AWSProvider, name: str, insts: list[InstanceInfo]) -> list[str]:
     """What cluster ``name`` cost since its instances were launched (every node), and why a spot price is
     missing: read before they go, as the lines `down` prints last."""
-    insts = provider.find_instances(name, states=NOT_TERMINATED)
     if not insts:
         return []
     rates = provider.rates(insts)
@@ -59,12 +58,13 @@ def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = Fal
                 raise LaunchError("cancelled — nothing was changed")
         done: list[str] = []
         for n in names:
-            spent = _cost_before_down(provider, n)
+            insts = provider.find_instances(n, states=NOT_TERMINATED)
+            spent = _cost_lines(provider, n, insts)
             with phase(console, f"{'stopping' if stop else 'removing'} {n}"):
                 if stop:
                     done += [f"stopped instance {i.id}" for i in provider.stop(n)]
                 else:
-                    ids = [i.id for i in provider.find_instances(n, states=NOT_TERMINATED)]
+                    ids = [i.id for i in insts]
                     removed = provider.remove(n)
                     done += removed
                     _forget_host_keys(ids)
