@@ -33,7 +33,7 @@ from infra.aws import (
     missing_ranks,
     validate_cidr,
 )
-from infra.prices import hourly_price
+from infra.prices import on_demand_rate
 from infra.ssh import SSHHost, endpoint_for, public_key_of
 from launcher.cluster.costs import price_notes, price_text
 from launcher.cluster.output import Confirm, err_console
@@ -101,7 +101,7 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
         avoid_az=req.avoid_az, nodes=launch.nodes,
     )
     if autostop_s is None:
-        warn_autostop_off(spec.type_or_default, console, launch.nodes)
+        warn_autostop_off(spec.type_or_default, console, launch.nodes, launch.disk_gb)
     provider = AWSProvider(Clients.create(region), log=lambda m: console.print(f"  {m}"), poll_s=req.poll_s)
     with aws_errors():
         if req.dry_run:
@@ -170,11 +170,12 @@ def check_max_instances(everything: list[InstanceInfo], new_nodes: int, launch: 
                       "raise launch.max_instances, `mnist-launch down NAME` one, or pass --force")
 
 
-def warn_autostop_off(instance_type: str, console: Console, nodes: int = 1) -> None:
-    price = hourly_price(instance_type)
+def warn_autostop_off(instance_type: str, console: Console, nodes: int = 1, disk_gb: int = 100) -> None:
+    """The day's cost of an instance left running: on-demand (spot's upper bound), its IPv4 address and volume."""
+    price = on_demand_rate(instance_type, ipv4=True, volume_gb=disk_gb).total_usd
     what = f"{nodes} x {instance_type}" if nodes > 1 else instance_type
-    cost = (f"~${price * 24 * nodes:.2f} per day ({what} on-demand)" if price is not None
-            else f"{what} by the hour")
+    cost = (f"~${price * 24 * nodes:.2f} per day ({what} on-demand, its IPv4 address and {disk_gb} GB gp3)"
+            if price is not None else f"{what} by the hour")
     console.print(f"[yellow]warning:[/] --autostop off: the instance runs until you stop it — "
                   f"an idle one costs {cost}; `mnist-launch down` when done")
 
