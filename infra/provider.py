@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Optional, Protocol
 
+from infra.prices import Rate
+
 # EC2's default instance type; a second cloud's default would come from its own package
 DEFAULT_INSTANCE = "g4dn.xlarge"
 
@@ -110,9 +112,10 @@ class Plan:
     image_id: Optional[str]
     user: str
     spot: bool
-    hourly_usd: Optional[float]  # one instance's; the cluster costs ``nodes`` times it
+    hourly_usd: Optional[float]  # one instance's own price (spot or on-demand); ``rate`` adds IPv4 and the volume
     existing: Optional[InstanceInfo] = None
     nodes: int = 1  # instances the cluster has once `up` is done
+    rate: Optional[Rate] = None  # what one node will cost an hour, in parts; the cluster costs ``nodes`` times it
 
 
 @dataclass
@@ -159,6 +162,10 @@ class Provider(Protocol):
 
     def wait_state(self, instance_id: str, state: str, timeout_s: float,
                    tick: Callable[[InstanceInfo], None] = lambda _i: None) -> InstanceInfo: ...
+
+    def rates(self, insts: list[InstanceInfo]) -> dict[str, Rate]:
+        """What each instance costs an hour now, by id, in parts (never fails for want of a price)."""
+        ...
 
     def status_checks_ok(self, instance_id: str) -> bool:
         """The cloud's own health checks of a running instance passed."""

@@ -14,6 +14,7 @@ One module per concern, behind the provisioning interface of infra/provider.py:
     provider.py   AWSProvider: plan, ensure (reuse / start / create, rolled back on failure), remove
     planning.py   what `up` would do (--dry-run), read-only
     reuse.py      an existing cluster reused, started, and made whole (its missing ranks created)
+    spotprice.py  what an instance costs an hour: its zone's spot price (or the on-demand one, saying why)
 
 Only transient errors are retried: throttling, 5xx and connection errors by botocore's "standard"
 retry mode, AWS's eventual consistency (a resource this call just created, not yet seen) by

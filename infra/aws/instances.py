@@ -125,6 +125,19 @@ class Instances(Regional):
             {"Name": "status", "Values": ["creating", "available", "in-use"]}])["Volumes"]
         return [f"volume {v['VolumeId']} ({v['State']})" for v in vols]
 
+    def volume_sizes(self, instance_ids: list[str]) -> dict[str, int]:
+        """GB of EBS attached to each of ``instance_ids`` (one call for all; an id with none is left out)."""
+        sizes: dict[str, int] = {}
+        if not instance_ids:
+            return sizes
+        for page in self.clients.ec2.get_paginator("describe_volumes").paginate(
+                Filters=[{"Name": "attachment.instance-id", "Values": instance_ids}]):
+            for vol in page["Volumes"]:
+                for att in vol.get("Attachments", []):
+                    if att.get("InstanceId") in instance_ids:
+                        sizes[att["InstanceId"]] = sizes.get(att["InstanceId"], 0) + int(vol.get("Size", 0))
+        return sizes
+
     # -- key pairs -----------------------------------------------------------------------------
 
     def key_exists(self, key_name: str) -> bool:

@@ -15,7 +15,6 @@ from infra.aws.images import image_steps
 from infra.aws.instances import key_pair_name
 from infra.aws.network import sg_name
 from infra.aws.placement import group_name, placement_strategy
-from infra.prices import hourly_price
 from infra.provider import ClusterSpec, InstanceInfo, Plan, Step, by_rank, missing_ranks
 
 if TYPE_CHECKING:
@@ -68,8 +67,9 @@ def plan_cluster(p: "AWSProvider", spec: ClusterSpec) -> Plan:
                       f"{', all nodes in one AZ' if spec.nodes > 1 else ''}), "
                       f"{spec.disk_gb} GB gp3 encrypted, IMDSv2"))
     p.instances.dry_run(spec, image.id, subnets[0][1], spec.nodes)
-    return Plan(p.region, steps, spec.type_or_default, image.id, image.user, spec.spot,
-                hourly_price(spec.type_or_default), nodes=spec.nodes)
+    rate = p.pricing.rate(spec.type_or_default, subnets[0][0], spec.spot, ipv4=True, volume_gb=spec.disk_gb)
+    return Plan(p.region, steps, spec.type_or_default, image.id, image.user, spec.spot, rate.instance_usd,
+                nodes=spec.nodes, rate=rate)
 
 
 def _placement_step(p: "AWSProvider", spec: ClusterSpec) -> Step:
@@ -105,5 +105,7 @@ def _plan_existing(p: "AWSProvider", spec: ClusterSpec, insts: list[InstanceInfo
     group = f", placement group {head.placement_group}" if head.placement_group else ""
     steps += [Step("instance", "create", f"node {r}: {head.instance_type} {market} in {head.az}{group}, "
                    f"image {head.image_id}") for r in missing]
-    return Plan(p.region, steps, head.instance_type, head.image_id, head.user, head.spot,
-                hourly_price(head.instance_type), head, nodes=len(insts) + len(missing))
+    disk = p.instances.volume_sizes([head.id]).get(head.id, spec.disk_gb)
+    rate = p.pricing.rate(head.instance_type, head.az, head.spot, ipv4=True, volume_gb=disk)
+    return Plan(p.region, steps, head.instance_type, head.image_id, head.user, head.spot, rate.instance_usd, head,
+                nodes=len(insts) + len(missing), rate=rate)

@@ -25,7 +25,9 @@ from infra.aws.network import Network, sg_name
 from infra.aws.placement import Placements, placement_strategy
 from infra.aws.planning import plan_cluster
 from infra.aws.reuse import reuse_cluster
+from infra.aws.spotprice import Pricing
 from infra.aws.tags import is_managed, tags
+from infra.prices import Rate
 from infra.provider import (
     ClusterSpec,
     Created,
@@ -52,6 +54,7 @@ class AWSProvider:
         self.iam = IAM(clients, log, poll_s)
         self.images = Images(clients)
         self.placements = Placements(clients, log, poll_s)
+        self.pricing = Pricing(clients, log, poll_s)
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -85,6 +88,20 @@ class AWSProvider:
     def wait_state(self, instance_id: str, state: str, timeout_s: float,
                    tick: Callable[[InstanceInfo], None] = lambda _i: None) -> InstanceInfo:
         return self.instances.wait_state(instance_id, state, timeout_s, tick)
+
+    def rates(self, insts: list[InstanceInfo]) -> dict[str, Rate]:
+        """What each instance costs an hour now (by id): the instance at its zone's spot price or the on-demand
+        list price, its public IPv4 address, its volumes; a stopped one only its volumes."""
+        try:
+            sizes, lacks = self.instances.volume_sizes([i.id for i in insts]), None
+        except (ClientError, BotoCoreError) as err:  # a price never stops `up`, `status` or `down`
+            sizes, lacks = {}, f"volume sizes unknown ({one_line(str(err))}): volumes left out"
+        out = {}
+        for i in insts:
+            rate = self.pricing.rate(i.instance_type, i.az, i.spot, i.public_ip is not None, sizes.get(i.id, 0))
+            rate = replace(rate, note="; ".join(n for n in (rate.note, lacks) if n) or None)
+            out[i.id] = rate if i.state in ("pending", "running") else replace(rate, instance_usd=0.0, ipv4_usd=0.0)
+        return out
 
     def resolve_image(self, ami: Optional[str], parameter: Optional[str] = None) -> Image:
         return self.images.resolve(ami, parameter)

@@ -6,7 +6,8 @@
     provision.py  `up`: find / start / create (every node), wait until SSH runs a command, install autostop
     ready.py      the waits of `up`: running, status checks, SSH; one line per phase, or all nodes at once
     listing.py    `status`: instances, prices, active runs and idle time, forgotten-instance warnings
-    teardown.py   `down`: terminate or stop, delete what was created, verify nothing is left
+    teardown.py   `down`: terminate or stop, delete what was created, verify nothing is left, say what it cost
+    costs.py      how those commands say a price: the hourly total with its parts, the cost since launch
     shell.py      `ssh`: the system ssh client with the pinned host key and a bare environment
 
 They know the order of things, not how AWS or SSH work; they never ask on the terminal by themselves

@@ -1,7 +1,8 @@
-"""`status`: every instance mnist-launch created, with its price, cost so far, active runs and the
-autostop watcher's idle time (one SSH command per running instance, all at once), and one warning
-line per instance that looks forgotten. A multi-node cluster is one row per node (its rank and private
-address), its nodes together by rank, and a line with the whole cluster's price and cost.
+"""`status`: every instance mnist-launch created, with its price (spot where spot, IPv4 and volume
+included), cost so far, active runs and the autostop watcher's idle time (one SSH command per running
+instance, all at once), and one warning line per instance that looks forgotten. A multi-node cluster is
+one row per node (its rank and private address), its nodes together by rank, and a line with the whole
+cluster's price and cost.
 
     status(["us-east-1"], as_json=False)
 """
@@ -20,7 +21,7 @@ from infra import home
 from infra.activity import activity_command, parse_activity
 from infra.autostop_setup import STATE_FILE
 from infra.aws import AWSProvider, Clients, InstanceInfo, aws_errors
-from infra.prices import PRICES_DATE, PRICES_REGION, cost_so_far, hourly_price
+from infra.prices import GP3_USD_PER_GB_MONTH, HOURS_PER_MONTH, IPV4_USD_PER_HOUR, PRICES_DATE, PRICES_REGION
 from launcher.cluster.access import cluster_host
 from launcher.cluster.output import err_console, out_console
 from launcher.cluster.settings import autostop_home, default_region
@@ -33,20 +34,27 @@ def status_rows(regions: list[str], now: Optional[datetime] = None, jobs: bool =
     now = now or datetime.now(timezone.utc)
     rows: list[dict[str, Any]] = []
     for region in regions:
+        provider = AWSProvider(Clients.create(region))
         with aws_errors():
-            for inst in _clusters_together(AWSProvider(Clients.create(region)).find_instances()):
-                up_s = inst.uptime_seconds(now)
-                rows.append({
-                    "name": inst.name, "node": inst.node, "id": inst.id, "region": region, "az": inst.az,
-                    "private_ip": inst.private_ip, "type": inst.instance_type,
-                    "state": inst.state, "market": "spot" if inst.spot else "on-demand",
-                    "uptime_s": round(up_s), "hourly_usd": hourly_price(inst.instance_type),
-                    # spot is billed at the spot price: the on-demand figure is an upper bound
-                    "cost_usd": cost_so_far(inst.instance_type, up_s), "public_ip": inst.public_ip,
-                    "user": inst.user, "autostop": inst.autostop, "autostop_action": inst.autostop_action,
-                    "launch_time": inst.launch_time.isoformat() if inst.launch_time else None,
-                    "jobs": inst if jobs and inst.state == "running" else None,
-                })
+            insts = _clusters_together(provider.find_instances())
+            rates = provider.rates(insts)
+        for inst in insts:
+            up_s = inst.uptime_seconds(now)
+            rate = rates[inst.id]
+            rows.append({
+                "name": inst.name, "node": inst.node, "id": inst.id, "region": region, "az": inst.az,
+                "private_ip": inst.private_ip, "type": inst.instance_type,
+                "state": inst.state, "market": "spot" if inst.spot else "on-demand",
+                "uptime_s": round(up_s),
+                # the instance's own price (spot: its zone's now; else on-demand), and everything it costs an hour
+                "hourly_usd": rate.instance_usd, "total_usd_per_h": rate.total_usd, "price_source": rate.source,
+                "spot_price_time": rate.spot_time, "price_note": rate.note, "ipv4_usd_per_h": rate.ipv4_usd,
+                "volume_gb": rate.volume_gb, "volume_usd_per_h": round(rate.volume_usd, 6),
+                "cost_usd": rate.cost(up_s), "public_ip": inst.public_ip,
+                "user": inst.user, "autostop": inst.autostop, "autostop_action": inst.autostop_action,
+                "launch_time": inst.launch_time.isoformat() if inst.launch_time else None,
+                "jobs": inst if jobs and inst.state == "running" else None,
+            })
     # one SSH command per running instance, all at once: an unreachable one costs its timeout, not more
     asked = [r for r in rows if r["jobs"] is not None]
     for r in rows:
@@ -67,14 +75,14 @@ def _clusters_together(insts: list[InstanceInfo]) -> list[InstanceInfo]:
 
 
 def cluster_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per cluster of several nodes: how many run, and what the cluster costs (N x one node's price)."""
+    """One line per cluster of several nodes: how many run, and what the cluster costs (its nodes' rates summed)."""
     out = []
     for name in dict.fromkeys(r["name"] for r in rows):
         nodes = [r for r in rows if r["name"] == name]
         if len(nodes) < 2:
             continue
         running = [r for r in nodes if r["state"] == "running"]
-        hourly = [r["hourly_usd"] for r in running]
+        hourly = [r["total_usd_per_h"] for r in running]
         cost = [r["cost_usd"] for r in nodes]
         out.append(f"{name}: {len(running)} of {len(nodes)} nodes running"
                    + (f", ~${sum(hourly):.3f}/h" if running and None not in hourly else "")
@@ -134,14 +142,19 @@ def status(regions: list[str], as_json: bool) -> list[dict[str, Any]]:
     for r in rows:
         table.add_row(r["name"], str(r["node"]), r["id"], r["region"], r["type"], r["state"], r["private_ip"] or "-",
                       r["market"], _hms(r["uptime_s"]),
-                      "?" if r["hourly_usd"] is None else f"{r['hourly_usd']:.3f}",
+                      "?" if r["total_usd_per_h"] is None else f"{r['total_usd_per_h']:.3f}",
                       "?" if r["cost_usd"] is None else f"{r['cost_usd']:.2f}",
                       "-" if r["state"] != "running" else "?" if r["jobs"] is None else ", ".join(r["jobs"]) or "idle",
                       _autostop_cell(r), _idle_cell(r))
     out.print(table)
     for line in cluster_lines(rows):
         out.print(line)
-    out.print(f"prices: approximate on-demand list prices ({PRICES_REGION}, {PRICES_DATE}); spot costs less")
+    out.print(f"$/h: the instance (spot: its zone's current spot price; on-demand: {PRICES_REGION} list prices, "
+              f"{PRICES_DATE}) + ${IPV4_USD_PER_HOUR}/h per public IPv4 address + gp3 volumes at "
+              f"${GP3_USD_PER_GB_MONTH}/GB-month ({GP3_USD_PER_GB_MONTH} x GB / {HOURS_PER_MONTH} per hour); "
+              "cost so far = uptime x $/h — estimates, the bill is the truth")
+    for note in dict.fromkeys(f"{r['type']} in {r['az']}: {r['price_note']}" for r in rows if r["price_note"]):
+        err_console().print(f"[yellow]note[/]: {note}")
     for line in orphan_warnings(rows):
         err_console().print(f"[yellow]warning[/]: {line}")
     return rows

@@ -33,8 +33,9 @@ from infra.aws import (
     missing_ranks,
     validate_cidr,
 )
-from infra.prices import PRICES_DATE, PRICES_REGION, hourly_price
+from infra.prices import on_demand_rate
 from infra.ssh import SSHHost, endpoint_for, public_key_of
+from launcher.cluster.costs import price_notes, price_text
 from launcher.cluster.output import Confirm, err_console
 from launcher.cluster.ready import wait_all_ready
 from launcher.cluster.settings import (
@@ -71,12 +72,11 @@ class UpResult:
 
 def print_plan(plan: Plan, console: Console) -> None:
     market = "spot" if plan.spot else "on-demand"
-    price = f"${plan.hourly_usd:.3f}/h" if plan.hourly_usd is not None else "price unknown"
-    if plan.nodes > 1:
-        price = (f"{plan.nodes} x ${plan.hourly_usd:.3f}/h = ${plan.nodes * plan.hourly_usd:.3f}/h"
-                 if plan.hourly_usd is not None else f"{plan.nodes} nodes, price unknown")
+    rates = [plan.rate] * plan.nodes if plan.rate else []
     console.print(f"plan for {plan.region}: {plan.instance_type} {market}, image {plan.image_id or '?'} "
-                  f"(user {plan.user}), ~{price} on-demand ({PRICES_REGION} list prices, {PRICES_DATE})")
+                  f"(user {plan.user}), {price_text(rates)}")
+    for note in price_notes(rates):
+        console.print(f"[yellow]note:[/] {note}")
     for step in plan.steps:
         console.print(f"  {step}")
 
@@ -101,7 +101,7 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
         avoid_az=req.avoid_az, nodes=launch.nodes,
     )
     if autostop_s is None:
-        warn_autostop_off(spec.type_or_default, console, launch.nodes)
+        warn_autostop_off(spec.type_or_default, console, launch.nodes, launch.disk_gb)
     provider = AWSProvider(Clients.create(region), log=lambda m: console.print(f"  {m}"), poll_s=req.poll_s)
     with aws_errors():
         if req.dry_run:
@@ -139,18 +139,19 @@ def up(req: UpRequest, console: Optional[Console] = None) -> UpResult:
     else:
         with ThreadPoolExecutor(max_workers=min(16, len(insts))) as pool:
             list(pool.map(lambda i: setup_autostop(i, key, autostop_s, launch, console), insts))
-    price = hourly_price(inst.instance_type)
+    with aws_errors():
+        rates = list(provider.rates(insts).values())
+    for note in price_notes(rates):
+        console.print(f"[yellow]note:[/] {note}")
     if len(insts) == 1:
         console.print(f"[bold]{name}[/] is up: {inst.id} {inst.instance_type} in {inst.az}, "
-                      f"ssh {endpoint_for(inst.public_ip, inst.user, node=inst.node)}"
-                      + (f", ~${price:.3f}/h" if price is not None else "")
-                      + f" — `mnist-launch ssh {name}`, `mnist-launch down {name}`")
+                      f"ssh {endpoint_for(inst.public_ip, inst.user, node=inst.node)}, {price_text(rates)}"
+                      f" — `mnist-launch ssh {name}`, `mnist-launch down {name}`")
     else:
         console.print(f"[bold]{name}[/] is up: {len(insts)} nodes, {inst.instance_type} in {inst.az}"
                       + (f", placement group {inst.placement_group}" if inst.placement_group else "")
-                      + f"; node 0 {inst.id}, ssh {endpoint_for(inst.public_ip, inst.user, node=inst.node)}"
-                      + (f", ~{len(insts)} x ${price:.3f}/h = ${len(insts) * price:.3f}/h" if price is not None else "")
-                      + f" — `mnist-launch status`, `mnist-launch down {name}`")
+                      + f"; node 0 {inst.id}, ssh {endpoint_for(inst.public_ip, inst.user, node=inst.node)}, "
+                      + f"{price_text(rates)} — `mnist-launch status`, `mnist-launch down {name}`")
     return UpResult(inst, None, outcome.steps, insts)
 
 
@@ -169,11 +170,12 @@ def check_max_instances(everything: list[InstanceInfo], new_nodes: int, launch: 
                       "raise launch.max_instances, `mnist-launch down NAME` one, or pass --force")
 
 
-def warn_autostop_off(instance_type: str, console: Console, nodes: int = 1) -> None:
-    price = hourly_price(instance_type)
+def warn_autostop_off(instance_type: str, console: Console, nodes: int = 1, disk_gb: int = 100) -> None:
+    """The day's cost of an instance left running: on-demand (spot's upper bound), its IPv4 address and volume."""
+    price = on_demand_rate(instance_type, ipv4=True, volume_gb=disk_gb).total_usd
     what = f"{nodes} x {instance_type}" if nodes > 1 else instance_type
-    cost = (f"~${price * 24 * nodes:.2f} per day ({what} on-demand)" if price is not None
-            else f"{what} by the hour")
+    cost = (f"~${price * 24 * nodes:.2f} per day ({what} on-demand, its IPv4 address and {disk_gb} GB gp3)"
+            if price is not None else f"{what} by the hour")
     console.print(f"[yellow]warning:[/] --autostop off: the instance runs until you stop it — "
                   f"an idle one costs {cost}; `mnist-launch down` when done")
 

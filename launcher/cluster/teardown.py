@@ -12,8 +12,9 @@ from rich.console import Console
 
 from core.errors import AWSError, ConfigError, LaunchError
 from infra import home
-from infra.aws import AWSProvider, Clients, aws_errors
+from infra.aws import AWSProvider, Clients, InstanceInfo, aws_errors
 from infra.aws.instances import NOT_TERMINATED
+from launcher.cluster.costs import price_notes, spent_line
 from launcher.cluster.output import Confirm, err_console, phase
 from launcher.cluster.settings import check_name, default_region
 
@@ -24,6 +25,15 @@ def _forget_host_keys(instance_ids: list[str]) -> None:
         return
     keep = [line for line in kh.read_text().splitlines() if line.split(" ", 1)[0] not in instance_ids]
     kh.write_text("".join(f"{line}\n" for line in keep))
+
+
+def _cost_lines(provider: AWSProvider, name: str, insts: list[InstanceInfo]) -> list[str]:
+    """What cluster ``name`` cost since its instances were launched (every node), and why a spot price is
+    missing: read before they go, as the lines `down` prints last."""
+    if not insts:
+        return []
+    rates = provider.rates(insts)
+    return [spent_line(name, insts, rates), *(f"note: {n}" for n in price_notes(list(rates.values())))]
 
 
 def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = False, all_: bool = False,
@@ -48,11 +58,13 @@ def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = Fal
                 raise LaunchError("cancelled — nothing was changed")
         done: list[str] = []
         for n in names:
+            insts = provider.find_instances(n, states=NOT_TERMINATED)
+            spent = _cost_lines(provider, n, insts)
             with phase(console, f"{'stopping' if stop else 'removing'} {n}"):
                 if stop:
                     done += [f"stopped instance {i.id}" for i in provider.stop(n)]
                 else:
-                    ids = [i.id for i in provider.find_instances(n, states=NOT_TERMINATED)]
+                    ids = [i.id for i in insts]
                     removed = provider.remove(n)
                     done += removed
                     _forget_host_keys(ids)
@@ -64,6 +76,7 @@ def down(name: Optional[str], region: Optional[str], yes: bool, stop: bool = Fal
                     if removed:
                         done.append(f"verified: nothing of {n} remains (instances, volumes, security group, "
                                     "placement group, role, instance profile, key pair)")
+            done += spent
     for item in done:
         console.print(f"  {item}")
     if not done:

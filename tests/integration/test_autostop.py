@@ -334,7 +334,8 @@ def test_up_installs_the_watcher_sets_the_shutdown_action_and_status_shows_it(cl
     # off: a warning with the cost per day, and no watcher left
     out = cli(*up_args(ami, "--autostop", "off"))
     assert out.code == 0, out.stderr
-    assert "warning: --autostop off" in out.stderr and "~$12.62 per day (g4dn.xlarge on-demand)" in out.stderr
+    assert "warning: --autostop off" in out.stderr
+    assert "~$13.01 per day (g4dn.xlarge on-demand, its IPv4 address and 100 GB gp3)" in out.stderr
     assert wait_for(lambda: watchers(script) == [])
     assert {t["Key"]: t["Value"] for t in live()[0]["Tags"]}["mnist-launch:autostop"] == "off"
     out = cli("status", "--json")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import socket
+from datetime import timezone
 
 import boto3
 import pytest
 from moto import mock_aws
 
 from infra.aws import TAG_MANAGED, AWSProvider, Clients, ClusterSpec
+from infra.prices import usd
 from tests.support.aws_helpers import CIDR, fake_aws_env, install_recorder, live, published_image, ubuntu_ami, up_args
 from tests.support.cli import invoke as cli
 from tests.support.sshd_fixture import sshd  # noqa: F401
@@ -48,7 +50,9 @@ def test_dry_run_prints_the_plan_and_changes_nothing(aws, home, monkeypatch):
     out = cli(*up_args(ubuntu_ami(), "--dry-run", "--store", "s3://b/p"))
     assert out.code == 0, out.stderr
     assert "plan for us-east-1: g4dn.xlarge on-demand" in out.stderr
-    assert "$0.526/h" in out.stderr
+    # the list price, the public IPv4 address, the 100 GB gp3 volume (0.08 x 100 / 730 per hour)
+    assert ("~$0.542/h ($0.526 on-demand + IPv4 $0.005 + 100 GB gp3 $0.011; on-demand list price (us-east-1, "
+            "2025-07))") in out.stderr
     for line in ("create  key pair", "create  security group", "create  instance profile", "create  instance"):
         assert line in out.stderr
     assert "dry run: nothing was changed" in out.stderr
@@ -72,6 +76,8 @@ def test_up_status_reuse_ssh_down(aws, home, sshd, monkeypatch):  # noqa: F811
     assert (row["name"], row["id"], row["type"], row["state"], row["market"]) == (
         "mnist", inst["InstanceId"], "g4dn.xlarge", "running", "on-demand")
     assert row["hourly_usd"] == pytest.approx(0.526) and row["cost_usd"] >= 0
+    assert (row["ipv4_usd_per_h"], row["volume_gb"]) == (0.005, 100)
+    assert row["total_usd_per_h"] == pytest.approx(0.526 + 0.005 + 0.08 * 100 / 730)
 
     out = cli(*up_args(ami))  # no --identity: the one the cluster was made with is remembered
     assert out.code == 0, out.stderr
@@ -230,15 +236,22 @@ def test_end_to_end_up_status_ssh_down(moto_server, sshd, monkeypatch):  # noqa:
     assert [t["ResourceARN"] for t in tagged if ":instance/" not in t["ResourceARN"]] == []
 
 
-def make_clusters(*names: str) -> list[str]:
+def make_clusters(*names: str, spot: bool = False) -> list[str]:
     """Instances made by the provider directly (no SSH wait): for down/status tests."""
     from infra.home import ensure_default_key
     from infra.ssh import public_key_of
 
     p = AWSProvider(Clients.create("us-east-1"))
     key = public_key_of(ensure_default_key())
-    return [p.ensure(ClusterSpec(name=n, region="us-east-1", public_key=key, ssh_cidr=CIDR,
+    return [p.ensure(ClusterSpec(name=n, region="us-east-1", public_key=key, ssh_cidr=CIDR, spot=spot,
                                  instance_type="g4dn.xlarge", ami=ubuntu_ami())).instance.id for n in names]
+
+
+def spot_price_held(zone: str) -> tuple[str, str]:
+    """The spot price of g4dn.xlarge in ``zone`` as EC2 (moto) holds it, as `up` shows it, and its timestamp."""
+    [held] = boto3.client("ec2", region_name="us-east-1").describe_spot_price_history(
+        InstanceTypes=["g4dn.xlarge"], Filters=[{"Name": "availability-zone", "Values": [zone]}])["SpotPriceHistory"]
+    return usd(float(held["SpotPrice"])), held["Timestamp"].astimezone(timezone.utc).isoformat()
 
 
 @pytest.fixture
@@ -252,18 +265,28 @@ def unreachable_instances(monkeypatch):
 
 
 def test_status_table_and_down_stop_then_all(aws, home, unreachable_instances):
-    a, b = make_clusters("a", "b")
+    [a], [b] = make_clusters("a"), make_clusters("b", spot=True)
     out = cli("status")
     assert out.code == 0
-    for text in (a, b, "g4dn.xlarge", "running", "on-demand", "0.526", "approximate on-demand list prices"):
+    for text in (a, b, "g4dn.xlarge", "running", "on-demand", "spot", "0.542", "+ $0.005/h per public IPv4 address"):
         assert text in out.stdout
     out = cli("down", "a", "--stop", "--yes")
     assert out.code == 0 and f"stopped instance {a}" in out.stderr
-    states = {r["id"]: r["state"] for r in json.loads(cli("status", "--json").stdout)}
-    assert states == {a: "stopped", b: "running"}
+    rows = {r["id"]: r for r in json.loads(cli("status", "--json").stdout)}
+    assert {i: r["state"] for i, r in rows.items()} == {a: "stopped", b: "running"}
+    # the spot instance: its zone's spot price as EC2 (moto) holds it, with its timestamp
+    price, when = spot_price_held(rows[b]["az"])
+    assert (rows[b]["market"], rows[b]["hourly_usd"], rows[b]["spot_price_time"]) == ("spot", float(price), when)
+    assert rows[b]["price_source"] == f"spot price in {rows[b]['az']} at {when}" and rows[b]["price_note"] is None
+    assert rows[a]["total_usd_per_h"] == pytest.approx(0.08 * 100 / 730)  # stopped: its volume only
     out = cli("down", "--all", "--yes")
     assert out.code == 0, out.stderr
     assert f"instance {a}" in out.stderr and f"instance {b}" in out.stderr
+    text = " ".join(out.stderr.split())
+    assert "cost of a: ~$0.00 in all (an estimate: 0.00 instance-hours since launch; the bill is the truth)" in text
+    assert "cost of b: ~$0.00 in all (an estimate: 0.00 instance-hours since launch x ~$0.016/h " \
+           f"(${price} spot + IPv4 $0.005 + 100 GB gp3 $0.011; spot price in {rows[b]['az']} at {when}); " \
+           "the bill is the truth)" in text
     assert_nothing_left()
 
 

@@ -53,7 +53,8 @@ def test_up_status_down_of_two_nodes(aws, home, sshd, monkeypatch):  # noqa: F81
     assert out.code == 0, out.stderr
     assert "2 nodes ready" in out.stderr and "create  placement group" in out.stderr
     assert "mnist is up: 2 nodes, g4dn.12xlarge in us-east-1a, placement group mnist-launch-mnist" in out.stderr
-    assert "~2 x $3.912/h = $7.824/h" in out.stderr
+    # each node: the list price, its public IPv4 address, its 100 GB gp3 volume (0.08 x 100 / 730 per hour)
+    assert "~2 x $3.928/h = $7.856/h (each $3.912 on-demand + IPv4 $0.005 + 100 GB gp3 $0.011; " in out.stderr
     insts = live()
     assert len(insts) == 2
     pinned = (home / "known_hosts").read_text()
@@ -68,10 +69,12 @@ def test_up_status_down_of_two_nodes(aws, home, sshd, monkeypatch):  # noqa: F81
     assert all(r["private_ip"] == by_id[r["id"]]["PrivateIpAddress"] for r in rows)
     assert all(r["hourly_usd"] == pytest.approx(3.912) for r in rows)
     out = cli("status")
-    assert out.code == 0 and "mnist: 2 of 2 nodes running, ~$7.824/h" in out.stdout
+    assert out.code == 0 and "mnist: 2 of 2 nodes running, ~$7.856/h" in out.stdout
 
     out = cli("down", "mnist", "--yes")
     assert out.code == 0, out.stderr
+    # what both nodes cost since launch, summed (moto's launch times are real: seconds ago, so cents at most)
+    assert "cost of mnist: ~$0.0" in out.stderr and " in all for 2 nodes (an estimate: " in out.stderr
     assert "placement group mnist-launch-mnist" in out.stderr and "verified: nothing of mnist remains" in out.stderr
     nothing_left()
 
@@ -94,7 +97,7 @@ def test_dry_run_lists_the_group_and_every_node(aws, monkeypatch):
     out = cli(*up_args(ubuntu_ami(), "--instance", TYPE, "--nodes", "3", "--dry-run"))
     assert out.code == 0, out.stderr
     text = " ".join(out.stderr.split())
-    assert "~3 x $3.912/h = $11.736/h on-demand" in text
+    assert "~3 x $3.928/h = $11.784/h (each $3.912 on-demand + IPv4 $0.005 + 100 GB gp3 $0.011; on-demand" in text
     assert "create placement group mnist-launch-mnist (cluster)" in text
     assert "create instance 3 x g4dn.12xlarge on-demand in us-east-1a" in text
     assert "all TCP between its 3 nodes" in text
@@ -156,4 +159,4 @@ def test_status_rows_are_per_node_with_the_clusters_cost(aws):
     assert [r["id"] for r in pair_rows] == [i.id for i in pair.instances]  # together, by rank
     assert all(r["private_ip"] and r["az"] == "us-east-1a" for r in rows)
     [line] = cluster_lines(rows)
-    assert line.startswith("pair: 2 of 2 nodes running, ~$7.824/h, ~$")
+    assert line.startswith("pair: 2 of 2 nodes running, ~$7.856/h, ~$")

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import boto3
 import pytest
@@ -31,6 +33,7 @@ from infra.aws import (
 )
 from infra.aws.clients import new_session
 from infra.home import ensure_default_key
+from infra.prices import hourly_price
 from infra.s3 import S3Store
 from infra.ssh import public_key_of
 from tests.support import ROOT, iam_world
@@ -65,11 +68,12 @@ def denied(fn) -> str:
     return code
 
 
-@pytest.fixture
-def world(monkeypatch, tmp_path):
+@contextmanager
+def world_of(monkeypatch, tmp_path, policy: dict) -> Iterator[IAMWorld]:
+    """moto in-process with IAM enforced: the laptop user holds ``policy``, the test's own calls sign as the admin."""
     fake_aws_env(monkeypatch, tmp_path / "home")
     with mock_aws():
-        w = IAMWorld.start(iam_world.laptop_policy(BUCKET))
+        w = IAMWorld.start(policy)
         # the test's own calls (ubuntu_ami, looking at what was made) sign as the admin
         for k in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
             monkeypatch.delenv(k)
@@ -79,6 +83,12 @@ def world(monkeypatch, tmp_path):
             yield w
         finally:
             w.stop()
+
+
+@pytest.fixture
+def world(monkeypatch, tmp_path):
+    with world_of(monkeypatch, tmp_path, iam_world.laptop_policy(BUCKET)) as w:
+        yield w
 
 
 def spec(store=STORE) -> ClusterSpec:
@@ -226,6 +236,36 @@ def test_a_multi_node_cluster_with_exactly_the_laptop_policy(world):
             "ec2:AuthorizeSecurityGroupIngress"} <= used <= granted_actions()
 
 
+def test_spot_prices_with_exactly_the_laptop_policy(world):
+    """A spot cluster's price is its zone's spot price, read with the laptop's policy, which grants it."""
+    made = AWSProvider(Clients(session(world.admin), REGION), poll_s=0.01)  # `up` as the laptop: tests above
+    inst = made.ensure(replace(spec(store=None), spot=True)).instance
+    provider = AWSProvider(Clients(session(world.laptop), REGION))
+    [held] = session(world.admin).client("ec2").describe_spot_price_history(
+        InstanceTypes=[inst.instance_type], Filters=[{"Name": "availability-zone", "Values": [inst.az]}]
+    )["SpotPriceHistory"]
+    rate = provider.rates([inst])[inst.id]
+    assert (rate.market, rate.instance_usd, rate.note) == ("spot", float(held["SpotPrice"]), None)
+    assert "ec2:DescribeSpotPriceHistory" in world.actions_of(":user/mnist-launch-test-laptop") <= granted_actions()
+
+
+def test_without_spot_price_history_a_spot_instance_shows_the_on_demand_price_and_the_grant(monkeypatch, tmp_path):
+    """An identity whose policy lacks ec2:DescribeSpotPriceHistory (an older copy of the laptop policy): the
+    price falls back to the on-demand list price, and the note names what to grant; nothing fails."""
+    older = iam_world.laptop_policy(BUCKET)
+    for st in older["Statement"]:
+        if isinstance(st["Action"], list):
+            st["Action"] = [a for a in st["Action"] if a != "ec2:DescribeSpotPriceHistory"]
+    with world_of(monkeypatch, tmp_path, older) as w:
+        made = AWSProvider(Clients(session(w.admin), REGION), poll_s=0.01)
+        inst = made.ensure(replace(spec(store=None), spot=True)).instance
+        provider = AWSProvider(Clients(session(w.laptop), REGION))
+        rate = provider.rates([inst])[inst.id]
+        assert (rate.market, rate.instance_usd) == ("spot", hourly_price(inst.instance_type))
+        assert rate.note is not None and rate.note.startswith("DescribeSpotPriceHistory was refused (")
+        assert "grant ec2:DescribeSpotPriceHistory (docs/laptop-policy.json)" in rate.note
+
+
 # ---------------------------------------------------------------------------------------------
 # the CLI with exactly docs/laptop-policy.json, the instance with its role: up -> train -> down
 
@@ -316,6 +356,8 @@ def test_up_train_down_with_exactly_the_laptop_policy(tmp_path, small_mnist):
             "iam:TagRole", "iam:TagInstanceProfile", "iam:PassRole",  # AWS only: tags on create, the role to EC2
             # a cluster of several nodes (test_a_multi_node_cluster_with_exactly_the_laptop_policy)
             "ec2:CreatePlacementGroup", "ec2:DeletePlacementGroup",
+            # spot prices (`up --spot`, `status`, `down`; test_spot_prices_with_exactly_the_laptop_policy)
+            "ec2:DescribeSpotPriceHistory",
         }
         assert granted - used <= elsewhere, sorted(granted - used - elsewhere)
         # the instance's calls: S3 only, under the run's store and its data
