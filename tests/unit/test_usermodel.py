@@ -155,3 +155,20 @@ def test_the_cli_shows_the_users_frames_then_one_line(small_mnist, tmp_path, mon
         'File "models/net.py", line 12, in __init__', 'File "models/net.py", line 6, in width']
     assert not any("launcher" in ln or "trainer" in ln or "Traceback" in ln for ln in lines)
 
+
+def test_a_model_file_the_sync_leaves_behind_is_refused_before_a_cloud_run_starts(tmp_path):
+    from rich.console import Console
+
+    from infra.sync import left_out_of_sync
+    from launcher.targets.ec2 import CloudFlags, EC2Target
+
+    (tmp_path / ".gitignore").write_text("scratch/\n*.local.py\n")
+    (tmp_path / ".mnist-launch-ignore").write_text("!keep.local.py\n")
+    left = {rel: left_out_of_sync(tmp_path, rel) for rel in
+            ("models/net.py", "scratch/net.py", "a/scratch/net.py", "net.local.py", "keep.local.py", "runs/x.py")}
+    assert left == {"models/net.py": False, "scratch/net.py": True, "a/scratch/net.py": True, "net.local.py": True,
+                    "keep.local.py": False, "runs/x.py": True}
+    cfg = validate_config({"model": "runs/net.py:Net"}, "x.yaml")  # runs/ never travels
+    with pytest.raises(ConfigError, match=r"^model: runs/net.py is left out of the sync to the instance .* "
+                                          r"add a line '!runs/net.py' to .mnist-launch-ignore"):
+        EC2Target(CloudFlags(), Console()).prepare("r1", cfg, None, restart=False)  # before any AWS call
