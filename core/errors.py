@@ -12,6 +12,9 @@ class LaunchError(Exception):
     """A failure the user can fix; ``str(err)`` is the whole message."""
 
     exit_code = 1
+    # lines shown just above the `error:` line, when the user's own code failed: the frames of their file (a
+    # model class), never the launcher's or the trainer's
+    detail = ""
 
 
 class ConfigError(LaunchError):

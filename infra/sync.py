@@ -113,6 +113,14 @@ def local_manifest(root: Path, left_out: Optional[list[str]] = None) -> Manifest
     return tree.scan(str(root), tree.compile_rules(tree.read_rule_lines(str(root))), left_out=left_out, unless=unless)
 
 
+def left_out_of_sync(root: Path, rel: str) -> bool:
+    """Whether ``sync_workdir`` leaves the file ``rel`` (relative to ``root``) behind: it, or a folder above it, is
+    ignored (.gitignore, .mnist-launch-ignore, the secret patterns), as ``local_manifest`` decides."""
+    rules = tree.compile_rules(tree.read_rule_lines(str(root)))
+    parts = rel.split("/")
+    return any(tree.is_ignored(rules, "/".join(parts[:i]), is_dir=i < len(parts)) for i in range(1, len(parts) + 1))
+
+
 def _manifest_tool(host: Host, python: str, op: str, remote_root: str, arg: Any) -> Any:
     """Run infra/manifest.py on the host and parse its JSON answer; failures become SyncError."""
     source = Path(tree.__file__).read_text()
@@ -226,4 +234,4 @@ def sync_workdir(host: Host, local_root: Path, remote_root: str, python: str = "
     )
 
 
-__all__ = ["SyncPlan", "SyncReport", "local_manifest", "plan_sync", "sync_workdir"]
+__all__ = ["SyncPlan", "SyncReport", "left_out_of_sync", "local_manifest", "plan_sync", "sync_workdir"]

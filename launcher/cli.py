@@ -360,6 +360,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except LaunchError as err:
         if debug:
             raise
+        if err.detail:  # the frames of the user's own code (a model file), above the one line
+            err_console.print(err.detail.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return err.exit_code
     except typer.Exit as ex:

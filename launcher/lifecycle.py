@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from core.config import REDACTED, Config, apply_overrides, load_yaml, redact_argv, validate_config
+from core.config import REDACTED, Config, apply_overrides, load_yaml, model_file, redact_argv, validate_config
 from core.errors import ConfigError, LaunchError, RunError
 from core.runstate import ACTIVE, STATUS_FILE, TERMINAL, RunState, StatusWriter, parse_status
 from infra.host import Host
@@ -89,6 +89,7 @@ def start(target: Target, spec: RunSpec, recover: Optional[str] = None) -> Attem
             raise ConfigError("no config given — pass a recipe such as configs/model3.yaml (see `mnist-launch models`)")
         cfg = target.load_config(spec.config, spec.overrides)
         run_id = recover or checked_new_run_id(spec)
+    check_model(cfg)
     attempt = target.prepare(run_id, cfg, spec.data_dir, restart)
     status = host_status(attempt.host, attempt.run_dir)
     if restart:
@@ -104,6 +105,17 @@ def start(target: Target, spec: RunSpec, recover: Optional[str] = None) -> Attem
         target.retrying(lambda: _begin(host_status(host, folder)))  # earlier attempt's end as this one's
     attempt.agent_pid = target.spawn_agent(attempt, restart)
     return attempt
+
+
+def check_model(cfg: Config) -> None:
+    """A model from a file of the project, or any model under ``train.max_params``, is built on this machine before
+    anything starts (no instance, no run folder): an error in the user's file or a model over budget is one line
+    now. Only then is torch imported here; the trainer checks both again where it trains."""
+    if model_file(cfg.model) is None and cfg.train.max_params is None:
+        return
+    from trainer.usermodel import model_params
+
+    model_params(cfg.model, cfg.train.max_params)
 
 
 def _begin(status: StatusWriter) -> None:

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer: {err}", file=sys.stderr, flush=True)
         return PREEMPTED_EXIT
     except LaunchError as err:
+        if err.detail:  # the frames of the user's own model file
+            print(err.detail.rstrip("\n"), file=sys.stderr, flush=True)
         print(f"error: {err}", file=sys.stderr, flush=True)
         return err.exit_code
     except Exception as err:  # the agent records the reason; the traceback goes to train.log

@@ -30,8 +30,9 @@ from trainer.augment import BatchAugment, normalize
 from trainer.curves import MNIST_TEST_SIZE, write_curves
 from trainer.data import epoch_batches, load_mnist, steps_per_epoch
 from trainer.events import EVENTS_FILE, EventWriter
-from trainer.models import build_model, count_params, summarize
+from trainer.models import count_params, summarize
 from trainer.precision import cuda_capability, resolve_mixed_precision
+from trainer.usermodel import build, check_budget
 
 CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"  # written last: a checkpoint without it is incomplete and never resumed
@@ -240,8 +241,9 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     if not cfg.data.dir:
         raise DataError("no data directory: set data.dir in the config or pass --data-dir")
     data = load_mnist(cfg.data.dir, cfg.data.train_limit, cfg.data.test_limit).to(device)
-    model = build_model(cfg.model)
+    model = build(cfg.model)  # a zoo name, or PATH.py:ClassName from a file of the project
     params = count_params(model)
+    check_budget(cfg.model, params, tc.max_params)
     rows = summarize(model)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -45,6 +45,7 @@ from core.config.training import (
     OptimizerConfig,
     SchedulerConfig,
     TrainConfig,
+    model_file,
     per_process_batch,
 )
 
@@ -52,6 +53,6 @@ __all__ = [
     "AWS_ENV_ALLOWED", "MODEL_NAMES", "REDACTED", "AugmentConfig", "Config", "DataConfig", "LaunchConfig",
     "OptimizerConfig", "Range", "SchedulerConfig", "Section", "TrainConfig", "UserYAML", "apply_overrides",
     "check_env", "check_location", "check_remote_path", "check_s3_uri", "config_from_yaml", "config_to_yaml",
-    "format_error", "has_control", "is_env_key", "load_config", "load_yaml", "parse_override", "read_yaml",
-    "per_process_batch", "redact_argv", "validate_config", "MODEL_CLAIMS",
+    "format_error", "has_control", "is_env_key", "load_config", "load_yaml", "model_file", "parse_override",
+    "read_yaml", "per_process_batch", "redact_argv", "validate_config", "MODEL_CLAIMS",
 ]

@@ -25,12 +25,13 @@ from core.config.training import (
     OptimizerConfig,
     SchedulerConfig,
     TrainConfig,
+    model_file,
 )
 from core.errors import ConfigError
 
 
 class Config(Section):
-    model: str  # a name from `mnist-launch models`
+    model: str  # a name from `mnist-launch models`, or PATH.py:ClassName: a class in a file of the project
     description: str = ""  # one line shown by `runs`
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -52,8 +53,13 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _known_model(self) -> "Config":
-        if self.model not in MODEL_NAMES:
-            raise ValueError(f"model: unknown model '{self.model}' (known: {', '.join(sorted(MODEL_NAMES))})")
+        try:
+            is_file = model_file(self.model) is not None
+        except ValueError as err:
+            raise ValueError(f"model: {err}") from None
+        if not is_file and self.model not in MODEL_NAMES:
+            raise ValueError(f"model: unknown model '{self.model}' (known: {', '.join(sorted(MODEL_NAMES))}; "
+                             "or a class in a file of the project, PATH.py:ClassName)")
         return self
 
 

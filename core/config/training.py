@@ -2,13 +2,16 @@
 
 Owned by the trainer (trainer/ reads them; the launcher only passes them on). ``MODEL_NAMES`` is
 the zoo's names as the config accepts them; trainer/models.py builds one model per name
-(tests/unit/test_layers.py checks that the two agree).
+(tests/unit/test_layers.py checks that the two agree). A ``model:`` may also name a class in a file of
+the project, ``PATH.py:ClassName`` (``model_file`` checks its shape; trainer/usermodel.py builds it).
 
     train: {epochs: 15, batch_size: 128, mixed_precision: auto}
 """
 
 from __future__ import annotations
 
+import keyword
+import re
 from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, field_validator
@@ -22,6 +25,35 @@ MODEL_NAMES = ("model1", "model2", "model3", "model4", "fc_baseline", "fc_dropou
 # and bench/reproduce.py draw and judge against it without importing the zoo.
 MODEL_CLAIMS = {"model1": 0.9887, "model2": 0.9869, "model3": 0.994, "model4": 0.991, "fc_baseline": 0.988,
                 "fc_dropout": 0.988, "one_epoch": 0.95, "gap_19k": 0.994, "record": 0.994}
+
+# a part of a model file's path: the same word in every shell, log line and S3 key it reaches
+_FILE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def model_file(model: str) -> Optional[tuple[str, str]]:
+    """``'models/tiny.py:TinyNet'`` -> ``('models/tiny.py', 'TinyNet')``; None for a zoo name (no ':').
+
+    The path is relative to the project root (the folder holding configs/ and trainer/, the one `train`
+    syncs to the instance): no absolute path, no '~', no '..' or empty part, each part of letters, digits
+    and . _ - (not first . or -), ending in .py; the class name a Python identifier. ValueError says which
+    rule a value breaks; whether the file is there, and inside the project, is checked where it is read."""
+    if ":" not in model:
+        return None
+    path, _, name = model.rpartition(":")
+    if not path.endswith(".py"):
+        raise ValueError(f"'{model}': a model file is PATH.py:ClassName, and '{path}' does not end in .py")
+    if path.startswith(("/", "~")) or "\\" in path:
+        raise ValueError(f"'{path}' must be a path relative to the project root (no / or ~ at the start, no \\)")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError(f"'{path}' must stay inside the project: no '..', '.' or empty part")
+        if not _FILE_PART.fullmatch(part):
+            raise ValueError(f"'{path}': use only letters, digits and . _ - in each part of the path "
+                             "(not first . or -)")
+    if not _CLASS_NAME.fullmatch(name) or keyword.iskeyword(name):
+        raise ValueError(f"'{name}' after the ':' must be a class name (a Python identifier)")
+    return path, name
 
 
 class AugmentConfig(Section):
@@ -134,6 +166,9 @@ class TrainConfig(Section):
     channels_last: bool = True  # memory format for convolutions (faster with cuDNN; harmless on CPU)
     compile: bool = False  # torch.compile the model (pays a warm-up; see BENCHMARKS.md)
     log_every: int = Field(20, ge=1)  # steps between progress events
+    # refuse a model with more trainable parameters than this before training starts (checked by the launcher,
+    # which builds the model on this machine, and again by the trainer); None: no limit
+    max_params: Optional[int] = Field(None, ge=1)
 
 
 def per_process_batch(batch_size: int, processes: int) -> int:

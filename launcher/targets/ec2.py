@@ -20,17 +20,18 @@ from typing import Any, Callable, Optional, TypeVar
 from rich.console import Console
 
 from core import settings
-from core.config import Config, load_config, per_process_batch
+from core.config import Config, load_config, model_file, per_process_batch
 from core.errors import ConfigError, RunError, SSHError
 from infra import home
 from infra.host import Host
 from infra.ssh import SSHHost
 from infra.store import RunFiles, StoreRun, latest_stored_checkpoint, open_store
+from infra.sync import left_out_of_sync
 from launcher import cluster
 from launcher.datafetch import ensure_mnist, mirrors_for
 from launcher.remote import ReconnectingRun, agent_argv, check_flags, prepare_host, remote_layout, retrying, spawn_once
 from launcher.targets import Attempt
-from launcher.targets.local import resolve_data_dir
+from launcher.targets.local import PROJECT_ROOT, resolve_data_dir
 
 T = TypeVar("T")
 
@@ -94,6 +95,7 @@ class EC2Target:
 
     def prepare(self, run_id: str, cfg: Config, data_dir: Optional[str], restart: bool) -> Attempt:
         cfg = self._check_store(cfg)
+        check_model_synced(cfg.model)
         nodes = cfg.launch.nodes
         if cfg.launch.gpus:  # processes known before anything starts (else one per GPU: the trainer checks)
             per_process_batch(cfg.train.batch_size, cfg.launch.gpus * nodes)
@@ -308,6 +310,15 @@ def hosts_for(rec: dict[str, Any]) -> list[SSHHost]:
     if missing:
         raise SSHError(f"cluster '{rec['cluster']}' no longer runs {', '.join(missing)} where the run was")
     return [cluster.cluster_host(live[n["instance_id"]], rec["cluster"], rec.get("identity")) for n in rec["nodes"]]
+
+
+def check_model_synced(model: str) -> None:
+    """A model from a file of the project is built on the instance from the synced copy: a file the sync leaves
+    behind would fail there, after the instance was started, so it is refused here."""
+    spec = model_file(model)
+    if spec is not None and left_out_of_sync(PROJECT_ROOT, spec[0]):
+        raise ConfigError(f"model: {spec[0]} is left out of the sync to the instance (.gitignore, .mnist-launch-ignore "
+                          f"or a secret's name) — move it, or add a line '!{spec[0]}' to .mnist-launch-ignore")
 
 
 def in_parallel(steps: list[Callable[[], T]]) -> list[T]:
