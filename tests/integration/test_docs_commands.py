@@ -159,8 +159,8 @@ def test_local_commands(user_dir, small_mnist, monkeypatch):
         return out
 
     run_id = "RUN_ID"
-    # >= 1 s a step (4 steps an epoch): still in epoch 2 when cancelled right after epoch 1's checkpoint
-    monkeypatch.setenv("MNIST_LAUNCH_STEP_DELAY", "1.0")
+    # >= 1.2 s a step (4 steps an epoch): still in epoch 2 when cancelled right after epoch 1's checkpoint
+    monkeypatch.setenv("MNIST_LAUNCH_STEP_DELAY", "1.2")
     out = do("mnist-launch train configs/model3.yaml --local --detach", "--set", "train.epochs=2")
     monkeypatch.delenv("MNIST_LAUNCH_STEP_DELAY")
     run_id = re.search(r"run (\S+) →", out.stdout).group(1)
