@@ -367,7 +367,9 @@ def pytest_xdist_auto_num_workers(config) -> int:
 SECONDS = {"test_multinode_cloud": 45, "test_multinode": 20,
            "test_remote_train": 20, "test_real_mnist": 15, "test_resume": 15, "test_train": 12, "test_iam": 10,
            "test_aws_faults_cli": 12, "test_cli": 8, "test_cloud_cli": 3, "test_aws_provider": 2.5,
-           "test_aws_faults": 2.3, "test_remote_setup": 2, "test_s3_store": 1.5, "test_autostop": 1.4}
+           "test_aws_faults": 2.3, "test_remote_setup": 2, "test_s3_store": 1.5, "test_autostop": 1.4,
+           # one test of a module (MODULE::TEST) where the module's others take about nothing
+           "test_docs_commands::test_local_commands": 25, "test_docs_commands::test_cloud_commands": 6}
 
 # Modules whose module-scoped fixture is dear (a moto server, the strict IAM world, an sshd with its login user
 # and image venv, `up`): every worker that runs one of their tests builds it again, so their tests go to this
@@ -383,7 +385,8 @@ def _module(item) -> str:
 
 
 def _seconds(item) -> float:
-    return SECONDS.get(_module(item), 0.5)
+    module = _module(item)
+    return SECONDS.get(f"{module}::{getattr(item, 'originalname', '')}", SECONDS.get(module, 0.5))
 
 
 def deal(items: list, workers: int) -> list:

@@ -6,6 +6,7 @@ ranges are checked, and every message names the file (or ``--set``) and the dott
 - ``training.py``: model, augment, optimizer, scheduler, train (the trainer's sections)
 - ``data.py``: where MNIST is and how much of it to use
 - ``launch.py``: where a cloud run goes (EC2), with ``checks.py`` for values that reach a shell or AWS
+- ``text.py``: YAML read against the schema (a text field gets the text typed: `no`, `007`)
 - ``load.py``: the root ``Config``, YAML files, ``--set`` overrides, error lines, redaction
 
     cfg = load_config("configs/model3.yaml", overrides=["train.epochs=1"])
@@ -25,7 +26,6 @@ from core.config.launch import LaunchConfig
 from core.config.load import (
     REDACTED,
     Config,
-    UserYAML,
     apply_overrides,
     config_from_yaml,
     config_to_yaml,
@@ -38,6 +38,7 @@ from core.config.load import (
     redact_argv,
     validate_config,
 )
+from core.config.text import UserYAML, read_typed
 from core.config.training import (
     MODEL_CLAIMS,
     MODEL_NAMES,
@@ -54,5 +55,5 @@ __all__ = [
     "OptimizerConfig", "Range", "SchedulerConfig", "Section", "TrainConfig", "UserYAML", "apply_overrides",
     "check_env", "check_location", "check_remote_path", "check_s3_uri", "config_from_yaml", "config_to_yaml",
     "format_error", "has_control", "is_env_key", "load_config", "load_yaml", "model_file", "parse_override",
-    "read_yaml", "per_process_batch", "redact_argv", "validate_config", "MODEL_CLAIMS",
+    "read_yaml", "per_process_batch", "read_typed", "redact_argv", "validate_config", "MODEL_CLAIMS",
 ]

@@ -8,7 +8,7 @@ echoed nor kept (``config_to_yaml``, ``redact_argv``).
 
 from __future__ import annotations
 
-import re
+import copy
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -19,6 +19,7 @@ from core.config.base import Section
 from core.config.checks import check_location
 from core.config.data import DataConfig
 from core.config.launch import LaunchConfig
+from core.config.text import may_be_unset, read_typed, takes_text, type_at
 from core.config.training import (
     MODEL_NAMES,
     AugmentConfig,
@@ -92,27 +93,14 @@ def validate_config(data: Any, where: str) -> Config:
         raise ConfigError(f"{where}: {format_error(err)} — fix it and run again") from None
 
 
-class UserYAML(yaml.SafeLoader):
-    """YAML as users mean it: only true/false are booleans (YAML 1.2), so `mixed_precision: no`, `--set
-    train.mixed_precision=no` or a value `off`/`on`/`yes` stays the string typed; a boolean field still takes
-    yes/no/on/off, as pydantic reads those strings."""
-
-
-_BOOL = "tag:yaml.org,2002:bool"
-UserYAML.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-UserYAML.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-
-
 def load_yaml(text: str) -> Any:
-    """A config file or a --set value, read with :class:`UserYAML`."""
-    return yaml.load(text, Loader=UserYAML)  # noqa: S506 - a SafeLoader subclass
+    """A config file's text as the user means it (:mod:`core.config.text`): `mixed_precision: no` is 'no',
+    `description: 007` is '007', `data.dir: null` is unset, `train.seed: 010` is 10."""
+    return read_typed(text, Config)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """'train.epochs=3' -> (['train', 'epochs'], 3); the value is parsed as YAML."""
+    """'train.epochs=3' -> (['train', 'epochs'], 3); 'train.mixed_precision=no' -> (..., 'no'), as in a file."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not p for p in key.split(".")):
@@ -121,15 +109,21 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {shown}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3")
     if key.startswith("launch.env."):  # an environment value is taken as written: 007 stays 007, as in a shell
         return key.split("."), raw
-    try:
-        value = load_yaml(raw) if raw.strip() else None
+    path = key.split(".")
+    field = type_at(Config, path)
+    if not raw.strip():  # `--set data.dir=` unsets it; `--set description=` is the empty text
+        return path, "" if takes_text(field) and not may_be_unset(field) else None
+    try:  # read as the field at `key` reads it: the text typed for a text field, YAML for the rest
+        value = read_typed(raw, field)
     except yaml.YAMLError:
         value = raw
-    return key.split("."), value
+    if takes_text(field) and not isinstance(value, (str, type(None))):
+        value = raw.strip()  # `--set description=a: b` or `=[x]` is that text, not a mapping or list
+    return path, value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
+    data = copy.deepcopy(data)
     for item in overrides:
         path, value = parse_override(item)
         node = data

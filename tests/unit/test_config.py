@@ -155,3 +155,85 @@ def test_a_local_run_whose_batch_the_processes_cannot_share_is_refused_before_it
 
     with pytest.raises(DataError, match="MNIST files missing"):  # the batch passes; the missing data is next
         LocalTarget(str(tmp_path), processes=4).prepare("r", cfg, str(tmp_path / "nodata"), restart=False)
+
+
+# (dotted key, as typed, what the field gets): the same in a config file and in `--set KEY=VALUE` (issue 15)
+TYPED = [
+    ("train.mixed_precision", "no", "no"),  # a Literal of names: the name typed
+    ("launch.autostop", "off", "off"),
+    ("description", "on", "on"),
+    ("description", "yes", "yes"),
+    ("description", "007", "007"),  # not 7
+    ("description", "1e3", "1e3"),
+    ("description", "1.50", "1.50"),  # not 1.5
+    ("description", "2024-01-01", "2024-01-01"),  # not a date
+    ("description", "12:30", "12:30"),  # not YAML 1.1's sexagesimal 750
+    ("description", "null", "null"),  # a text field that cannot be unset keeps the word
+    ("description", "~", "~"),
+    ("launch.name", "007", "007"),
+    ("launch.timeout", "90", "90"),  # the field's own check reads it (90 seconds)
+    ("launch.env.PIN", "007", "007"),
+    ("data.dir", "null", None),  # a field that can be unset: null, ~ or nothing unsets it ...
+    ("data.dir", "~", None),
+    ("data.dir", "'null'", "null"),  # ... and quoted it is the text
+    ("data.dir", "007", "007"),
+    ("store", "off", "off"),
+    ("train.seed", "010", 10),  # numbers and booleans read as YAML, but a leading zero is not octal
+    ("train.epochs", "3", 3),
+    ("optimizer.lr", "1.0e-3", 0.001),
+    ("data.train_limit", "null", None),
+    ("launch.spot", "yes", True),
+    ("optimizer.nesterov", "off", False),
+    ("train.compile", "true", True),
+]
+
+
+def nested(key: str, typed: str) -> str:
+    """`train.seed`, `010` -> the YAML a user writes for it in a file."""
+    *sections, leaf = key.split(".")
+    lines = [f"{'  ' * i}{s}:" for i, s in enumerate(sections)]
+    return "\n".join(["model: model3", *lines, f"{'  ' * len(sections)}{leaf}: {typed}"]) + "\n"
+
+
+def field(cfg, key: str):
+    value = cfg
+    for part in key.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
+@pytest.mark.parametrize(("key", "typed", "expected"), TYPED, ids=lambda v: str(v))
+def test_a_value_means_what_was_typed_in_a_file_and_in_set(tmp_path, key, typed, expected):
+    from_file = field(load_config(write(tmp_path, nested(key, typed))), key)
+    from_set = field(load_config(write(tmp_path, "model: model3\n"), [f"{key}={typed}"]), key)
+    assert from_file == expected and type(from_file) is type(expected)
+    # --set launch.env.K=V is taken as a shell takes it, quotes included
+    assert from_set == (typed if key.startswith("launch.env.") else expected)
+
+
+def test_set_with_nothing_after_the_equals_unsets_or_is_the_empty_text(tmp_path):
+    p = write(tmp_path, "model: model3\ndescription: x\ndata: {dir: /d}\n")
+    cfg = load_config(p, ["data.dir=", "description="])
+    assert cfg.data.dir is None and cfg.description == ""
+    assert load_config(write(tmp_path, "model: model3\ndescription:\n")).description == ""
+
+
+def test_a_text_field_given_a_mapping_or_list_in_set_gets_the_text(tmp_path):
+    p = write(tmp_path, "model: model3\n")
+    assert load_config(p, ["description=a: b", "launch.name=x"]).description == "a: b"
+    assert load_config(p, ["description=[1, 2]"]).description == "[1, 2]"
+    with pytest.raises(ConfigError, match=r"c\.yaml: description: Input should be a valid string"):
+        load_config(write(tmp_path, "model: model3\ndescription: [1, 2]\n"))  # in a file a list is a list
+
+
+def test_a_whole_section_in_set_and_anchors_in_a_file_are_read_against_the_schema(tmp_path):
+    p = write(tmp_path, "model: model3\n")
+    cfg = load_config(p, ["launch={name: 007, spot: on, autostop: off}"])
+    assert (cfg.launch.name, cfg.launch.spot, cfg.launch.autostop) == ("007", True, "off")
+    p = write(tmp_path, "model: model3\nbase: &b {mixed_precision: no, seed: 010}\n")
+    with pytest.raises(ConfigError, match="unknown key 'base'"):
+        load_config(p)
+    p = write(tmp_path, "model: model3\ntrain: &b {mixed_precision: no, seed: 010}\n"
+                        "launch: {name: x, env: {<<: {A: 007}, B: off}}\n")
+    cfg = load_config(p)
+    assert (cfg.train.mixed_precision, cfg.train.seed, cfg.launch.env) == ("no", 10, {"A": "007", "B": "off"})
