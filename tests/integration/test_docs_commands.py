@@ -52,6 +52,9 @@ HOW: dict[str, str] = {
     "mnist-launch train configs/model3.yaml --local --data-dir ../shared/data/mnist --set train.epochs=1": PREPARE,
     "mnist-launch models": RUN,
     "mnist-launch train configs/gap_19k.yaml --local --data-dir DIR": PREPARE,
+    "mnist-launch train configs/examples/tiny_net.yaml --local --data-dir DIR": skip(
+        "trained by tests/integration/test_user_model.py"
+        "::test_the_readme_example_model_trains_locally_with_its_summary"),
     "mnist-launch train configs/model3.yaml --local --set train.epochs=3 --set train.seed=2": PREPARE,
     "mnist-launch train configs/model3.yaml --local --processes 2": PREPARE,
     "mnist-launch train configs/model3.yaml --local --detach": SCENARIO,
