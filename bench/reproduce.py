@@ -44,9 +44,9 @@ def run_one(config: str, seed: int, store: str, data_dir: str) -> dict | None:
 
 
 def claim_met(name: str, final: float) -> str:
-    bars = {"model3": 0.994, "gap_19k": 0.994, "record": 0.994, "one_epoch": 0.95, "model4": 0.991,
-            "fc_baseline": 0.988, "fc_dropout": 0.988, "model1": 0.9887, "model2": 0.9869}
-    return "yes" if final >= bars[name.removesuffix("_onecycle")] else "no"
+    from core.config import MODEL_CLAIMS
+
+    return "yes" if final >= MODEL_CLAIMS[name.removesuffix("_onecycle")] else "no"
 
 
 def config_of(run_id: str) -> str:

@@ -20,6 +20,7 @@ from core.errors import AWSError, ConfigError, LaunchError, RunError
 DEBUG = "MNIST_LAUNCH_DEBUG"
 HOME = "MNIST_LAUNCH_HOME"
 DATA = "MNIST_LAUNCH_DATA"
+DATA_MIRRORS = "MNIST_LAUNCH_DATA_MIRRORS"
 STEP_DELAY = "MNIST_LAUNCH_STEP_DELAY"
 SSH_ENDPOINT = "MNIST_LAUNCH_SSH_ENDPOINT"
 SSH_CIDR = "MNIST_LAUNCH_SSH_CIDR"
@@ -41,6 +42,7 @@ DEFAULTS: dict[str, str] = {
     DEBUG: "0",
     HOME: "~/.mnist-launch",
     DATA: "",
+    DATA_MIRRORS: "",
     STEP_DELAY: "0",
     SSH_ENDPOINT: "",
     SSH_CIDR: "",
@@ -93,6 +95,21 @@ def launch_home() -> str:
 def data_dir() -> Optional[str]:
     """Where `train` looks for MNIST when neither --data-dir nor data.dir says."""
     return raw(DATA)
+
+
+def data_mirrors() -> Optional[list[str]]:
+    """Where a missing MNIST file is downloaded from when data.mirrors does not say: URLs separated by commas
+    or spaces, tried in order (None: torchvision's mirrors)."""
+    text = raw(DATA_MIRRORS)
+    if text is None:
+        return None
+    from core.config.checks import check_mirror
+
+    urls = [u for u in text.replace(",", " ").split() if u]
+    try:
+        return [check_mirror(u) for u in urls] or None
+    except ValueError as err:
+        raise ConfigError(f"{DATA_MIRRORS}: {err} — fix or unset it") from None
 
 
 def step_delay() -> float:

@@ -44,6 +44,8 @@ class CurvePainter:
         self.drawn: Optional[list[dict]] = None
         self.drawn_at = time.monotonic()  # the first drawing comes `every` seconds into the run
         self.error: Optional[str] = None
+        self.test_size: Optional[int] = None  # from the start event: where an error of 0 is drawn
+        self.held_to: Optional[tuple[Optional[float], Optional[float]]] = None  # (target, claim), from config.yaml
         threading.Thread(target=_import_matplotlib, name="matplotlib-import", daemon=True).start()
 
     def poll(self, final: bool = False) -> bool:
@@ -54,10 +56,11 @@ class CurvePainter:
             return False
         if not final and time.monotonic() - self.drawn_at < self.every:
             return False
-        from trainer.curves import write_curves
+        from trainer.curves import MNIST_TEST_SIZE, write_curves
 
         try:
-            write_curves(history, self.run_dir / CURVES_FILE)
+            target, claim = self._held_to()
+            write_curves(history, self.run_dir / CURVES_FILE, target, claim, self.test_size or MNIST_TEST_SIZE)
         except Exception as err:  # a drawing never fails the run; agent.log says why, once
             msg = f"agent: could not draw {CURVES_FILE}: {type(err).__name__}: {err}"
             if msg != self.error:
@@ -66,6 +69,15 @@ class CurvePainter:
             return False
         self.drawn, self.drawn_at = history, time.monotonic()
         return True
+
+    def _held_to(self) -> tuple[Optional[float], Optional[float]]:
+        """The run's train.target_accuracy and its model's claimed accuracy (dashed lines)."""
+        if self.held_to is None:
+            from core.config import MODEL_CLAIMS, config_from_yaml
+
+            cfg = config_from_yaml((self.run_dir / "config.yaml").read_text(), str(self.run_dir / "config.yaml"))
+            self.held_to = (cfg.train.target_accuracy, MODEL_CLAIMS.get(cfg.model))
+        return self.held_to
 
     def _read(self) -> None:
         try:
@@ -76,6 +88,8 @@ class CurvePainter:
             return
         events, self.offset = parse_events(chunk, self.offset)
         for ev in events:
+            if ev.get("type") == "start" and isinstance(ev.get("test_size"), int):
+                self.test_size = ev["test_size"]
             if ev.get("type") == "epoch" and isinstance(ev.get("epoch"), int):
                 self.history[ev["epoch"]] = {k: v for k, v in ev.items()
                                              if k not in ("type", "time", "best", "best_test_accuracy")}

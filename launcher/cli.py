@@ -212,7 +212,7 @@ def runs(
                                                 help="RUN_ID to compare (repeat, or list them after it)"),
     more: Optional[List[str]] = typer.Argument(None, hidden=True),
     plot: Path = typer.Option(Path("compare.png"), "--plot",
-                              help="where --compare writes its overlay of test-accuracy curves"),
+                              help="where --compare writes its overlay of test error curves"),
 ) -> None:
     """List the runs in the store with their results; --compare puts chosen runs side by side."""
     from launcher.live import pct
@@ -273,7 +273,7 @@ def _compare(run_ids: list[str], store: Optional[str], plot: Path, as_json: bool
     for label, key, fmt in rows:
         table.add_row(label, *[fmt(c["results"].get(key)) for c in columns])
     console.print(table)
-    console.print(f"test-accuracy curves: {png}")
+    console.print(f"test error curves: {png}")
 
 
 @app.command()
@@ -311,23 +311,13 @@ def models(as_json: bool = typer.Option(False, "--json", help="print JSON instea
 
 @data_app.command("download")
 def data_download(
-    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="where to put MNIST/raw/*.gz"),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="where to put the four *-ubyte.gz files"),
 ) -> None:
-    """Fetch MNIST through torchvision's mirrors (needs internet)."""
-    from trainer.data import check_dir
+    """Fetch the MNIST files a folder lacks (MNIST_LAUNCH_DATA_MIRRORS, else torchvision's mirrors), verified."""
+    from launcher.datafetch import ensure_mnist, mirrors_for
 
-    try:
-        from torchvision.datasets import MNIST
-
-        for train_split in (True, False):
-            MNIST(root=str(data_dir), train=train_split, download=True)
-    except Exception as err:  # torchvision raises plain RuntimeError/URLError on network failure
-        raise LaunchError(
-            f"could not download MNIST to {data_dir} ({type(err).__name__}: {str(err).splitlines()[0][:160]}) — "
-            "check the internet connection, or copy the four *-ubyte.gz files into that folder"
-        ) from None
-    check_dir(data_dir)
-    console.print(f"MNIST is in {data_dir}/MNIST/raw")
+    counts = ensure_mnist(data_dir, mirrors_for(None), err_console)
+    console.print(f"MNIST is in {data_dir}: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
 
 
 @data_app.command("check")

@@ -1,4 +1,4 @@
-"""Compare runs: their settings and results side by side, and one overlay of test-accuracy curves.
+"""Compare runs: their settings and results side by side, and one overlay of their test error curves.
 
 Only settings that differ between the runs are listed (plus the model), so the table shows
 what changed and what it did.
@@ -14,8 +14,10 @@ from typing import Optional
 
 import yaml
 
+from core.config import MODEL_CLAIMS
 from infra.store import RunFiles
 from launcher.orchestrator import _epochs_from_lines, open_run, record_from
+from trainer.curves import MNIST_TEST_SIZE, Run, write_overlay
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -57,27 +59,15 @@ def compare_runs(run_ids: list[str], store: Optional[str], out: Path) -> tuple[l
     columns = []
     for (run_id, f), c in zip(runs, configs):
         rec = record_from(run_id, _read(f), f.where)
+        # the accuracies the run is held to: its model's claim, its own train.target_accuracy
         columns.append({"run_id": rec["run_id"], "settings": {k: c.get(k) for k in ["model", *differing]},
-                        "results": rec, "history": _history(f)})
-    _plot(columns, out)
+                        "results": rec, "history": _history(f), "claim": MODEL_CLAIMS.get(str(c.get("model"))),
+                        "target": c.get("train.target_accuracy"),
+                        "test_size": min(MNIST_TEST_SIZE, c.get("data.test_limit") or MNIST_TEST_SIZE)})
+    write_overlay(overlay_runs(columns), out)
     return differing, columns, out
 
 
-def _plot(columns: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for col in columns:
-        h = col["history"]
-        if h:
-            ax.plot([e["epoch"] for e in h], [100 * e["test_accuracy"] for e in h], "o-", ms=3, label=col["run_id"])
-    ax.set(title="test accuracy", xlabel="epoch", ylabel="%")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+def overlay_runs(columns: list[dict]) -> list[Run]:
+    """compare_runs' columns as the overlay's curves (trainer/curves.py draws them as it draws curves.png)."""
+    return [Run(c["run_id"], c["history"], c["claim"], c["target"], c["test_size"]) for c in columns]

@@ -22,6 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # names this machine (port 1: nothing listens there).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = "http://127.0.0.1:1"
+# Likewise MNIST: a run whose data folder lacks a file would download it from torchvision's mirrors; here it
+# reaches port 1 of this machine instead (refused: the one line that says where to get the files). A test
+# that downloads serves the files itself (tests/support/mirror.py) and points the variable there.
+os.environ["MNIST_LAUNCH_DATA_MIRRORS"] = "http://127.0.0.1:1/"
 
 # Nothing a test runs writes under the real home: `~` (matplotlib's font cache, pip's cache) and the
 # launcher's MNIST_LAUNCH_HOME (run records that `logs RUN_ID` looks up, known_hosts, its SSH key) point
@@ -236,6 +240,24 @@ def _cut_mnist(out: Path, n_train: int, n_test: int) -> Path:
 def small_mnist(tmp_path_factory) -> Path:
     """Flat, gzipped IDX files of the first 512 train / 256 test real digits (4 steps an epoch at batch 128)."""
     return _cut_mnist(tmp_path_factory.mktemp("small_mnist"), SMALL_TRAIN, SMALL_TEST)
+
+
+@pytest.fixture(scope="session")
+def mnist_mirror(tmp_path_factory):
+    """An MNIST mirror on 127.0.0.1 serving a copy of the real .gz files, and broken ones (tests/support/mirror.py)."""
+    import gzip
+
+    from tests.support.mirror import Mirror
+    from trainer.data import locate
+
+    served = tmp_path_factory.mktemp("mirror")
+    for src in locate(real_mnist_dir()).values():
+        if src.suffix == ".gz":
+            shutil.copyfile(src, served / src.name)
+        else:
+            (served / (src.name + ".gz")).write_bytes(gzip.compress(src.read_bytes(), compresslevel=1))
+    with Mirror(served) as mirror:
+        yield mirror
 
 
 @pytest.fixture(scope="session")

@@ -31,8 +31,9 @@ FILES = {
 HOW_TO_GET = "run `mnist-launch data download --data-dir DIR` on a machine with internet, or pass --data-dir"
 
 
-def locate(data_dir: str | Path) -> dict[str, Path]:
-    """Find the four IDX files (flat or torchvision's MNIST/raw, .gz or not) in ``data_dir``."""
+def find(data_dir: str | Path) -> tuple[dict[str, Path], list[str], str]:
+    """The IDX files present in ``data_dir`` (flat or torchvision's MNIST/raw, .gz or not), the keys of
+    those missing, and the folders looked in (for the message that names them)."""
     root = Path(data_dir).expanduser()
     candidates = [root, root / "MNIST" / "raw", root / "raw"]
     found: dict[str, Path] = {}
@@ -44,10 +45,15 @@ def locate(data_dir: str | Path) -> dict[str, Path]:
                     break
             if key in found:
                 break
-    missing = [FILES[k][0] for k in FILES if k not in found]
+    return found, [k for k in FILES if k not in found], ", ".join(str(c) for c in candidates)
+
+
+def locate(data_dir: str | Path) -> dict[str, Path]:
+    """Find the four IDX files in ``data_dir``; DataError naming the missing ones and where it looked."""
+    found, missing, where = find(data_dir)
     if missing:
-        where = ", ".join(str(c) for c in candidates)
-        raise DataError(f"MNIST files missing ({', '.join(missing)}[.gz]); looked in {where} — {HOW_TO_GET}")
+        names = ", ".join(FILES[k][0] for k in missing)
+        raise DataError(f"MNIST files missing ({names}[.gz]); looked in {where} — {HOW_TO_GET}")
     return found
 
 

@@ -39,6 +39,7 @@ from core.config.load import (
     validate_config,
 )
 from core.config.training import (
+    MODEL_CLAIMS,
     MODEL_NAMES,
     AugmentConfig,
     OptimizerConfig,
@@ -52,5 +53,5 @@ __all__ = [
     "OptimizerConfig", "Range", "SchedulerConfig", "Section", "TrainConfig", "UserYAML", "apply_overrides",
     "check_env", "check_location", "check_remote_path", "check_s3_uri", "config_from_yaml", "config_to_yaml",
     "format_error", "has_control", "is_env_key", "load_config", "load_yaml", "parse_override", "read_yaml",
-    "per_process_batch", "redact_argv", "validate_config",
+    "per_process_batch", "redact_argv", "validate_config", "MODEL_CLAIMS",
 ]

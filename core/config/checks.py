@@ -101,3 +101,15 @@ def check_env(env: dict[str, str]) -> None:
         if has_control(val):
             raise ValueError(f"the value of {key} holds a control character (newline, tab, escape, ...) — "
                              "give it on one line of printable characters")
+
+
+def check_mirror(url: str) -> str:
+    """A download mirror: an http(s) URL of a folder (the file's fixed name is appended), printable, one line."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"mirror {url!r} is not an http:// or https:// URL")
+    if has_control(url) or " " in url or parts.query or parts.fragment:
+        raise ValueError(f"mirror {url!r}: give the folder's URL alone (no spaces, ?query or #fragment)")
+    return url

@@ -27,10 +27,10 @@ from infra.host import Host
 from infra.ssh import SSHHost
 from infra.store import RunFiles, StoreRun, latest_stored_checkpoint, open_store
 from launcher import cluster
+from launcher.datafetch import ensure_mnist, mirrors_for
 from launcher.remote import ReconnectingRun, agent_argv, check_flags, prepare_host, remote_layout, retrying, spawn_once
 from launcher.targets import Attempt
 from launcher.targets.local import resolve_data_dir
-from trainer.data import check_dir
 
 T = TypeVar("T")
 
@@ -106,7 +106,8 @@ class EC2Target:
         data_uri = data_dir if (data_dir or "").startswith("s3://") else None
         local_data = None if data_uri else resolve_data_dir(data_dir, cfg)
         if local_data:
-            check_dir(local_data)  # the local copy is what travels: a bad file fails here, by name
+            # the local copy is what travels: fetched here when missing, and a bad file fails here, by name
+            ensure_mnist(local_data, mirrors_for(cfg))
         timings: dict[str, float] = {}
         t = time.monotonic()
         insts, hosts = self._cluster(cfg, data_uri)

@@ -20,8 +20,8 @@ from core.config import Config, load_config, per_process_batch
 from core.errors import ConfigError, RunError
 from infra.host import Host, LocalHost
 from infra.store import HostRun, LocalStore, RunFiles, folder_store
+from launcher.datafetch import ensure_mnist, mirrors_for
 from launcher.targets import Attempt
-from trainer.data import check_dir
 from trainer.precision import cuda_capability, resolve_mixed_precision
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -74,7 +74,8 @@ class LocalTarget:
     def prepare(self, run_id: str, cfg: Config, data_dir: Optional[str], restart: bool) -> Attempt:
         per_process_batch(cfg.train.batch_size, self.processes * self.nodes)  # shared evenly, or one line now
         cfg.data.dir = resolve_data_dir(data_dir, cfg)
-        check_dir(cfg.data.dir)  # one clear line now, not a traceback from the trainer later
+        # missing files downloaded, the four checked: one clear line now, not a traceback from the trainer later
+        ensure_mnist(cfg.data.dir, mirrors_for(cfg))
         # this machine trains: fp16 without a GPU fails now, not in the agent (only fp16 asks torch for the
         # GPU; the agent resolves 'auto' where it trains, so the launcher does not import torch for it)
         if cfg.train.mixed_precision == "fp16":

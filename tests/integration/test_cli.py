@@ -147,6 +147,24 @@ def test_bad_data_gives_one_line_naming_the_problem(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_train_downloads_missing_data_before_the_run_starts(mnist_mirror, tmp_path):
+    """`train --local` on an empty folder fetches the four files (mirror env, stderr lines), checks them and goes
+    on; the run id is taken already, so it stops at the next step, after the data step, without training."""
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    data = tmp_path / "empty"
+    p = cli("train", "configs/model3.yaml", "--local", "--data-dir", str(data), "--store", str(tmp_path),
+            "--run-id", "taken", env={"MNIST_LAUNCH_DATA_MIRRORS": f"http://127.0.0.1:1/,{mnist_mirror.url('good')}"})
+    *lines, last = p.stderr.splitlines()
+    assert p.returncode != 0 and last.startswith("error: run 'taken' already exists"), p.stderr
+    assert "127.0.0.1:1/train-images-idx3-ubyte.gz: unreachable" in lines[0] and "used the next mirror" in lines[0]
+    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+             "t10k-labels-idx1-ubyte.gz"]
+    assert [line.split()[2] for line in lines[1:]] == names and all("sha256 verified" in x for x in lines[1:])
+    assert sorted(os.listdir(data)) == sorted(names)
+    assert all((data / n).read_bytes() == (mnist_mirror.folder / n).read_bytes() for n in os.listdir(data))
+    assert os.listdir(tmp_path / "runs" / "taken") == []
+
+
 def test_unknown_runs_say_how_to_list_them(tmp_path):
     for cmd in (["logs", "ghost"], ["cancel", "ghost"], ["train", "--local", "--resume", "ghost"]):
         assert_one_line_error(cli(*cmd, "--store", str(tmp_path)), "ghost", "mnist-launch runs")

@@ -40,3 +40,14 @@ def test_summary_rows_add_up_to_the_parameter_count():
 def test_model4_table_rows_match_the_seed():
     rows = [r for r in summarize(build_model("model4")) if r["params"]]
     assert [r["params"] for r in rows] == [54, 12, 648, 24, 2592, 48, 2592, 24, 1080, 20, 100]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_has_a_claimed_accuracy_that_its_claim_states(name):
+    """core/config's numbers (drawn on curves.png, judged by bench/reproduce.py) are the ones the claims say."""
+    import re
+
+    from core.config import MODEL_CLAIMS
+
+    stated = [float(n) for n in re.findall(r"(\d+(?:\.\d+)?)(?:-[\d.]+)?%", MODELS[name].claim)]
+    assert 100 * MODEL_CLAIMS[name] == pytest.approx(stated[0])  # the first: the bar (a range's lower end)
