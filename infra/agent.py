@@ -37,10 +37,12 @@ from typing import Optional
 from core import settings
 from core.errors import LaunchError, RunError
 from core.runstate import STATUS_FILE, RunState, StatusWriter
+from infra.curves import CurvePainter
 from infra.store import CHECKPOINTS, MARKER, ArtifactStore
 from trainer.events import EVENTS_FILE, EventWriter
 from trainer.precision import cuda_capability, cuda_device_count, resolve_mixed_precision
 
+STARTED_AT = time.time()  # this agent's start (after its imports): status.json has it, for the start-up phases
 LOG_FILE = "train.log"
 # multi-node: the launcher writes this into the head's run folder when another node failed (its reason inside);
 # the agent stops training and ends the run failed with that reason instead of waiting on the lost peer
@@ -446,12 +448,15 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
                                  start_new_session=True,
                                  env={**os.environ, **launch_env, **extra_env, "PYTHONUNBUFFERED": "1"})
     write_status(run_dir, RunState.RUNNING, agent_pid=os.getpid(), trainer_pid=child.pid,
+                 agent_started_at=round(STARTED_AT, 3),
                  launch_env=sorted(extra_env),  # the names only: values may be secrets
                  started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None,
                  nodes=args.nodes.count, node_rank=args.nodes.rank,
                  spot_watch=bool(args.spot_watch and args.imds_poll > 0),
                  spot_notice=None, rebalance=None)  # a resumed attempt starts without the last one's notices
 
+    # the head draws curves.png (its trainer writes the events); importing matplotlib starts now, beside the trainer's
+    painter = CurvePainter(run_dir) if args.nodes.head else None
     cancelled = {"sig": None}
 
     def forward(signum, _frame):
@@ -512,6 +517,8 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
             elif now - last_signal >= 5.0:  # a rank still starting up (handler not yet installed) gets it again
                 signal_group(PREEMPT_SIGNAL)
                 last_signal = now
+        if painter is not None:
+            painter.poll()
         # a new checkpoint goes up at once (not while the store is failing: then every --sync-every)
         if now - last_sync >= args.sync_every or (sync.error is None and sync.checkpoint_waiting()):
             sync.sync()
@@ -536,7 +543,10 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
                                              "the same step and stopped")
     else:
         state, reason = RunState.FAILED, failure_reason(log_path, rc)
-    write_status(run_dir, state, exit_code=rc, reason=reason, finished_at=round(time.time(), 3))
+    finished_at = round(time.time(), 3)
+    if painter is not None:
+        painter.poll(final=True)  # the final curves are in the folder (and go up below) before run_end
+    write_status(run_dir, state, exit_code=rc, reason=reason, finished_at=finished_at)
     events.emit("run_end", state=state.value, exit_code=rc, reason=reason)
     sync.sync()
     if sync.error:  # the run is complete on this host; say so where `logs` and `runs` look

@@ -3,7 +3,7 @@
 Accuracy from 60% to 100% leaves 98.5% -> 99.5% a flat line at the top; error (100 - accuracy) on a
 log axis gives each halving of the error the same height. Pure functions of a run's epoch records
 (summary.json's ``history``, or its ``epoch`` events) and a few numbers, so any process can draw them:
-the trainer, the agent, `runs --compare` on a laptop. matplotlib comes in when a figure is drawn
+the agent (infra/curves.py, beside training), `runs --compare` on a laptop. matplotlib comes in when a figure is drawn
 (its Figure and the Agg canvas only, no pyplot and its global state): importing this module costs nothing.
 
     write_curves(summary["history"], Path("curves.png"), target=0.995, claim=0.994)

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Optional, cast
@@ -24,13 +25,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from core import settings
-from core.config import MODEL_CLAIMS, Config, config_from_yaml, per_process_batch
+from core.config import Config, config_from_yaml, per_process_batch
 from core.errors import DataError, RunError
 from trainer.augment import BatchAugment, normalize
-from trainer.curves import MNIST_TEST_SIZE, write_curves
 from trainer.data import epoch_batches, load_mnist, steps_per_epoch
 from trainer.events import EVENTS_FILE, EventWriter
 from trainer.models import count_params, summarize
+from trainer.optim import build_optimizer
 from trainer.precision import cuda_capability, resolve_mixed_precision
 from trainer.usermodel import build, check_budget
 
@@ -39,7 +40,6 @@ MARKER = "checkpoint.json"  # written last: a checkpoint without it is incomplet
 PREEMPTED_EXIT = 75  # the trainer saved a checkpoint on request (SIGUSR1) and stopped: resume continues it
 CHECK_EVERY_MULTI = 10  # with several ranks, the signal flags are agreed on (all-reduced) every N steps
 STEP_DELAY_ENV = settings.STEP_DELAY  # seconds slept after each step: a throttle for tests and demos
-CURVES_EVERY_S = 60.0  # curves.png is redrawn at most this often while a run trains, and when it stops
 # a collective that waits longer fails: a node that vanished (instance lost, network cut) ends every rank within
 # this bound instead of torch's 30 minutes (a rank killed on a live host fails its peers at once: the socket closes)
 COLLECTIVE_TIMEOUT_S = 300.0
@@ -109,15 +109,6 @@ class TrainState:
         self.__dict__.update(state)
 
 
-def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    o = cfg.optimizer
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-
-
 def build_scheduler(cfg: Config, optimizer, steps: int):
     """-> (scheduler or None, when it steps: 'batch' | 'epoch' | 'metric')."""
     s = cfg.scheduler
@@ -170,29 +161,6 @@ def prune_checkpoints(run_dir: Path, keep: int, best_epoch: int) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-class Curves:
-    """``curves.png``, kept current without slowing training: redrawn after an epoch only when
-    ``every`` seconds have passed since the last drawing, and always when the run stops (finished,
-    target reached, or preempted). A drawing (trainer/curves.py) costs the main rank about 0.6 s of CPU
-    (1.5 s the first, importing matplotlib), more than a whole epoch of a small model on a GPU."""
-
-    def __init__(self, path: Path, target: Optional[float] = None, claim: Optional[float] = None,
-                 test_size: int = MNIST_TEST_SIZE, every: float = CURVES_EVERY_S) -> None:
-        self.path, self.every = path, every
-        self.target, self.claim, self.test_size = target, claim, test_size
-        self.drawn_at = time.monotonic()  # the first drawing comes `every` seconds into training
-        self.drawn_epochs = 0
-
-    def epoch_done(self, history: list[dict]) -> None:
-        if time.monotonic() - self.drawn_at >= self.every:
-            self.draw(history)
-
-    def draw(self, history: list[dict]) -> None:
-        if history and len(history) != self.drawn_epochs:
-            write_curves(history, self.path, self.target, self.claim, self.test_size)
-            self.drawn_at, self.drawn_epochs = time.monotonic(), len(history)
-
-
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -221,7 +189,10 @@ def evaluate(model, images, labels, batch_size: int, accelerator: Accelerator, c
     return totals[0].item() / len(images), totals[1].item() / len(images)
 
 
-def train(run_dir: Path, resume: bool = False) -> dict:
+def train(run_dir: Path, resume: bool = False, started_at: Optional[float] = None) -> dict:
+    """Train the run in ``run_dir``; ``started_at``: when this process started (its start event says how long each
+    phase of the start-up took: imports, Accelerate, data, model)."""
+    marks = [("imports", time.time())]
     run_dir = Path(run_dir)
     cfg = config_from_yaml((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
     meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").is_file() else {}
@@ -233,6 +204,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
 
     accelerator = Accelerator(mixed_precision=precision, log_with="tensorboard", project_dir=str(run_dir),
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))])
+    marks.append(("accelerator", time.time()))
     main = accelerator.is_main_process
     events = EventWriter(run_dir / EVENTS_FILE, enabled=main)
 
@@ -241,6 +213,7 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     if not cfg.data.dir:
         raise DataError("no data directory: set data.dir in the config or pass --data-dir")
     data = load_mnist(cfg.data.dir, cfg.data.train_limit, cfg.data.test_limit).to(device)
+    marks.append(("data", time.time()))
     model = build(cfg.model)  # a zoo name, or PATH.py:ClassName from a file of the project
     params = count_params(model)
     check_budget(cfg.model, params, tc.max_params)
@@ -253,7 +226,11 @@ def train(run_dir: Path, resume: bool = False) -> dict:
     batch = per_process_batch(tc.batch_size, world)  # train.batch_size is the global batch
     steps = steps_per_epoch(len(data.train_images), batch, world)
     scheduler, sched_when = build_scheduler(cfg, optimizer, steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # prepare() would ask whether the model has DTensor parameters, importing torch.distributed.tensor (1-2.5 s on
+    # the dev machine) for a model this trainer built itself: placement is asked for explicitly instead (the same
+    # two steps prepare() takes: the model on its device, DDP-wrapped when several processes; then the optimizer)
+    model = accelerator.prepare_model(model, device_placement=True)
+    optimizer = accelerator.prepare_optimizer(optimizer)
     if tc.compile:
         # torch.compile(module) returns an OptimizedModule, a Module; its stub promises only a Callable.
         model = cast(torch.nn.Module, torch.compile(model))
@@ -295,10 +272,10 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         device_name=device_name(device), mixed_precision=precision,
         mixed_precision_requested=tc.mixed_precision, start_epoch=start_epoch,
         train_size=len(data.train_images), test_size=len(data.test_images), summary=rows, resumed=resume,
+        startup=startup_phases(started_at, marks + [("model", time.time())]),
     )
 
     stop_reason = "completed"
-    curves = Curves(run_dir / "curves.png", tc.target_accuracy, MODEL_CLAIMS.get(cfg.model), len(data.test_images))
     for epoch in range(start_epoch, tc.epochs + 1):
         aug_gen.manual_seed(tc.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
         model.train()
@@ -358,8 +335,6 @@ def train(run_dir: Path, resume: bool = False) -> dict:
                     path = save_mid_epoch(accelerator, run_dir, state, step, sums, events,
                                           "preempt" if stop else "rebalance")
                     if stop:
-                        if main:
-                            curves.draw(state.history)
                         accelerator.end_training()
                         raise Preempted(path)
         if accelerator.num_processes > 1:
@@ -394,13 +369,9 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
         events.emit("epoch", **record, best=is_best, best_test_accuracy=state.best_accuracy)
         save_checkpoint(accelerator, model, run_dir, state, is_best, tc.keep_checkpoints, events)
-        if main:
-            curves.epoch_done(state.history)
         stop, _ = interrupts.agreed(accelerator)  # a stop during the last step: the checkpoint above is the one
         interrupts.stop = False  # (a pending save-and-continue is served at the next step boundary)
         if stop and epoch < tc.epochs:
-            if main:
-                curves.draw(state.history)
             accelerator.end_training()
             raise Preempted(f"{CHECKPOINTS}/epoch_{state.epoch:03d}")
         if tc.target_accuracy is not None and test_acc >= tc.target_accuracy:
@@ -422,11 +393,20 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         "torch": torch.__version__, "history": state.history,
     }
     if main:
-        curves.draw(state.history)
         write_json(run_dir / "summary.json", summary)
         events.emit("finished", **{k: v for k, v in summary.items() if k != "history"})
     accelerator.end_training()
     return summary
+
+
+def startup_phases(started_at: Optional[float], marks: list[tuple[str, float]]) -> dict[str, float]:
+    """Seconds each start-up phase took, from the process's start (``imports``: Python, torch, accelerate...)."""
+    out, last = {}, started_at
+    for name, at in marks:
+        if last is not None:
+            out[name] = round(at - last, 3)
+        last = at
+    return out
 
 
 def node_count(world: int) -> int:
@@ -465,6 +445,14 @@ def drop_node_copy(accelerator: Accelerator, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def plain_module(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
+    """The model inside DDP's wrapper. ``accelerator.unwrap_model`` asks ``hasattr(torch, "_dynamo")``, which
+    imports torch._dynamo (3.6 s on the dev machine) in a run that never compiles; only a compiled model needs it."""
+    if "torch._dynamo" in sys.modules:  # compiled (or compiling): accelerate knows every wrapper
+        return accelerator.unwrap_model(model)
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 def save_checkpoint(accelerator: Accelerator, model, run_dir: Path, state: TrainState, is_best: bool, keep: int,
                     events: EventWriter) -> None:
     path = run_dir / CHECKPOINTS / f"epoch_{state.epoch:03d}"
@@ -475,7 +463,7 @@ def save_checkpoint(accelerator: Accelerator, model, run_dir: Path, state: Train
         if is_best:
             from safetensors.torch import save_file
 
-            state_dict = accelerator.unwrap_model(model).state_dict()
+            state_dict = plain_module(model, accelerator).state_dict()
             weights = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
             tmp = run_dir / "model.safetensors.tmp"
             save_file(weights, str(tmp),

@@ -141,3 +141,33 @@ def test_compare_draws_each_runs_claim_and_target_from_its_config(tmp_path):
     assert [c.get_ydata()[0] for c in claims] == pytest.approx([0.6, 5.0])  # the models' claims differ: one each
     assert claims[0].get_label().startswith("a: claim") and claims[1].get_label().startswith("b: claim")
     assert list(the(fig, "target").get_ydata()) == pytest.approx([1.0, 1.0])
+
+
+def test_the_agents_painter_draws_from_the_epoch_events_with_the_runs_claim_target_and_test_size(tmp_path,
+                                                                                                  monkeypatch):
+    """The agent draws curves.png (infra/curves.py): from events.jsonl, throttled while training, always at the end;
+    an epoch a resumed attempt trained again replaces the first attempt's record."""
+    import trainer.curves
+    from infra.curves import CurvePainter
+
+    (tmp_path / "config.yaml").write_text("model: model3\ntrain:\n  target_accuracy: 0.995\n")
+    drawn: list[tuple] = []
+    monkeypatch.setattr(trainer.curves, "write_curves", lambda h, path, target, claim, test_size: drawn.append(
+        ([r["test_accuracy"] for r in h], path.name, target, claim, test_size)) or path.write_bytes(PNG))
+    events = tmp_path / "events.jsonl"
+
+    def emit(*evs: dict) -> None:
+        with open(events, "a") as f:
+            f.writelines(json.dumps(e) + "\n" for e in evs)
+
+    painter = CurvePainter(tmp_path, every=3600)
+    assert not painter.poll(final=True)  # no epoch yet: nothing to draw
+    emit({"type": "start", "test_size": 500}, *({"type": "epoch", **r, "best": True} for r in history()[:3]))
+    assert not painter.poll()  # due only after `every` seconds
+    emit({"type": "run_end"}, {"type": "start", "test_size": 500},  # a resumed attempt: epoch 3 again, then 4
+         {"type": "epoch", **history()[3], "epoch": 3}, {"type": "epoch", **history()[3]})
+    assert painter.poll(final=True)
+    from core.config import MODEL_CLAIMS
+
+    assert drawn == [([ACCS[0], ACCS[1], ACCS[3], ACCS[3]], "curves.png", 0.995, MODEL_CLAIMS["model3"], 500)]
+    assert not painter.poll(final=True)  # nothing new: not drawn again

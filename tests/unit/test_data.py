@@ -6,7 +6,7 @@ import torch
 
 from core.errors import DataError
 from tests.support.data import make_dir
-from trainer.data import check_dir, epoch_batches, load_mnist, locate, steps_per_epoch, write_idx
+from trainer.data import check_dir, epoch_batches, load_mnist, locate, read_idx, steps_per_epoch, write_idx
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -58,8 +58,26 @@ def test_cut_gzip_is_reported_not_crashed(tmp_path):
     p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz"):
         check_dir(tmp_path)
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: corrupt or truncated"):  # (never reached before)
-        load_mnist(tmp_path)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: truncated or padded"):
+        load_mnist(tmp_path)  # checks the whole files first: a run on a prefix still refuses a cut file
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: corrupt or truncated"):
+        read_idx(p, 2051)
+
+
+def test_a_limited_read_inflates_only_its_prefix_and_equals_the_whole_files_start(tmp_path):
+    make_dir(tmp_path)
+    whole = load_mnist(tmp_path)
+    part = load_mnist(tmp_path, train_limit=5, test_limit=3)
+    assert part.train_images.shape == (5, 1, 28, 28) and part.test_labels.shape == (3,)
+    assert torch.equal(part.train_images, whole.train_images[:5])
+    assert torch.equal(part.test_labels, whole.test_labels[:3])
+    p = tmp_path / "train-images-idx3-ubyte.gz"
+    cut = tmp_path / "cut" / p.name
+    cut.parent.mkdir()
+    cut.write_bytes(p.read_bytes()[:-8])  # no gzip trailer: the stream ends early
+    assert read_idx(cut, 2051, limit=2).shape == (2, 1, 28, 28)  # the first two images are all there
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        read_idx(cut, 2051)
 
 
 def test_labels_that_do_not_match_images(tmp_path):

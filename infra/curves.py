@@ -1,0 +1,95 @@
+"""The agent draws ``curves.png`` from the run's epoch events, so the training process never imports matplotlib.
+
+Drawing in the trainer cost its main rank 1.2 s to import matplotlib plus ~0.3 s a drawing, on the path
+from the command to the first step and from the last epoch to the run's end (2-core dev machine). The
+agent has a core to spare while the trainer imports torch: it imports matplotlib then, in a thread, and
+draws after an epoch at most every ``every`` seconds and once more when the run stops, before its
+``run_end`` (so a finished run's folder, and the store's copy, always holds the final curves).
+
+    painter = CurvePainter(run_dir)   # starts importing matplotlib
+    painter.poll()                    # in the agent's loop: new epochs drawn when due
+    painter.poll(final=True)          # when the trainer has exited
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from trainer.events import EVENTS_FILE, parse_events
+
+CURVES_FILE = "curves.png"
+CURVES_EVERY_S = 60.0  # while a run trains, curves.png is redrawn at most this often; always when it stops
+
+
+def _import_matplotlib() -> None:
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+    except Exception:  # drawing will say why, later
+        pass
+
+
+class CurvePainter:
+    """Follows ``events.jsonl`` from its start (a resumed run's curves show every attempt's epochs) and keeps
+    one record per epoch, the newest: an epoch a resumed attempt trained again replaces the old one."""
+
+    def __init__(self, run_dir: Path, every: float = CURVES_EVERY_S) -> None:
+        self.run_dir, self.every = run_dir, every
+        self.offset = 0
+        self.history: dict[int, dict] = {}
+        self.drawn: Optional[list[dict]] = None
+        self.drawn_at = time.monotonic()  # the first drawing comes `every` seconds into the run
+        self.error: Optional[str] = None
+        self.test_size: Optional[int] = None  # from the start event: where an error of 0 is drawn
+        self.held_to: Optional[tuple[Optional[float], Optional[float]]] = None  # (target, claim), from config.yaml
+        threading.Thread(target=_import_matplotlib, name="matplotlib-import", daemon=True).start()
+
+    def poll(self, final: bool = False) -> bool:
+        """Read new epoch events; draw if something changed and a drawing is due. True if it drew."""
+        self._read()
+        history = [self.history[e] for e in sorted(self.history)]
+        if not history or history == self.drawn:
+            return False
+        if not final and time.monotonic() - self.drawn_at < self.every:
+            return False
+        from trainer.curves import MNIST_TEST_SIZE, write_curves
+
+        try:
+            target, claim = self._held_to()
+            write_curves(history, self.run_dir / CURVES_FILE, target, claim, self.test_size or MNIST_TEST_SIZE)
+        except Exception as err:  # a drawing never fails the run; agent.log says why, once
+            msg = f"agent: could not draw {CURVES_FILE}: {type(err).__name__}: {err}"
+            if msg != self.error:
+                print(msg, file=sys.stderr, flush=True)
+            self.error = msg
+            return False
+        self.drawn, self.drawn_at = history, time.monotonic()
+        return True
+
+    def _held_to(self) -> tuple[Optional[float], Optional[float]]:
+        """The run's train.target_accuracy and its model's claimed accuracy (dashed lines)."""
+        if self.held_to is None:
+            from core.config import MODEL_CLAIMS, config_from_yaml
+
+            cfg = config_from_yaml((self.run_dir / "config.yaml").read_text(), str(self.run_dir / "config.yaml"))
+            self.held_to = (cfg.train.target_accuracy, MODEL_CLAIMS.get(cfg.model))
+        return self.held_to
+
+    def _read(self) -> None:
+        try:
+            with open(self.run_dir / EVENTS_FILE, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        events, self.offset = parse_events(chunk, self.offset)
+        for ev in events:
+            if ev.get("type") == "start" and isinstance(ev.get("test_size"), int):
+                self.test_size = ev["test_size"]
+            if ev.get("type") == "epoch" and isinstance(ev.get("epoch"), int):
+                self.history[ev["epoch"]] = {k: v for k, v in ev.items()
+                                             if k not in ("type", "time", "best", "best_test_accuracy")}
