@@ -82,6 +82,7 @@ HOW: dict[str, str] = {
     "python bench/sync_bench.py": skip("a benchmark of 1,000-file syncs (minutes); "
                                        "tests/integration/test_sync.py tests the sync it times"),
     "python bench/remote_overhead.py": skip("5 cloud trainer runs on the sshd host"),
+    "python bench/startup.py": skip("3 trainer runs and the read-only commands, timed: a benchmark"),
     "python bench/soak.py --runs 20": skip("20 cloud runs with cuts and kills: tens of minutes"),
     "mnist-launch up --instance g4dn.xlarge [--name mnist] …": CLOUD,  # docs/aws.md's synopsis
     "mnist-launch status [--json] [--region R ...]": CLOUD,
