@@ -351,10 +351,18 @@ def cancel(target: Target, run_id: str, timeout: float = 30.0, poll: float = 0.2
 
 def open_files(run_id: str, store: Optional[str], note: Note) -> RunFiles:
     """A run's files for `logs`: live from its instance while that runs, else its folder or its store's copy."""
+    from infra import home
     from launcher.orchestrator import open_run
-    from launcher.targets.ec2 import open_cloud_run
 
-    return open_cloud_run(run_id, store, note=note) or open_run(run_id, store)
+    # the cloud side (boto3, paramiko: ~0.6 s to import) only for a run this machine started in the cloud or a
+    # store in S3: `logs` of a folder run answers without it
+    if home.read_run_record(run_id) or (store or "").startswith("s3://"):
+        from launcher.targets.ec2 import open_cloud_run
+
+        files = open_cloud_run(run_id, store, note=note)
+        if files is not None:
+            return files
+    return open_run(run_id, store)
 
 
 def cancel_anywhere(run_id: str, store: Optional[str]) -> dict:

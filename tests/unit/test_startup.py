@@ -6,6 +6,7 @@ where it trains (the agent and the trainer, in their own processes) and for `mod
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,17 @@ def test_the_agent_counts_no_gpus_without_torch_where_there_is_no_driver():
     if any(Path(f).exists() for f in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")):
         pytest.skip("this machine has a GPU driver: torch is asked")
     assert out.stdout.split() == ["1", "3", "False"]
+
+
+def test_logs_of_a_folder_run_reads_it_without_the_cloud_libraries(tmp_path):
+    """`logs RUN` of a `--local` run: boto3 and paramiko (~0.6 s) only where a cloud run or an S3 store is asked."""
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: model3\n")
+    (run / "events.jsonl").write_text('{"type":"run_end","state":"succeeded"}\n')
+    code = (f"import sys\nfrom launcher.lifecycle import open_files\nf = open_files('r1', {str(tmp_path)!r}, print)\n"
+            "print(f.read_text('config.yaml').strip(), sorted(m for m in ('boto3', 'paramiko') if m in sys.modules))")
+    env = {**os.environ, "MNIST_LAUNCH_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "model: model3 []"
