@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.zoo import ZOO
+
 
 def conv_bn(cin: int, cout: int, k: int = 3, pad: int = 0, p_drop: float = 0.0) -> nn.Sequential:
     """Conv (no bias: BN has one) -> BN -> ReLU [-> Dropout], the seeds' usual block."""
@@ -279,22 +281,8 @@ class ModelSpec:
     budget: int  # the most parameters the recipe allows
 
 
-MODELS: dict[str, ModelSpec] = {
-    s.name: s
-    for s in [
-        ModelSpec("model1", SkeletonNet, "004_3bd9a3d41f1d9b8d.txt", "Part-1: best test 98.87%, 8,716 params", 8716),
-        ModelSpec("model2", LightGapNet, "004_3bd9a3d41f1d9b8d.txt", "Part-2: best test 98.69%, 3,964 params", 3964),
-        ModelSpec(
-            "model3", EC2Net, "004_3bd9a3d41f1d9b8d.txt",
-            "Part-3: >= 99.4% within 15 epochs (best 99.48%), 7,926 params", 7926,
-        ),
-        ModelSpec("model4", Model4, "000_cedc7f1e9801118b.txt", "Model_4: best test 99.1-99.3% in <= 15 epochs", 7204),
-        ModelSpec("fc_baseline", FCBaseline, "001_0b3a81bf58e92569.txt", "Model_1: best 98.80% in 11-12 epochs", 26698),
-        ModelSpec("fc_dropout", FCDropout, "001_0b3a81bf58e92569.txt", "Model_2: best 98.80% in 11-12 epochs", 15106),
-        ModelSpec("one_epoch", OneEpochNet, "002_1cec889a9c8ecd1e.txt", ">= 95% test accuracy after 1 epoch", 25000),
-        ModelSpec("gap_19k", Gap19kNet, "003_716314f9133d09a3.txt", ">= 99.4% within 20 epochs (99.49% at 20)", 20000),
-        ModelSpec("record", RecordNet, "(ours)", "target: >= 99.4% final in 15 epochs with < 4,000 params", 3999),
-    ]
+MODELS: dict[str, ModelSpec] = {  # the catalog (trainer/zoo.py, torch-free) with each entry's class
+    e.name: ModelSpec(e.name, globals()[e.cls], e.seed, e.claim, e.budget) for e in ZOO.values()
 }
 
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from trainer.models import MODELS, build_model, count_params, summarize
+from trainer.zoo import ZOO
 
 # The table: exact counts where the seed lists layers, budgets where it shows only images.
 EXACT = {"model4": 7194, "fc_baseline": 26698, "fc_dropout": 15106, "one_epoch": 8530, "gap_19k": 19114}
@@ -26,6 +27,8 @@ def test_every_model_maps_a_batch_to_ten_logits_and_names_its_seed(name):
     spec = MODELS[name]
     if spec.seed != "(ours)":
         assert spec.seed in type(model).__doc__
+    assert count_params(model) == ZOO[name].params  # what `models` lists without building it
+    assert type(model).__name__ == ZOO[name].cls
 
 
 def test_summary_rows_add_up_to_the_parameter_count():

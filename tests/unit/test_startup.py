@@ -71,3 +71,10 @@ def test_logs_of_a_folder_run_reads_it_without_the_cloud_libraries(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "model: model3 []"
+
+
+def test_models_lists_the_zoo_without_torch():
+    code = "import sys\nimport launcher.cli as c\nc.models(as_json=True)\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "False" and '"params": 7736' in out.stdout
