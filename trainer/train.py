@@ -319,7 +319,7 @@ def train(run_dir: Path, resume: bool = False, started_at: Optional[float] = Non
             seen += len(idx)
             if delay:
                 time.sleep(delay)
-            if main and (step % tc.log_every == 0 or step == steps):
+            if main and (step % tc.log_every == 0 or step == steps or step == skip + 1):  # the bar shows at once
                 elapsed = time.perf_counter() - t0
                 events.emit("step", epoch=epoch, step=step, steps=steps, loss=round(loss.item(), 5),
                             lr=optimizer.param_groups[0]["lr"],

@@ -165,7 +165,7 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)  # last K per-epoch checkpoints kept (plus the best)
     channels_last: bool = True  # memory format for convolutions (faster with cuDNN; harmless on CPU)
     compile: bool = False  # torch.compile the model (pays a warm-up; see BENCHMARKS.md)
-    log_every: int = Field(20, ge=1)  # steps between progress events
+    log_every: int = Field(20, ge=1)  # steps between progress events (and one at each epoch's first step)
     # refuse a model with more trainable parameters than this before training starts (checked by the launcher,
     # which builds the model on this machine, and again by the trainer); None: no limit
     max_params: Optional[int] = Field(None, ge=1)
