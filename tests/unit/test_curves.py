@@ -145,12 +145,12 @@ def test_compare_draws_each_runs_claim_and_target_from_its_config(tmp_path):
 
 def test_the_agents_painter_draws_from_the_epoch_events_with_the_runs_claim_target_and_test_size(tmp_path,
                                                                                                   monkeypatch):
-    """The agent draws curves.png (infra/curves.py): from events.jsonl, throttled while training, always at the end;
-    an epoch a resumed attempt trained again replaces the first attempt's record."""
+    """The agent draws curves.png (infra/curves.py): from events.jsonl, throttled while training, the last planned
+    epoch as it arrives; an epoch a resumed attempt trained again replaces the first attempt's record."""
     import trainer.curves
     from infra.curves import CurvePainter
 
-    (tmp_path / "config.yaml").write_text("model: model3\ntrain:\n  target_accuracy: 0.995\n")
+    (tmp_path / "config.yaml").write_text("model: model3\ntrain:\n  target_accuracy: 0.995\n  epochs: 4\n")
     drawn: list[tuple] = []
     monkeypatch.setattr(trainer.curves, "write_curves", lambda h, path, target, claim, test_size: drawn.append(
         ([r["test_accuracy"] for r in h], path.name, target, claim, test_size)) or path.write_bytes(PNG))
@@ -166,7 +166,7 @@ def test_the_agents_painter_draws_from_the_epoch_events_with_the_runs_claim_targ
     assert not painter.poll()  # due only after `every` seconds
     emit({"type": "run_end"}, {"type": "start", "test_size": 500},  # a resumed attempt: epoch 3 again, then 4
          {"type": "epoch", **history()[3], "epoch": 3}, {"type": "epoch", **history()[3]})
-    assert painter.poll(final=True)
+    assert painter.poll()  # epoch 4 is the last planned: drawn as it arrives
     from core.config import MODEL_CLAIMS
 
     assert drawn == [([ACCS[0], ACCS[1], ACCS[3], ACCS[3]], "curves.png", 0.995, MODEL_CLAIMS["model3"], 500)]
