@@ -340,11 +340,12 @@ def data_check(data_dir: Path = typer.Option(Path("data"), "--data-dir", help="f
 
 
 def _register_cloud_commands(app: typer.Typer) -> None:
-    """`up`, `status`, `down`, `ssh`. Their dependencies are the project's own: an import that fails is a broken
-    install or a bug, and stops the CLI with it rather than leaving it without those commands."""
+    """`up`, `status`, `down`, `ssh`; `sweep`. Their dependencies are the project's own: an import that fails is a
+    broken install or a bug, and stops the CLI with it rather than leaving it without those commands."""
     import importlib
 
     importlib.import_module("launcher.cloud_cli").register(app)
+    importlib.import_module("launcher.sweep_cli").register(app)
 
 
 _register_cloud_commands(app)

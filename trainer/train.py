@@ -29,7 +29,7 @@ from core.errors import DataError, RunError
 from trainer.augment import BatchAugment, normalize
 from trainer.data import epoch_batches, load_mnist, steps_per_epoch
 from trainer.events import EVENTS_FILE, EventWriter
-from trainer.models import build_model, count_params, summarize
+from trainer.models import MODELS, build_model, count_params, summarize
 from trainer.precision import cuda_capability, resolve_mixed_precision
 
 CHECKPOINTS = "checkpoints"
@@ -439,7 +439,10 @@ def train(run_dir: Path, resume: bool = False) -> dict:
         "num_processes": world, "world_size": world, "nodes": nodes, "global_batch": tc.batch_size,
         "per_process_batch": batch,
         "device": device_name(device), "seed": tc.seed, "code_revision": meta.get("code_revision"),
-        "torch": torch.__version__, "history": state.history,
+        "torch": torch.__version__,
+        # the bar a sweep's table holds every seed to: the config's target, else the model's claim
+        "claim_accuracy": tc.target_accuracy or MODELS[cfg.model].claim_accuracy,
+        "history": state.history,
     }
     if main:
         curves.draw(state.history)
