@@ -175,7 +175,7 @@ def start(spec: SweepSpec, place: Place, load: Callable[[str, list[str]], Config
         host, run_dir = place.hosts[run["node"]], place.run_dir(run["run_id"])
         meta = {"run_id": run["run_id"], "created_at": created, "host": host.name, "config_file": spec.config,
                 "code_revision": revision, "argv": run_argv(), "sweep": sweep_id, "setting": run["setting"],
-                **({"store": place.store, "cloud": {**place.where, "run_dir": run_dir}}
+                **({"store": place.store, "cloud": cloud_meta(place, run["node"], run_dir)}
                    if place.where.get("kind") == "cloud" else {})}
         host.write_text(f"{run_dir}/config.yaml", config_to_yaml(cfg))
         host.write_text(f"{run_dir}/meta.json", json.dumps(meta, indent=2) + "\n")
@@ -191,15 +191,23 @@ def start(spec: SweepSpec, place: Place, load: Callable[[str, list[str]], Config
     return plan
 
 
+def cloud_meta(place: Place, node: int, run_dir: str) -> dict[str, Any]:
+    """Where a cluster run is, as a cloud `train` records it in meta.json (`logs` finds it from the store)."""
+    w = place.where
+    return {"cluster": w.get("cluster"), "instance_id": (w.get("instance_ids") or [None] * (node + 1))[node],
+            "region": w.get("region"), "remote_dir": place.root, "run_dir": run_dir}
+
+
 def spawn_runners(place: Place, plan: dict[str, Any], parallel: int) -> None:
     sweep_dir = place.sweep_dir(plan["sweep_id"])
     pids = {}
+    at = round(time.time(), 3)
     for rank, host in enumerate(place.hosts):
         argv = [place.pythons[rank % len(place.pythons)], "-m", "infra.sweep", "--sweep-dir",
                 f"runs/{plan['sweep_id']}", "--node-rank", str(rank), "--parallel", str(parallel),
                 *(["--store", place.store] if place.where.get("kind") == "cloud" and place.store else [])]
         pids[str(rank)] = host.spawn(argv, cwd=place.root, log=f"{sweep_dir}/runner-{rank}.log", env=place.env)
-    place.hosts[0].write_text(f"{sweep_dir}/{SPAWNED_FILE}", json.dumps(pids) + "\n")
+    place.hosts[0].write_text(f"{sweep_dir}/{SPAWNED_FILE}", json.dumps({"at": at, "pids": pids}) + "\n")
 
 
 def read_plan(place: Place, sweep_id: str) -> dict[str, Any]:
@@ -224,7 +232,10 @@ def runner_states(place: Place, plan: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for rank, host in enumerate(place.hosts):
         st = parse_status(host.read_text(f"{sweep_dir}/{runner_file(rank)}"))
-        pid = st.get("pid") or spawned.get(str(rank))
+        last = (spawned.get("pids") or {}).get(str(rank))  # the runner started last (spawn gives its own pid)
+        if last and st.get("pid") != last:  # the file is an earlier runner's: the new one has not written yet
+            st = {}
+        pid = st.get("pid") or last
         out.append({**st, "node": rank, "pid": pid, "alive": pid is not None and host.is_alive(int(pid))})
     return out
 

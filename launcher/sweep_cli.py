@@ -51,6 +51,18 @@ def _find(sweep_id: str, store: Optional[str]) -> tuple[Place, dict[str, Any]]:
     return place, read_plan(place, sweep_id)
 
 
+def is_sweep(sweep_id: str, store: Optional[str]) -> bool:
+    """Whether ``sweep_id`` names a sweep in the store (its plan is there): `cancel ID` stops it."""
+    from infra.store import open_store, valid_run_id
+
+    if not valid_run_id(sweep_id):
+        return False
+    try:
+        return open_store(store).read_text(sweep_id, "plan.json") is not None
+    except LaunchError:
+        return False  # the store cannot say: `cancel` goes on as for a run, and says what is wrong
+
+
 @app.command("start", hidden=True)
 def start(
     config: Path = typer.Argument(..., help="a recipe YAML, e.g. configs/model3.yaml"),
@@ -70,6 +82,7 @@ def start(
     """Start a sweep: every combination of the --grid values is one ordinary run."""
     from launcher import sweep
 
+    out = Console(stderr=True) if as_json else console  # --json: stdout holds only the JSON
     spec = SweepSpec(str(config), list(grid), list(set_), parallel, data_dir, sweep_id)
     if local:
         from launcher.targets.local import LocalTarget
@@ -79,13 +92,13 @@ def start(
     else:
         from launcher.sweep_cloud import start_on_cluster
 
-        place, plan = start_on_cluster(spec, store, name, identity, console)
-    console.print(f"sweep [bold]{plan['sweep_id']}[/]: {len(plan['runs'])} runs, {plan['parallel']} at a time"
+        place, plan = start_on_cluster(spec, store, name, identity, out)
+    out.print(f"sweep [bold]{plan['sweep_id']}[/]: {len(plan['runs'])} runs, {plan['parallel']} at a time"
                   + (f" on each of {plan['nodes']} nodes" if plan["nodes"] > 1 else "")
                   + f" · plan: {place.sweep_dir(plan['sweep_id'])}/plan.json")
     again = f"mnist-launch sweep status {plan['sweep_id']}" + (f" --store {store}" if store else "")
     if detach:
-        console.print(f"detached. Follow: {again} · stop: mnist-launch sweep cancel {plan['sweep_id']}"
+        out.print(f"detached. Follow: {again} · stop: mnist-launch sweep cancel {plan['sweep_id']}"
                       + (f" --store {store}" if store else ""))
         return
     _follow_and_report(place, plan, True, as_json, plot, again)

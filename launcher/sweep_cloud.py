@@ -55,6 +55,7 @@ def start_on_cluster(spec: SweepSpec, store: Optional[str], name: Optional[str],
 
     def prepare(run_cfg: Config) -> Config:
         run_cfg.data.dir = "data"  # relative to the remote folder, where the agents start (as `train` has it)
+        run_cfg.launch.nodes = 1  # the sweep's nodes each train their own runs: a run is on one
         return run_cfg
 
     rels = [p[len(root) + 1:] if p.startswith(root + "/") else p for p in pythons]

@@ -119,7 +119,7 @@ def test_cancel_stops_the_running_run_and_starts_no_more(small_mnist, tmp_path):
     assert p.returncode == 0 and "detached" in p.stdout, p.stderr
     first = tmp_path / "runs" / "sw-cancel-000"
     wait_until(lambda: status_of(first).get("state") == "running", "the first run never started")
-    c = cli("sweep", "cancel", "sw-cancel", "--store", str(tmp_path))
+    c = cli("cancel", "sw-cancel", "--store", str(tmp_path))  # `cancel` takes a sweep's id too
     assert c.returncode == 0, c.stderr
     assert status_of(first)["state"] == "cancelled"
     assert status_of(tmp_path / "runs" / "sw-cancel-001") == {}  # queued, never started
