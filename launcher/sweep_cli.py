@@ -35,7 +35,9 @@ class _StartByDefault(TyperGroup):
 
 
 app = typer.Typer(cls=_StartByDefault, no_args_is_help=True, add_completion=False,
-                  help="Sweeps: a grid of settings and seeds, each an ordinary run, queued next to the runs.")
+                  help="Sweeps: a grid of settings and seeds, each an ordinary run, queued next to the runs.\n\n"
+                       "Start one: mnist-launch sweep CONFIG --grid KEY=V1,V2 [--grid ...] (--local | --name CLUSTER) "
+                       "[--parallel K] (see `mnist-launch sweep CONFIG --help`).")
 
 
 def _find(sweep_id: str, store: Optional[str]) -> tuple[Place, dict[str, Any]]:
@@ -210,8 +212,7 @@ def _report(place: Place, plan: dict[str, Any], as_json: bool, plot: Optional[Pa
     from launcher.sweep_table import plot as plot_curves
 
     settings = results(place, plan)
-    out = plot or (Path(place.sweep_dir(plan["sweep_id"])) / "curves.png"
-                   if plan.get("where", {}).get("kind") != "cloud" else Path(f"{plan['sweep_id']}-curves.png"))
+    out = plot or _default_plot(place, plan)
     png = plot_curves(settings, out)
     if as_json:
         rows = rows if rows is not None else SweepWatch(place, plan).poll()
@@ -221,6 +222,15 @@ def _report(place: Place, plan: dict[str, Any], as_json: bool, plot: Optional[Pa
         return
     console.print(results_table(settings, title=f"sweep {plan['sweep_id']}: a row per setting (mean ± std over seeds)"))
     console.print(f"test-accuracy curves: {png}")
+
+
+def _default_plot(place: Place, plan: dict[str, Any]) -> Path:
+    """Beside the runs for a folder store; for a cluster's, in this machine's MNIST_LAUNCH_HOME/sweeps/."""
+    if plan.get("where", {}).get("kind") != "cloud":
+        return Path(place.sweep_dir(plan["sweep_id"])) / "curves.png"
+    from infra.home import launch_home
+
+    return launch_home() / "sweeps" / f"{plan['sweep_id']}-curves.png"
 
 
 def register(root: typer.Typer) -> None:
