@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from core.runstate import ACTIVE, STATUS_FILE, RunState, StatusWriter
+from infra.host import LocalHost
 from infra.store import CHECKPOINTS, MARKER, ArtifactStore, check_run_id, open_store
 
 PLAN_FILE = "plan.json"
@@ -42,17 +43,8 @@ def done_already(status: dict[str, Any]) -> bool:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (an agent of ours not yet waited for) is dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return True
+    """Whether an agent runs (a zombie of ours, not yet waited for, does not): the same test as a local run's."""
+    return LocalHost().is_alive(pid)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
