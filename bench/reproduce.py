@@ -1,17 +1,18 @@
 """Reproduce every recipe's claim on the real MNIST and print RESULTS.md's table.
 
-Each (recipe, seed) is one ordinary local run, ``repro-<recipe>-s<seed>`` in the store; runs
-that already succeeded are reused, so the script can be stopped and restarted.
+Each recipe is one sweep over the seeds (``repro-<recipe>``: `mnist-launch sweep configs/<recipe>.yaml --grid
+train.seed=1,2,3 --local`), its runs ordinary runs in the store; the table is each sweep's result row (what
+`mnist-launch sweep status repro-<recipe> --markdown` prints), the recipe in the first column. Stopped and
+started again, a recipe's sweep is resumed: runs that finished are not run again (its seeds are the ones it
+started with).
 
-    python bench/reproduce.py --seeds 1 2 3 [--configs model3 one_epoch] [--store runs/repro]
+    python bench/reproduce.py --seeds 1 2 3 [--configs model3 one_epoch] [--store runs/repro] [--parallel 2]
     python bench/reproduce.py --table-only      # just print the table from what is there
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -23,69 +24,36 @@ ORDER = ["model3", "one_epoch", "record", "gap_19k", "fc_baseline", "fc_baseline
          "fc_dropout_onecycle", "model1", "model1_onecycle", "model2", "model4"]
 
 
-def run_one(config: str, seed: int, store: str, data_dir: str) -> dict | None:
-    run_id = f"repro-{config}-s{seed}"
-    summary = Path(store) / "runs" / run_id / "summary.json"
-    status = Path(store) / "runs" / run_id / "status.json"
-    if summary.is_file() and json.loads(status.read_text()).get("state") == "succeeded":
-        return json.loads(summary.read_text())
-    if (Path(store) / "runs" / run_id).exists():
-        import shutil
+def sweep_id(config: str) -> str:
+    return f"repro-{config}"
 
-        shutil.rmtree(Path(store) / "runs" / run_id)  # an interrupted attempt: start it again
-    cmd = [sys.executable, "-m", "launcher", "train", f"configs/{config}.yaml", "--local", "--data-dir", data_dir,
-           "--store", store, "--run-id", run_id, "--set", f"train.seed={seed}"]
+
+def run_sweep(config: str, seeds: list[int], store: str, data_dir: str, parallel: int, sets: list[str]) -> None:
+    """The recipe's sweep: started, or resumed where it stopped (finished runs are kept)."""
+    started = (Path(store) / "runs" / sweep_id(config) / "plan.json").is_file()
+    base = [sys.executable, "-m", "launcher", "sweep"]
+    cmd = base + (["resume", sweep_id(config), "--store", store, "--parallel", str(parallel)] if started else
+                  [f"configs/{config}.yaml", "--local", "--data-dir", data_dir, "--store", store, "--sweep-id",
+                   sweep_id(config), "--parallel", str(parallel), "--grid",
+                   "train.seed=" + ",".join(str(s) for s in seeds), *[a for v in sets for a in ("--set", v)]])
     print("$", " ".join(cmd[1:]), flush=True)
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run(cmd, cwd=ROOT, text=True)
     if p.returncode != 0:
-        print(p.stderr.strip(), flush=True)
-        return None
-    return json.loads(summary.read_text())
+        print(f"{config}: the sweep ended with failed runs (see above)", flush=True)
 
 
-def claim_met(name: str, final: float) -> str:
-    from core.config import MODEL_CLAIMS
+def table(store: str, configs: list[str]) -> str:
+    from launcher.sweep import local_place, read_plan
+    from launcher.sweep_table import markdown, results
 
-    return "yes" if final >= MODEL_CLAIMS[name.removesuffix("_onecycle")] else "no"
-
-
-def config_of(run_id: str) -> str:
-    """repro-<config>-s<seed> -> config (two configs may train the same model)."""
-    return run_id[len("repro-"):].rsplit("-s", 1)[0]
-
-
-def table(store: str) -> str:
-    from launcher.orchestrator import list_runs
-    from trainer.models import MODELS
-
-    rows = [r for r in list_runs(store) if r["run_id"].startswith("repro-") and r["state"] == "succeeded"]
-    by: dict[str, list[dict]] = {}
-    for r in rows:
-        by.setdefault(config_of(r["run_id"]), []).append(r)
-    out = ["| recipe | params | seed's claim | epochs | seeds | final test acc (mean ± std) | best test acc | "
-           "per-seed final | train time / run | device | claim met (every seed, final) |",
-           "| --- | ---: | --- | ---: | ---: | --- | --- | --- | ---: | --- | --- |"]
-
-    def ms(xs):
-        xs = [100 * x for x in xs]
-        return f"{statistics.mean(xs):.2f}%" + (f" ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else "")
-
-    for name in ORDER:
-        runs = sorted(by.get(name, []), key=lambda r: r["seed"] or 0)
-        if not runs:
-            out.append(f"| {name} | | {MODELS[name.removesuffix('_onecycle')].claim} | | 0 | not run yet | | | | | |")
+    place = local_place(store)
+    rows = []
+    for config in configs:
+        if not (Path(store) / "runs" / sweep_id(config) / "plan.json").is_file():
             continue
-        finals = [r["final_test_accuracy"] for r in runs]
-        bests = [r["best_test_accuracy"] for r in runs]
-        met = all(claim_met(name, f) == "yes" for f in finals)
-        secs = statistics.mean(r["train_seconds"] or 0 for r in runs)
-        out.append(
-            f"| {name} | {runs[0]['params']:,} | {MODELS[runs[0]['model']].claim} | {runs[0]['epochs_completed']} | "
-            f"{len(runs)} | "
-            f"{ms(finals)} | {ms(bests)} | {', '.join(f'{100 * f:.2f}' for f in finals)} | {secs:.0f}s | "
-            f"{runs[0]['device']} | {'yes' if met else 'no'} |"
-        )
-    return "\n".join(out)
+        for row in results(place, read_plan(place, sweep_id(config))):
+            rows.append({**row, "label": config})  # the recipe: the sweep's one setting is its seeds
+    return markdown(rows, first="recipe")
 
 
 def main() -> None:
@@ -94,16 +62,15 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=ORDER)
     ap.add_argument("--store", default=str(ROOT / "runs" / "repro"))
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--parallel", type=int, default=1, help="runs of a recipe at once (cores split between them)")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="KEY=VALUE for every run (a smoke test: --set data.train_limit=256 --set train.epochs=1)")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     if not args.table_only:
         for config in args.configs:
-            for seed in args.seeds:
-                s = run_one(config, seed, args.store, args.data_dir)
-                if s:
-                    print(f"{config} seed {seed}: final {100 * s['final_test_accuracy']:.2f}% "
-                          f"best {100 * s['best_test_accuracy']:.2f}% in {s['train_seconds']:.0f}s", flush=True)
-    print(table(args.store))
+            run_sweep(config, args.seeds, args.store, args.data_dir, args.parallel, args.sets)
+    print(table(args.store, args.configs))
 
 
 if __name__ == "__main__":

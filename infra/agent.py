@@ -447,14 +447,6 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
         child = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True,
                                  env={**os.environ, **launch_env, **extra_env, "PYTHONUNBUFFERED": "1"})
-    write_status(run_dir, RunState.RUNNING, agent_pid=os.getpid(), trainer_pid=child.pid,
-                 agent_started_at=round(STARTED_AT, 3),
-                 launch_env=sorted(extra_env),  # the names only: values may be secrets
-                 started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None,
-                 nodes=args.nodes.count, node_rank=args.nodes.rank,
-                 spot_watch=bool(args.spot_watch and args.imds_poll > 0),
-                 spot_notice=None, rebalance=None)  # a resumed attempt starts without the last one's notices
-
     # the head draws curves.png (its trainer writes the events); importing matplotlib starts now, beside the trainer's
     painter = CurvePainter(run_dir) if args.nodes.head else None
     cancelled = {"sig": None}
@@ -469,6 +461,14 @@ def supervise(args: argparse.Namespace, run_dir: Path, run_id: str, events: Even
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal or SSH session is not a cancel
+    # 'running' only once a SIGTERM is a cancel: `cancel` (or a sweep's) signals the pid it reads here
+    write_status(run_dir, RunState.RUNNING, agent_pid=os.getpid(), trainer_pid=child.pid,
+                 agent_started_at=round(STARTED_AT, 3),
+                 launch_env=sorted(extra_env),  # the names only: values may be secrets
+                 started_at=round(time.time(), 3), processes=args.processes, exit_code=None, reason=None,
+                 nodes=args.nodes.count, node_rank=args.nodes.rank,
+                 spot_watch=bool(args.spot_watch and args.imds_poll > 0),
+                 spot_notice=None, rebalance=None)  # a resumed attempt starts without the last one's notices
 
     def signal_group(sig) -> None:
         """The trainer's group and every process below it: torchrun starts each rank in a session of its own."""

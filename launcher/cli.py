@@ -194,12 +194,17 @@ def _print_raw_log(files: "RunFiles", follow: bool) -> None:
 
 @app.command()
 def cancel(
-    run_id: str = typer.Argument(..., help="the run to stop"),
+    run_id: str = typer.Argument(..., help="the run (or sweep) to stop"),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
-    """Stop a running run (its checkpoints so far are kept)."""
+    """Stop a running run (its checkpoints so far are kept), or every run of a sweep."""
     from launcher.lifecycle import cancel_anywhere
+    from launcher.sweep_cli import cancel as cancel_sweep
+    from launcher.sweep_cli import is_sweep
 
+    if is_sweep(run_id, store):
+        cancel_sweep(run_id, store)
+        return
     status = cancel_anywhere(run_id, store)
     console.print(f"{run_id}: {status.get('state')}" + (f" ({status.get('reason')})" if status.get("reason") else ""))
 
@@ -330,11 +335,12 @@ def data_check(data_dir: Path = typer.Option(Path("data"), "--data-dir", help="f
 
 
 def _register_cloud_commands(app: typer.Typer) -> None:
-    """`up`, `status`, `down`, `ssh`. Their dependencies are the project's own: an import that fails is a broken
-    install or a bug, and stops the CLI with it rather than leaving it without those commands."""
+    """`up`, `status`, `down`, `ssh`; `sweep`. Their dependencies are the project's own: an import that fails is a
+    broken install or a bug, and stops the CLI with it rather than leaving it without those commands."""
     import importlib
 
     importlib.import_module("launcher.cloud_cli").register(app)
+    importlib.import_module("launcher.sweep_cli").register(app)
 
 
 _register_cloud_commands(app)

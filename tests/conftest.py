@@ -364,7 +364,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
 # About how many seconds of CPU one test of these modules takes (measured on the 2-core dev machine; the rest
 # take about a second or less): the long tests are spread over the workers by these, and run first in each
 # worker's share so that the workers end together instead of one finishing a long test alone at the end.
-SECONDS = {"test_multinode_cloud": 45, "test_multinode": 20,
+SECONDS = {"test_multinode_cloud": 45, "test_multinode": 20, "test_sweep": 12,
            "test_remote_train": 20, "test_real_mnist": 15, "test_resume": 15, "test_train": 12, "test_iam": 10,
            "test_aws_faults_cli": 12, "test_cli": 8, "test_cloud_cli": 3, "test_aws_provider": 2.5,
            "test_aws_faults": 2.3, "test_remote_setup": 2, "test_s3_store": 1.5, "test_autostop": 1.4,
@@ -374,10 +374,11 @@ SECONDS = {"test_multinode_cloud": 45, "test_multinode": 20,
 # Modules whose module-scoped fixture is dear (a moto server, the strict IAM world, an sshd with its login user
 # and image venv, `up`): every worker that runs one of their tests builds it again, so their tests go to this
 # many workers only (test_remote_train's cloud costs about 15 s of CPU a worker; test_resume's uninterrupted run,
-# which its tests compare against, about 9 s).
-GROUPED = {"test_remote_train": 2, "test_resume": 1, "test_aws_faults_cli": 1, "test_aws_faults": 1,
-           "test_remote_setup": 1, "test_cluster_prompts": 1, "test_autostop": 1, "test_datasync": 1, "test_sync": 1,
-           "test_hostile_input": 1}
+# which its tests compare against, about 9 s; test_multinode_cloud's 2-node cluster is taken down by its last test;
+# test_sweep's one sweep serves three tests).
+GROUPED = {"test_remote_train": 2, "test_multinode_cloud": 1, "test_sweep": 1, "test_resume": 1,
+           "test_aws_faults_cli": 1, "test_aws_faults": 1, "test_remote_setup": 1, "test_cluster_prompts": 1,
+           "test_autostop": 1, "test_datasync": 1, "test_sync": 1, "test_hostile_input": 1}
 
 
 def _module(item) -> str:

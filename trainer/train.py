@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from core import settings
-from core.config import Config, config_from_yaml, per_process_batch
+from core.config import MODEL_CLAIMS, Config, config_from_yaml, per_process_batch
 from core.errors import DataError, RunError
 from trainer.augment import BatchAugment, normalize
 from trainer.data import epoch_batches, load_mnist, steps_per_epoch
@@ -390,7 +390,10 @@ def train(run_dir: Path, resume: bool = False, started_at: Optional[float] = Non
         "num_processes": world, "world_size": world, "nodes": nodes, "global_batch": tc.batch_size,
         "per_process_batch": batch,
         "device": device_name(device), "seed": tc.seed, "code_revision": meta.get("code_revision"),
-        "torch": torch.__version__, "history": state.history,
+        "torch": torch.__version__,
+        # the bar a sweep's table holds every seed to: the config's target, else the model's claim
+        "claim_accuracy": tc.target_accuracy or MODEL_CLAIMS.get(cfg.model),
+        "history": state.history,
     }
     if main:
         write_json(run_dir / "summary.json", summary)

@@ -72,6 +72,45 @@ def running(ec2) -> dict[int, str]:
     return out
 
 
+def test_a_sweep_spreads_its_runs_over_both_nodes(duo, small_mnist):
+    """A 2x2 sweep on the 2-node cluster (before the test below takes it down): every node prepared as `train`
+    prepares it, node k runs the plan's runs i with i mod 2 = k, each on its own disk, one at a time, each
+    uploading itself to S3; the fp16 one on each node fails there before training (no GPU) and the other
+    finishes; the table is the runs' summary.json, and `sweep status --store s3://...` finds it all again."""
+    p = duo.cli("sweep", "configs/model3.yaml", "--store", STORE, "--data-dir", str(small_mnist), "--name", NAME,
+                "--sweep-id", "sw-duo", "--set", f"launch.remote_dir={REMOTE}", "--set",
+                f"launch.python={duo.sshd.python}", "--set", "launch.nodes=2", "--set", "train.epochs=1", "--set",
+                "data.train_limit=256", "--set", "data.test_limit=128", "--grid", "train.mixed_precision=no,fp16",
+                "--grid", "train.seed=1,2", "--json")
+    assert p.returncode == 1 and "2 of 4 runs failed" in p.stderr, p.stdout + p.stderr
+    out = json.loads(p.stdout[p.stdout.index('{\n  "sweep_id"'):])
+    for i, r in enumerate(out["runs"]):
+        assert r["node"] == i % 2 and r["state"] == ("succeeded" if r["setting"]["train.mixed_precision"] == "no"
+                                                     else "failed")
+        for rank, node in enumerate(duo.nodes):  # the run's folder is on its node's disk only
+            assert (node.home / REMOTE[2:] / "runs" / r["run_id"] / "config.yaml").exists() == (rank == r["node"])
+    objs = duo.objects("sw-duo")
+    for rank in (0, 1):
+        rec = json.loads(objs[f"runner-{rank}.json"])
+        assert rec["state"] == "finished" and rec["started"] == [r["run_id"] for r in out["runs"]][rank::2]
+    finals = []
+    for r in out["runs"]:  # every run uploaded itself, ran once, and says which sweep it is of
+        run_objs = duo.objects(r["run_id"])
+        events = [json.loads(line) for line in run_objs["events.jsonl"].decode().splitlines()]
+        assert [e["type"] for e in events].count("run_end") == 1, r["run_id"]
+        assert json.loads(run_objs["meta.json"])["sweep"] == "sw-duo"
+        assert json.loads(run_objs["status.json"])["state"] == r["state"]
+        if r["state"] == "succeeded":
+            finals.append(json.loads(run_objs["summary.json"])["final_test_accuracy"])
+    [row] = [s for s in out["settings"] if s["setting"] == {"train.mixed_precision": "no"}]
+    assert row["per_seed_final"] == finals and len(finals) == 2
+    assert row["final_test_accuracy"]["mean"] == pytest.approx(sum(finals) / 2, abs=1e-12)
+    # found again from the plan node 0's runner put in the store, both nodes read over SSH
+    again = duo.cli("sweep", "status", "sw-duo", "--store", STORE, "--json")
+    assert json.loads(again.stdout)["settings"] == out["settings"], again.stderr
+    assert out["plot"] == str(duo.home / "sweeps" / "sw-duo-curves.png")  # MNIST_LAUNCH_HOME, not the checkout
+
+
 def test_two_nodes_train_lose_the_head_recover_and_down_leaves_nothing(duo, mnist_2k, request):
     """--recover on 2 nodes: EC2 terminates node 0, the head, mid-run (its processes and disk go with it); the
     rank on node 1 stops, the launcher replaces node 0 in the cluster, both nodes restore the run from S3, and
