@@ -82,6 +82,14 @@ HOW: dict[str, str] = {
     "python bench/sync_bench.py": skip("a benchmark of 1,000-file syncs (minutes); "
                                        "tests/integration/test_sync.py tests the sync it times"),
     "python bench/remote_overhead.py": skip("5 cloud trainer runs on the sshd host"),
+    "mnist-launch sweep configs/model3.yaml --local --grid train.seed=1,2,3 --grid optimizer.lr=0.01,0.02 "
+    "--parallel 2": skip("six trainer runs; tests/integration/test_sweep.py"
+                         "::test_the_table_is_what_the_runs_summary_json_say runs a 2x2 grid at --parallel 2"),
+    "mnist-launch sweep status SWEEP_ID": skip("tests/integration/test_sweep.py"
+                                               "::test_a_killed_launcher_changes_nothing_and_status_reattaches_each_run_once"),
+    "mnist-launch cancel SWEEP_ID": skip("tests/integration/test_sweep.py"
+                                         "::test_cancel_stops_the_running_run_and_starts_no_more"),
+    "python bench/sweep_packing.py": skip("timed sweeps at --parallel 1, 2, 4: a benchmark"),
     "python bench/startup.py": skip("3 trainer runs and the read-only commands, timed: a benchmark"),
     "python bench/soak.py --runs 20": skip("20 cloud runs with cuts and kills: tens of minutes"),
     "mnist-launch up --instance g4dn.xlarge [--name mnist] …": CLOUD,  # docs/aws.md's synopsis
