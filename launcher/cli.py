@@ -43,12 +43,13 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 STORE_HELP = "artifact store: a folder (runs go to STORE/runs/RUN_ID) or s3://bucket/prefix [default: .]"
 
 
-def _follow(run_id: str, files: "RunFiles", follow: bool = True, offset: int = 0) -> Optional[dict]:
+def _follow(run_id: str, files: "RunFiles", follow: bool = True, offset: int = 0,
+            on_offset: Optional[Callable[[int], None]] = None) -> Optional[dict]:
     from launcher.live import RunView, follow_files
 
     view = RunView(console, live=follow)
     try:
-        return follow_files(files, view, follow=follow, offset=offset)
+        return follow_files(files, view, follow=follow, offset=offset, on_offset=on_offset)
     except KeyboardInterrupt:
         view.stop()
         console.print(
@@ -125,7 +126,8 @@ def train(
                       f"stop: mnist-launch cancel {attempt.run_id}")
         target.close(attempt)
         return
-    end = lifecycle.attach(target, attempt, lambda files, offset: _follow(attempt.run_id, files, offset=offset), _note,
+    end = lifecycle.attach(target, attempt, lambda files, offset, shown: _follow(attempt.run_id, files, offset=offset,
+                                                                                on_offset=shown), _note,
                            recover=spec if (recover and not local) else None, max_recoveries=max_recoveries)
     if end and end.get("state") != "succeeded":
         raise LaunchError(f"run {attempt.run_id} {end.get('state')}: {end.get('reason')} — {failed}")

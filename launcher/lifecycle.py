@@ -31,7 +31,8 @@ from infra.store import RunFiles, check_run_id, valid_run_id
 from launcher.targets import Attempt, Target
 
 _ROOT = Path(__file__).resolve().parent.parent  # the project: its git revision goes with every run
-Follow = Callable[[RunFiles, int], Optional[dict]]  # render events from an offset; the run_end (None: detached)
+# render events from an offset, telling how far it read; the run_end (None: detached)
+Follow = Callable[[RunFiles, int, Callable[[int], None]], Optional[dict]]
 Note = Callable[[str], None]
 
 
@@ -171,11 +172,16 @@ def attach(target: Target, attempt: Attempt, follow: Follow, note: Note, recover
 
     The run_end (None when detached); a run that did not succeed is the caller's to report."""
     recoveries = 0
+    shown: list[int] = []  # how far the events were read and shown, across attempts
     while True:
         files = target.files(attempt, note)
         watcher = NodeWatch(attempt)
+        # a recovered attempt's events are the store's copy cut back to its checkpoint, byte for byte what the lost
+        # host wrote up to there: they are followed from where the screen stopped, if that was earlier than the
+        # restored event (a host lost a second after its epoch's checkpoint went up took that epoch's row with it)
+        offset = min(attempt.events_offset, shown[-1]) if shown else attempt.events_offset
         try:
-            end = follow(files, attempt.events_offset)  # a recovered attempt's: from its restored event
+            end = follow(files, offset, shown.append)
         except HostGone:
             end = {"state": RunState.LOST.value, "reason": f"instance {attempt.info.get('instance_id')} is gone"}
         finally:

@@ -29,8 +29,8 @@ def attach(target, attempt):
     """Follow to the end as `train` does (the head's events, then every node settled): (end, view text, notes)."""
     out, notes = io.StringIO(), []
     view = RunView(Console(file=out, width=120), live=False)
-    end = lifecycle.attach(target, attempt, lambda files, offset: follow_files(files, view, offset=offset,
-                                                                                  poll=(0.1, 0.1)), notes.append)
+    end = lifecycle.attach(target, attempt, lambda files, offset, shown: follow_files(
+        files, view, offset=offset, on_offset=shown, poll=(0.1, 0.1)), notes.append)
     return end, out.getvalue(), notes
 
 

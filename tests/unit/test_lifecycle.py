@@ -82,3 +82,44 @@ def test_cancel_of_a_finished_run_returns_its_status_and_signals_nothing(started
     assert lifecycle.cancel(target, "r1")["state"] == "succeeded"
     with pytest.raises(RunError, match="run 'ghost' not found in .*runs"):
         lifecycle.cancel(target, "ghost")
+
+
+def test_a_recovered_attempt_is_followed_from_where_the_screen_stopped(monkeypatch):
+    """A host lost a second after its epoch's checkpoint reached the store took that epoch's event with it before
+    the launcher read it: the replacement's events (the store's copy cut back to the checkpoint, byte for byte the
+    lost host's) are followed from where the screen stopped, so every epoch is shown once across attempts."""
+    from launcher.lifecycle import RunSpec
+    from launcher.targets import Attempt
+
+    class LostOnce:
+        def files(self, attempt, note):
+            return attempt.run_dir
+
+        def retrying(self, step):
+            return step()
+
+        def gone(self, attempt):
+            return attempt.run_dir == "first"
+
+        def close(self, attempt):
+            pass
+
+        def replacement(self, attempt):
+            return self
+
+    replacement = Attempt("r", [LocalHost()], "second", None, events_offset=300)  # its restored event's offset
+    monkeypatch.setattr(lifecycle, "start", lambda target, spec, recover=None: replacement)
+    followed = []
+
+    def follow(files, offset, shown):
+        followed.append((files, offset))
+        if files == "first":
+            shown(120)  # read up to the line before epoch 1's, then the host went
+            return {"type": "run_end", "state": "lost", "reason": "the instance is gone"}
+        shown(400)
+        return {"type": "run_end", "state": "succeeded"}
+
+    first = Attempt("r", [LocalHost()], "first", None, events_offset=0)
+    end = lifecycle.attach(LostOnce(), first, follow, lambda msg: None, recover=RunSpec(config="c.yaml"))
+    assert end is not None and end["state"] == "succeeded"
+    assert followed == [("first", 0), ("second", 120)]
