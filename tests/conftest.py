@@ -369,7 +369,9 @@ SECONDS = {"test_multinode_cloud": 45, "test_multinode": 20, "test_sweep": 12,
            "test_aws_faults_cli": 12, "test_cli": 8, "test_cloud_cli": 3, "test_aws_provider": 2.5,
            "test_aws_faults": 2.3, "test_remote_setup": 2, "test_s3_store": 1.5, "test_autostop": 1.4,
            # one test of a module (MODULE::TEST) where the module's others take about nothing
-           "test_docs_commands::test_local_commands": 25, "test_docs_commands::test_cloud_commands": 6}
+           "test_docs_commands::test_local_commands": 25, "test_docs_commands::test_cloud_commands": 6,
+           "test_user_model::test_the_readme_example_model_trains_locally_with_its_summary": 12,
+           "test_optim::test_a_training_process_imports_neither_dynamo_nor_dtensor_nor_matplotlib": 6}
 
 # Modules whose module-scoped fixture is dear (a moto server, the strict IAM world, an sshd with its login user
 # and image venv, `up`): every worker that runs one of their tests builds it again, so their tests go to this
