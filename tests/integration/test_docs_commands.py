@@ -82,7 +82,7 @@ HOW: dict[str, str] = {
     "python bench/sync_bench.py": skip("a benchmark of 1,000-file syncs (minutes); "
                                        "tests/integration/test_sync.py tests the sync it times"),
     "python bench/remote_overhead.py": skip("5 cloud trainer runs on the sshd host"),
-    "mnist-launch sweep configs/model3.yaml --local --grid train.seed=1,2,3 --grid optimizer.lr=0.01,0.02 "
+    "mnist-launch sweep configs/model3.yaml --local --grid train.seed=1,2,3 --grid scheduler.max_lr=0.05,0.1 "
     "--parallel 2": skip("six trainer runs; tests/integration/test_sweep.py"
                          "::test_the_table_is_what_the_runs_summary_json_say runs a 2x2 grid at --parallel 2"),
     "mnist-launch sweep status SWEEP_ID": skip("tests/integration/test_sweep.py"
