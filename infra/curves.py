@@ -64,7 +64,7 @@ class CurvePainter:
         history = [self.history[e] for e in sorted(self.history)]
         if not history or history == self.drawn:
             return False
-        last = self._plan()[2] if (self.run_dir / "config.yaml").is_file() else 0
+        last = self._plan()[2]
         # the last planned epoch is drawn as it arrives, while the trainer saves and exits: run_end then waits on
         # nothing (a run that stops earlier, on its target or a signal, is drawn at the end)
         if not final and time.monotonic() - self.drawn_at < self.every and max(self.history) < last:
@@ -88,8 +88,11 @@ class CurvePainter:
         if self.plan is None:
             from core.config import MODEL_CLAIMS, config_from_yaml
 
-            cfg = config_from_yaml((self.run_dir / "config.yaml").read_text(), str(self.run_dir / "config.yaml"))
-            self.plan = (cfg.train.target_accuracy, MODEL_CLAIMS.get(cfg.model), cfg.train.epochs)
+            try:
+                cfg = config_from_yaml((self.run_dir / "config.yaml").read_text(), str(self.run_dir / "config.yaml"))
+                self.plan = (cfg.train.target_accuracy, MODEL_CLAIMS.get(cfg.model), cfg.train.epochs)
+            except Exception:  # no readable config: curves without those lines, drawn when the run stops
+                self.plan = (None, None, 0)
         return self.plan
 
     def _read(self) -> None:

@@ -171,3 +171,8 @@ def test_the_agents_painter_draws_from_the_epoch_events_with_the_runs_claim_targ
 
     assert drawn == [([ACCS[0], ACCS[1], ACCS[3], ACCS[3]], "curves.png", 0.995, MODEL_CLAIMS["model3"], 500)]
     assert not painter.poll(final=True)  # nothing new: not drawn again
+    bare = tmp_path / "no-config"  # an unreadable config never stops the agent: the curves, without its lines
+    bare.mkdir()
+    (bare / "events.jsonl").write_text(json.dumps({"type": "epoch", **history()[0]}) + "\n")
+    assert CurvePainter(bare, every=3600).poll(final=True)
+    assert drawn[-1][1:] == ("curves.png", None, None, 10_000)
